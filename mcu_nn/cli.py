@@ -1,0 +1,230 @@
+"""``mcu-nn``: the command line. A thin argparse front: every subcommand parses its
+arguments and calls one function of the package; no logic lives here."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import __version__
+from .errors import McuNnError, McuNnWarning
+
+DEFAULT_BOARD = "qemu-mps2-an386"
+
+EPILOG = """\
+a session, end to end:
+  mcu-nn inspect har.pt2
+  mcu-nn export har.pt2 -o build/har --precision int8 --calib calib.npz --name har
+  mcu-nn verify build/har
+  mcu-nn build build/har --board qemu-mps2-an386
+  mcu-nn serial-test build/har --board qemu-mps2-an386
+  mcu-nn bench build/har --board qemu-mps2-an386
+
+`mcu-nn demo` runs all of it on a tiny model it trains itself.
+`mcu-nn COMMAND --help` explains each step."""
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T,F (e.g. 128,6) or T for token models, got {text!r}")
+    if not dims or len(dims) > 2 or min(dims) <= 0:
+        raise argparse.ArgumentTypeError(f"expected T,F (e.g. 128,6) or T for token models, got {text!r}")
+    return dims
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a torch.export archive (.pt2), a TorchScript file (torch.jit.save), "
+                                 "or a pickled module (torch.save(model), needs --allow-pickle)")
+    p.add_argument("--input-shape", type=_shape, metavar="T,F",
+                   help="sequence length and features per step (T alone for token models); "
+                        "needed for TorchScript and pickled files, read from the example inputs of a .pt2")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading a pickled nn.Module; unpickling runs code from the file, "
+                        "so only use it on files you trust")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mcu-nn", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Put PyTorch LSTM/GRU/RNN models on microcontrollers as fixed-point C that is "
+                    "bit-exact with a simulator, and prove it on the chip.")
+    ap.add_argument("--version", action="version", version=f"mcu-nn {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cmd(name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=description, epilog="example:\n  " + example,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = cmd("inspect", "show layers, parameters, MACs per step and flash/RAM per precision",
+            "Read a model file and print what mcu-nn understood of it: each layer with its parameters, "
+            "multiply-accumulates per time step and the flash/RAM it would take at each precision. "
+            "Writes nothing.", "mcu-nn inspect har.pt2")
+    _add_model_args(p)
+
+    p = cmd("export", "quantise a model and write its C, manifest and test vectors",
+            "Quantise a model and generate C99 for it: model.h, model.c, model.json (the manifest) and "
+            "test_vectors.npz (inputs and the simulator's expected outputs). Prints per-layer sizes and "
+            "how closely the quantised model follows the float one on the calibration data.",
+            "mcu-nn export har.pt2 -o build/har --precision int8 --calib calib.npz --name har")
+    _add_model_args(p)
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="export directory (created)")
+    p.add_argument("--precision", choices=["int8", "int16", "float32"], default="int8",
+                   help="int8: 8-bit weights, 16-bit activations (smallest); int16: 16-bit weights; "
+                        "float32: for parts with an FPU (default: int8)")
+    p.add_argument("--calib", metavar="FILE",
+                   help="calibration inputs, N×T×F (.npz/.npy/.pt; token ids N×T for embedding models); "
+                        "'random' uses random data and warns. Required for int8/int16.")
+    p.add_argument("--name", help="C prefix of the generated API (default: the file name)")
+
+    p = cmd("verify", "compile the export on this machine and compare with the simulator, bit for bit",
+            "Compile the exported C with the host compiler under address and undefined-behaviour "
+            "sanitizers, run every test vector through model_run and model_step, and compare with the "
+            "simulator: zero differing bits for int8/int16, the stated tolerance for float32. Also "
+            "cross-compiles for Cortex-M4 when arm-none-eabi-gcc is installed and prints section sizes.",
+            "mcu-nn verify build/har")
+    p.add_argument("dir", metavar="DIR", help="an export directory")
+    p.add_argument("--no-cross", action="store_true", help="skip the Cortex-M4 cross-compile")
+
+    p = cmd("build", "build firmware (inference server + model) for a board",
+            "Build the serial inference server around an exported model for a board. "
+            "Writes DIR/firmware/BOARD/firmware.elf (+ .bin/.hex) and prints its flash and RAM use.",
+            "mcu-nn build build/har --board qemu-mps2-an386")
+    p.add_argument("dir", metavar="DIR", help="an export directory")
+    p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD}); "
+                                                          "`mcu-nn boards` lists them")
+
+    p = cmd("flash", "flash firmware to a board (or boot it in the emulator)",
+            "Flash a firmware image. For an emulated board this boots the image in QEMU and serves its "
+            "UART on 127.0.0.1:PORT until stopped (Ctrl-C); for a real board it runs the board's "
+            "flashing tool (pyocd, openocd, ...) and returns.",
+            "mcu-nn flash build/har/firmware/qemu-mps2-an386/firmware.elf --board qemu-mps2-an386 "
+            "--listen 4321")
+    p.add_argument("firmware", metavar="FIRMWARE", help="firmware.elf from `mcu-nn build`")
+    p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
+    p.add_argument("--listen", type=int, metavar="PORT", help="emulated boards: TCP port for the UART")
+
+    p = cmd("serial-test", "run the test vectors on a board over a serial port, compared bit for bit",
+            "Send every test vector to the board (RUN, and STEP one step at a time), compare each output "
+            "with the simulator and print a summary with cycles per step. With --board and no --port, "
+            "builds the firmware if needed and boots the emulator itself.",
+            "mcu-nn serial-test build/har --port socket://127.0.0.1:4321")
+    p.add_argument("dir", metavar="DIR", help="an export directory")
+    p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://...")
+    p.add_argument("--board", help=f"board to boot when no --port is given (default {DEFAULT_BOARD})")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
+
+    p = cmd("bench", "count instructions per step on a board (emulated: exact under -icount)",
+            "Build the export for a board, run it, and report instructions (or cycles) per time step, "
+            "per multiply-accumulate, flash and RAM.", "mcu-nn bench build/har --board qemu-mps2-an386")
+    p.add_argument("dir", metavar="DIR", help="an export directory")
+    p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
+    p.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
+
+    cmd("boards", "list the boards mcu-nn knows", "List the known boards with their CPU, memory and "
+        "how they are flashed or emulated.", "mcu-nn boards")
+
+    p = cmd("demo", "train a tiny model and take it all the way to the emulated board",
+            "Train a tiny LSTM on synthetic sensor data, export it as int8, verify it on the host, "
+            "build firmware, boot the emulated Cortex-M4 and compare its answers with the simulator.",
+            "mcu-nn demo --out demo-out")
+    p.add_argument("--out", default="mcu-nn-demo", metavar="DIR", help="working directory (default ./mcu-nn-demo)")
+    p.add_argument("--board", default=DEFAULT_BOARD, help=f"emulated board (default {DEFAULT_BOARD})")
+    return ap
+
+
+# ----------------------------------------------------------------------------- commands
+def _inspect(a: argparse.Namespace) -> int:
+    from .report import inspect_model
+    print(inspect_model(a.model, allow_pickle=a.allow_pickle, input_shape=a.input_shape))
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from .export import export_model
+    from .report import export_summary
+    result = export_model(a.model, a.out, precision=a.precision, calib=a.calib, name=a.name,
+                          input_shape=a.input_shape, allow_pickle=a.allow_pickle)
+    print(export_summary(result))
+    return 0
+
+
+def _verify(a: argparse.Namespace) -> int:
+    from .verify import verify
+    result = verify(Path(a.dir), cross=not a.no_cross)
+    return 0 if result.ok else 1
+
+
+def _build(a: argparse.Namespace) -> int:
+    from .build import build_firmware
+    build_firmware(Path(a.dir), a.board)
+    return 0
+
+
+def _flash(a: argparse.Namespace) -> int:
+    from .flash import flash
+    return flash(Path(a.firmware), a.board, listen=a.listen)
+
+
+def _serial_test(a: argparse.Namespace) -> int:
+    from .device import serial_test
+    board = a.board or (None if a.port else DEFAULT_BOARD)
+    result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout)
+    return 0 if result.ok else 1
+
+
+def _bench(a: argparse.Namespace) -> int:
+    from .bench import bench_command
+    return bench_command(Path(a.dir), a.board, as_json=a.json)
+
+
+def _boards(a: argparse.Namespace) -> int:
+    from .boards import describe_boards
+    print(describe_boards())
+    return 0
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(Path(a.out), board=a.board)
+
+
+COMMANDS = {"inspect": _inspect, "export": _export, "verify": _verify, "build": _build,
+            "flash": _flash, "serial-test": _serial_test, "bench": _bench, "boards": _boards,
+            "demo": _demo}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"mcu-nn: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.command:
+        _parser().print_help()
+        return 2
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("ignore")                  # torch's internal chatter is not for our users
+    warnings.simplefilter("always", McuNnWarning)
+    try:
+        return COMMANDS[args.command](args)
+    except McuNnError as e:
+        print(f"mcu-nn: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mcu-nn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("MCUNN_DEBUG"):
+            raise
+        print(f"mcu-nn: internal error: {type(e).__name__}: {e} "
+              "(please report it; rerun with MCUNN_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

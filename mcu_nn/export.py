@@ -1,0 +1,102 @@
+"""The export pipeline: model file -> Graph -> QModel -> simulator outputs -> C directory.
+
+Each stage is a plain function of the previous stage's data (DESIGN.md); this module
+only strings them together and measures how much accuracy quantisation costs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import McuNnError
+from .ir import Graph, QModel
+
+PRECISIONS = ("int8", "int16", "float32")
+TEST_VECTORS = 8          # sequences written to test_vectors.npz (the serial test sends them all)
+
+
+@dataclass
+class Accuracy:
+    """Quantised model vs the float model on the same inputs (after dequantising)."""
+    max_abs_error: float
+    snr_db: float
+    top1_agreement: Optional[float]     # classifiers only (one vector of several logits per sequence)
+    sequences: int
+
+    def as_dict(self) -> dict:
+        return {"max_abs_error": self.max_abs_error, "snr_db": self.snr_db,
+                "top1_agreement": self.top1_agreement, "sequences": self.sequences}
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    graph: Graph
+    qmodel: QModel
+    manifest: dict
+    accuracy: Accuracy
+    warnings: list[str] = field(default_factory=list)
+
+
+def quantised_outputs(q: QModel, x: np.ndarray) -> np.ndarray:
+    """The model's outputs as floats, computed the way the chip computes them."""
+    from .quant.fixedpoint import dequantize
+    from .sim import run
+    y = run(q, x)
+    return np.asarray(y, dtype=np.float32) if q.precision == "float32" else dequantize(y, q.output_scale)
+
+
+def measure_accuracy(graph: Graph, q: QModel, x: np.ndarray) -> Accuracy:
+    from .quant.metrics import max_abs_error, snr_db, top1_agreement
+    from .sim import run_float
+    ref = run_float(graph, x)
+    got = quantised_outputs(q, x)
+    classifier = not graph.output_per_step and ref.shape[-1] > 1
+    return Accuracy(
+        max_abs_error=float(max_abs_error(ref, got)),
+        snr_db=float(snr_db(ref, got)),
+        top1_agreement=float(top1_agreement(ref, got)) if classifier else None,
+        sequences=int(x.shape[0]),
+    )
+
+
+def load_data(graph: Graph, calib: Optional[str], precision: str) -> np.ndarray:
+    """Calibration data; float32 exports may go without (random data then only feeds the
+    test vectors, which compare C with the simulator)."""
+    from .quant import load_calibration
+    if calib is None:
+        if precision != "float32":
+            raise McuNnError(
+                f"an {precision} export needs calibration data to choose its number ranges: "
+                "pass --calib FILE (N×T×F array in .npz/.npy/.pt, real inputs of the model) "
+                "or --calib random to use random data (not recommended)")
+        calib = "random"
+    return load_calibration(calib, graph)
+
+
+def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str = "int8",
+                 calib: Optional[str] = None, name: Optional[str] = None,
+                 input_shape: Optional[tuple[int, ...]] = None, allow_pickle: bool = False,
+                 log: Callable[[str], None] = print) -> ExportResult:
+    """Export ``model_path`` into ``out_dir`` and return what was written and measured."""
+    from .codegen import write_export
+    from .frontend import load_model
+    from .quant import quantize
+    from .sim import run
+
+    if precision not in PRECISIONS:
+        raise McuNnError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    graph = load_model(model_path, allow_pickle=allow_pickle, input_shape=input_shape, name=name)
+    data = load_data(graph, calib, precision)
+    log(f"calibrating {graph.name} ({precision}) on {data.shape[0]} sequences of {data.shape[1]} steps")
+    q = quantize(graph, data, precision)
+    accuracy = measure_accuracy(graph, q, data)
+    vectors = data[:TEST_VECTORS]
+    expected = run(q, vectors)
+    extra = {"source_model": str(Path(model_path).name), "accuracy": accuracy.as_dict(),
+             "calibration_sequences": int(data.shape[0])}
+    manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra)
+    return ExportResult(Path(out_dir), graph, q, manifest, accuracy)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what mcu-nn's demo and tests need on a fresh Debian/Ubuntu machine:
+# the Arm cross compiler with newlib, QEMU's Arm system emulator, clang, and the Python
+# package with its test extras. Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v arm-none-eabi-gcc >/dev/null || need+=(gcc-arm-none-eabi)
+[ -e /usr/lib/arm-none-eabi/newlib/libc.a ] || [ -e /usr/lib/arm-none-eabi/lib/libc.a ] || need+=(libnewlib-arm-none-eabi)
+command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
+command -v clang >/dev/null || need+=(clang)
+command -v cc >/dev/null || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing ${need[*]} (apt)"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+# torch==2.13.0 exactly: the CPU build on our machines; any other spec pulls a multi-GB CUDA build.
+$PY -m pip install -q torch==2.13.0
+$PY -m pip install -q -e ".[test]"

@@ -1,0 +1,133 @@
+"""Bit-exact integer simulation of a ``QModel``: exactly what the generated C computes.
+
+Vectorised over the batch with numpy; every arithmetic step is a primitive of
+:mod:`mcu_nn.quant.fixedpoint`, so this file only says *which* primitive runs *when*.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import McuNnError
+from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
+                  QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast)
+from ..quant import fixedpoint as fp
+
+
+def _direction(layer: QRecurrent, d: int, x: np.ndarray) -> np.ndarray:
+    """Run direction ``d`` of ``layer`` over x (N,T,I) int; returns h per step (N,T,S)."""
+    qd = layer.directions[d]
+    n, t_len, _ = x.shape
+    hid, s = layer.hidden_size, layer.state_size
+    acc_x = fp.matvec(qd.wx.w, x)                       # (N,T,G*H): the input part of every step
+    mx, mh = fp._i64(qd.wx.mult), fp._i64(qd.wh.mult)
+    h = np.zeros((n, s), dtype=np.int64)
+    c = np.zeros((n, hid), dtype=np.int64)
+    out = np.zeros((n, t_len, s), dtype=np.int64)
+    steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
+    for t in steps:
+        ax = acc_x[:, t]
+        ah = fp.matvec(qd.wh.w, h)
+        if layer.kind == "gru":
+            rz = slice(0, 2 * hid)
+            nr = slice(2 * hid, 3 * hid)
+            pre = fp.sat16(fp.requant([(ax[:, rz], mx[rz]), (ah[:, rz], mh[rz])], qd.bias[rz], qd.shift))
+            n_x = fp.sat32(fp.requant([(ax[:, nr], mx[nr])], qd.bias[nr], qd.shift))
+            n_h = fp.sat32(fp.requant([(ah[:, nr], mh[nr])], qd.bias_h, qd.shift))
+            h = fp.gru_cell(pre[:, :hid], pre[:, hid:], n_x, n_h, h)
+        else:
+            pre = fp.sat16(fp.requant([(ax, mx), (ah, mh)], qd.bias, qd.shift))
+            if layer.kind == "lstm":
+                g = [pre[:, k * hid:(k + 1) * hid] for k in range(4)]
+                c, hfull = fp.lstm_cell(g[0], g[1], g[2], g[3], c, layer.cell_frac)
+                if qd.proj is not None:
+                    h = fp.sat16(fp.requant([(fp.matvec(qd.proj.w, hfull), qd.proj.mult)], 0, qd.proj_shift))
+                else:
+                    h = hfull
+            elif layer.kind == "rnn_tanh":
+                h = fp.tanh_q15(pre)
+            elif layer.kind == "rnn_relu":
+                h = fp.relu(pre)
+            else:
+                raise McuNnError(f"unknown recurrent kind {layer.kind!r} in {layer.source or 'QRecurrent'}")
+        out[:, t] = h
+    return out
+
+
+def _linear(op: QLinear, x: np.ndarray) -> np.ndarray:
+    return fp.sat16(fp.requant([(fp.matvec(op.mat.w, x), op.mat.mult)], op.bias, op.shift))
+
+
+def _activation(op: QActivation, x: np.ndarray) -> np.ndarray:
+    if op.kind == "relu":
+        return fp.relu(x)
+    x312 = fp.sat16(fp.rshift_round(fp._i64(x) * op.mult, op.shift))
+    return fp.tanh_q15(x312) if op.kind == "tanh" else fp.sigmoid_q15(x312)
+
+
+def run_quant(q: QModel, xq: np.ndarray) -> np.ndarray:
+    """Run ``q`` on quantised inputs: (N,T,F) int16 values, or (N,T) token ids.
+
+    Returns int64 holding int16 values: (N,T,O) if ``q.output_per_step`` else (N,O).
+    """
+    if q.precision == "float32":
+        raise McuNnError(f"run_quant: model {q.name!r} is float32; use mcu_nn.sim.run for float models")
+    x = fp._i64(xq)
+    want = 2 if q.input_kind == "tokens" else 3
+    if x.ndim != want:
+        raise McuNnError(f"run_quant: model {q.name!r} takes a {want}-d input "
+                         f"({'N,T token ids' if want == 2 else 'N,T,F'}), got shape {tuple(x.shape)}")
+    per_step = True                  # False once a sequence -> vector op has run
+    finals: list[np.ndarray] = []    # final h of each direction of the last recurrent layer
+    for op in q.ops:
+        if isinstance(op, QEmbedding):
+            table = fp._i64(op.table)
+            v = table.shape[0]
+            ok = (x >= 0) & (x < v)
+            x = np.where(ok[..., None], table[np.where(ok, x, 0)], 0)
+        elif isinstance(op, QRecurrent):
+            outs = [_direction(op, d, x) for d in range(len(op.directions))]
+            # forward final = after t=T-1; reverse final = after its last step, t=0
+            finals = [outs[0][:, -1]] + ([outs[1][:, 0]] if len(outs) > 1 else [])
+            x = np.concatenate(outs, axis=-1)
+        elif isinstance(op, QLinear):
+            x = _linear(op, x)
+        elif isinstance(op, QActivation):
+            x = _activation(op, x)
+        elif isinstance(op, SelectLast):
+            x = x[:, -1]
+            per_step = False
+        elif isinstance(op, FinalHidden):
+            x = np.concatenate([finals[d] for d in op.directions], axis=-1)
+            per_step = False
+        else:
+            raise McuNnError(f"run_quant: unsupported op {type(op).__name__} in model {q.name!r}")
+    assert per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
+    return x
+
+
+def as_graph(q: QModel) -> Graph:
+    """The float ``Graph`` view of a float32 QModel (whose ops are the float ops)."""
+    for op in q.ops:
+        if not isinstance(op, (Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden)):
+            raise McuNnError(f"model {q.name!r} is float32 but holds integer op {type(op).__name__}")
+    return Graph(name=q.name, input_kind=q.input_kind, input_size=q.input_size, seq_len=q.seq_len,
+                 ops=list(q.ops), postprocess=q.postprocess)
+
+
+def quantize_model_input(q: QModel, x: np.ndarray) -> np.ndarray:
+    """What the chip receives: int16 values for float models, int64 ids for token models."""
+    if q.input_kind == "tokens":
+        return fp._i64(x)
+    return fp.quantize_input(x, 1.0 / q.input_scale)
+
+
+def run(q: QModel, x: np.ndarray) -> np.ndarray:
+    """Run ``q`` on float inputs (N,T,F) or token ids (N,T), as the generated C does.
+
+    Integer precisions return int64 arrays of int16 values (multiply by
+    ``q.output_scale`` to dequantise); float32 returns float32 (via ``run_float``).
+    """
+    if q.precision == "float32":
+        from .float_sim import run_float  # written separately; imported only when needed
+        return np.asarray(run_float(as_graph(q), x), dtype=np.float32)
+    return run_quant(q, quantize_model_input(q, x))

@@ -1,0 +1,149 @@
+"""The float reference: a ``Graph`` computed in float32 with PyTorch's formulas.
+
+It is what quantisation is measured against and where calibration gets its ranges:
+with ``trace`` given, every intermediate tensor calibration needs is recorded under a
+stable name (see :func:`run_float`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..errors import McuNnError
+from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, Recurrent,
+                  SelectLast)
+
+F32 = np.float32
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):          # exp(+large) -> inf -> sigmoid 0, as torch
+        return (F32(1) / (F32(1) + np.exp(-x))).astype(F32)
+
+
+def _act(kind: str, x: np.ndarray) -> np.ndarray:
+    if kind == "relu":
+        return np.maximum(x, F32(0))
+    if kind == "tanh":
+        return np.tanh(x)
+    if kind == "sigmoid":
+        return _sigmoid(x)
+    raise McuNnError(f"float simulator: unknown activation {kind!r}; expected relu, tanh or sigmoid")
+
+
+def _f32(a: Optional[np.ndarray], size: int) -> np.ndarray:
+    return np.zeros(size, F32) if a is None else np.asarray(a, F32)
+
+
+def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key: str):
+    """Run direction ``d`` of ``op`` over x (N, T, I). Returns (h sequence (N,T,S), final h)."""
+    dw = op.directions[d]
+    n, t_len, _ = x.shape
+    hsz, g = op.hidden_size, {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[op.kind]
+    w_ih, w_hh = np.asarray(dw.w_ih, F32), np.asarray(dw.w_hh, F32)
+    b_ih, b_hh = _f32(dw.b_ih, g * hsz), _f32(dw.b_hh, g * hsz)
+    w_hr = None if dw.w_hr is None else np.asarray(dw.w_hr, F32)
+    s = op.state_size
+
+    xw = (x @ w_ih.T + b_ih).astype(F32)                # (N, T, G*H): input part of every step
+    h = np.zeros((n, s), F32)
+    c = np.zeros((n, hsz), F32)
+    out = np.zeros((n, t_len, s), F32)
+    rec = {} if trace is None else {
+        "gates": np.zeros((n, t_len, g * hsz), F32),
+        "c": np.zeros((n, t_len, hsz), F32) if op.kind == "lstm" else None,
+        "hfull": np.zeros((n, t_len, hsz), F32) if w_hr is not None else None,
+        "nx": np.zeros((n, t_len, hsz), F32) if op.kind == "gru" else None,
+        "nh": np.zeros((n, t_len, hsz), F32) if op.kind == "gru" else None,
+    }
+    steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
+    for t in steps:
+        hw = (h @ w_hh.T + b_hh).astype(F32)
+        if op.kind == "lstm":
+            pre = xw[:, t] + hw
+            i, f = _sigmoid(pre[:, :hsz]), _sigmoid(pre[:, hsz:2 * hsz])
+            gg, o = np.tanh(pre[:, 2 * hsz:3 * hsz]), _sigmoid(pre[:, 3 * hsz:])
+            c = f * c + i * gg
+            hfull = o * np.tanh(c)
+            h = hfull @ w_hr.T if w_hr is not None else hfull
+            if trace is not None:
+                rec["c"][:, t] = c
+                if w_hr is not None:
+                    rec["hfull"][:, t] = hfull
+        elif op.kind == "gru":
+            rz = xw[:, t, :2 * hsz] + hw[:, :2 * hsz]
+            r, z = _sigmoid(rz[:, :hsz]), _sigmoid(rz[:, hsz:])
+            nx, nh = xw[:, t, 2 * hsz:], hw[:, 2 * hsz:]
+            npre = nx + r * nh                          # PyTorch: tanh(W_in x + b_in + r*(W_hn h + b_hn))
+            nn_ = np.tanh(npre)
+            h = (F32(1) - z) * nn_ + z * h
+            pre = np.concatenate([rz, npre], axis=1)
+            if trace is not None:
+                rec["nx"][:, t], rec["nh"][:, t] = nx, nh
+        else:
+            pre = xw[:, t] + hw
+            h = np.tanh(pre) if op.kind == "rnn_tanh" else np.maximum(pre, F32(0))
+        h = h.astype(F32)
+        out[:, t] = h
+        if trace is not None:
+            rec["gates"][:, t] = pre
+    if trace is not None:
+        for name, arr in rec.items():
+            if arr is not None:
+                trace[f"{key}.d{d}.{name}"] = arr
+        trace[f"{key}.d{d}.h"] = out
+    return out, h
+
+
+def _check_input(graph: Graph, x: np.ndarray) -> None:
+    if graph.input_kind == "tokens":
+        if x.ndim != 2:
+            raise McuNnError(f"float simulator: token input must be (N, T) ids, got shape {x.shape}")
+    elif x.ndim != 3 or x.shape[2] != graph.input_size:
+        raise McuNnError(f"float simulator: input must be (N, T, {graph.input_size}), got shape {x.shape}")
+
+
+def run_float(graph: Graph, x: np.ndarray, trace: Optional[dict] = None) -> np.ndarray:
+    """Run ``graph`` on x ((N,T,F) float or (N,T) token ids) in float32.
+
+    Returns (N,T,O) if ``graph.output_per_step`` else (N,O), before any postprocess.
+    With ``trace`` a dict, records float32 arrays: "input", f"op{i}.in", f"op{i}.out" and,
+    per recurrent op and direction d, f"op{i}.d{d}.gates" (pre-activations (N,T,G*H); for a
+    GRU the n rows hold W_in x + b_in + r*(W_hn h + b_hn)), ".h", ".c" (LSTM), ".hfull"
+    (LSTM with projection: h before it), ".nx"/".nh" (GRU n-row halves).
+    """
+    x = np.asarray(x)
+    _check_input(graph, x)
+    cur = x.astype(np.int64) if graph.input_kind == "tokens" else x.astype(F32)
+    if trace is not None:
+        trace["input"] = cur
+    finals: list[np.ndarray] = []
+    for i, op in enumerate(graph.ops):
+        key = f"op{i}"
+        if trace is not None:
+            trace[f"{key}.in"] = cur
+        if isinstance(op, Embedding):
+            table = np.asarray(op.weight, F32)
+            valid = (cur >= 0) & (cur < table.shape[0])
+            cur = np.where(valid[..., None], table[np.where(valid, cur, 0)], F32(0)).astype(F32)
+        elif isinstance(op, Recurrent):
+            outs = [_direction(op, d, cur, trace, key) for d in range(len(op.directions))]
+            cur = np.concatenate([o for o, _ in outs], axis=-1)
+            finals = [f for _, f in outs]
+        elif isinstance(op, Linear):
+            w = np.asarray(op.weight, F32)
+            cur = (cur @ w.T + _f32(op.bias, w.shape[0])).astype(F32)
+        elif isinstance(op, Activation):
+            cur = _act(op.kind, cur).astype(F32)
+        elif isinstance(op, SelectLast):
+            cur = cur[:, -1]
+        elif isinstance(op, FinalHidden):
+            if not finals:
+                raise McuNnError(f"float simulator: FinalHidden ({op.source or key}) has no recurrent layer before it")
+            cur = np.concatenate([finals[d] for d in op.directions], axis=-1)
+        else:
+            raise McuNnError(f"float simulator: unsupported op {type(op).__name__} at {key}")
+        if trace is not None:
+            trace[f"{key}.out"] = cur
+    return cur

@@ -1,0 +1,415 @@
+"""QModel -> C sources (model.h, model.c) through the Jinja templates.
+
+Kernels are one template per op kind; this module decides names, types, the state
+struct and the per-step / per-sequence call sequence. Never imports torch.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import jinja2
+import numpy as np
+
+from .. import __version__
+from ..errors import McuNnError
+from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbedding, QLinear,
+                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast)
+from ..quant import fixedpoint as fp
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+_LIMIT62 = 1 << 62
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True,
+                              undefined=jinja2.StrictUndefined)
+
+
+def _int_table(t: np.ndarray) -> str:
+    vals = [str(int(v)) for v in t]
+    return ",\n".join("    " + ", ".join(vals[i:i + 12]) for i in range(0, len(vals), 12))
+
+
+def render_runtime_header() -> str:
+    """mcunn_fixedpoint.h with the activation tables of fixedpoint.py."""
+    return environment().get_template("mcunn_fixedpoint.h.j2").render(
+        version=__version__, table_len=fp.TABLE_LEN,
+        sigmoid_table=_int_table(fp.SIGMOID_TABLE), tanh_table=_int_table(fp.TANH_TABLE))
+
+
+def f32_literal(v: float) -> str:
+    """Exact C literal of float32(v) (9 significant digits round-trip a float32)."""
+    return "%.9ef" % float(np.float32(v))
+
+
+@dataclass
+class Array:
+    ctype: str
+    name: str
+    values: np.ndarray
+
+    @property
+    def dims(self) -> str:
+        return "".join(f"[{n}]" for n in self.values.shape)
+
+    @property
+    def nbytes(self) -> int:
+        size = {"int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "float": 4}[self.ctype]
+        return size * int(self.values.size)
+
+    @property
+    def init(self) -> str:
+        flat = self.values.reshape(-1)
+        if self.ctype == "float":
+            items = [f32_literal(v) for v in flat]
+        else:
+            items = [str(int(v)) for v in flat]
+        if self.values.ndim == 2:
+            cols = self.values.shape[1]
+            rows = [", ".join(items[r * cols:(r + 1) * cols]) for r in range(self.values.shape[0])]
+            return "{\n    {" + "},\n    {".join(rows) + "}\n}"
+        return "{" + ", ".join(items) + "}"
+
+
+@dataclass
+class Emitted:
+    """Everything write_export needs: sources plus sizes for the manifest."""
+    header: str
+    source: str
+    arrays: list[Array]
+    state_bytes: int
+    layers: list[dict] = field(default_factory=list)
+
+
+def _check_int(w: np.ndarray, lo: int, hi: int, what: str) -> None:
+    if w.size and (w.min() < lo or w.max() > hi):
+        raise McuNnError(f"{what}: values outside [{lo}, {hi}]; the QModel is invalid — re-run quantisation")
+
+
+class _Builder:
+    def __init__(self, q: QModel, prefix: str):
+        self.q, self.p = q, prefix
+        self.fp = q.precision == "float32"
+        self.vt = "float" if self.fp else "int16_t"
+        self.vsize = 4 if self.fp else 2
+        self.arrays: list[Array] = []
+        self.kernels: list[str] = []
+        self.layers: list[dict] = []
+        self.env = environment()
+
+    # ---------------------------------------------------------------- arrays
+    def arr(self, ctype: str, name: str, values, what: str) -> str:
+        values = np.asarray(values)
+        full = f"{self.p}_{name}"
+        if ctype in ("int8_t", "int16_t", "int32_t"):
+            bits = {"int8_t": 8, "int16_t": 16, "int32_t": 32}[ctype]
+            _check_int(values, -(1 << (bits - 1)) + (1 if ctype == "int32_t" else 0), (1 << (bits - 1)) - 1, what)
+        self.arrays.append(Array(ctype, full, values))
+        return full
+
+    def wtype(self, w: np.ndarray) -> str:
+        if self.q.precision == "int8" and (w.size == 0 or (w.min() >= -128 and w.max() <= 127)):
+            return "int8_t"
+        return "int16_t"
+
+    def matrix(self, m: QMatrix, name: str, what: str) -> tuple[str, str, str, np.ndarray]:
+        """Weights + multipliers arrays and the dot function; returns per-row |acc| bounds."""
+        w = np.asarray(m.w, dtype=np.int64)
+        wt = self.wtype(w)
+        wname = self.arr(wt, name, w, f"{what} weights")
+        mname = self.arr("int32_t", name + "_mult", np.asarray(m.mult, dtype=np.int64), f"{what} multipliers")
+        bound = np.abs(w).sum(axis=1) * 32768
+        # int32 only where proven; otherwise widen (same results, no overflow)
+        acc = 32 if m.acc_bits == 32 and int(bound.max(initial=0)) < (1 << 31) else 64
+        dot = f"mcunn_dot_s{8 if wt == 'int8_t' else 16}_{acc}"
+        return wname, mname, dot, bound
+
+    def check_requant(self, terms: list, bias, what: str) -> None:
+        total = np.abs(np.asarray(bias, dtype=np.int64)).astype(object)
+        for bound, mult in terms:
+            total = total + bound.astype(object) * np.abs(np.asarray(mult, dtype=np.int64)).astype(object)
+        if len(total) and max(total) >= _LIMIT62:
+            raise McuNnError(f"{what}: requantisation sum may reach 2^62 (multipliers too large for the "
+                             "weights); re-quantise with smaller multipliers")
+
+    # ---------------------------------------------------------------- ops
+    def recurrent(self, k: int, op) -> dict:
+        fp_ = self.fp
+        H, S = op.hidden_size, op.state_size
+        P = op.proj_size
+        L = {"source": op.source or f"op {k}", "kind": op.kind, "H": H, "S": S, "I": op.input_size, "P": P,
+             "cell_frac": 0 if fp_ else op.cell_frac}
+        tpl = {"lstm": "lstm.c.j2", "gru": "gru.c.j2"}.get(op.kind, "rnn.c.j2")
+        dirs = []
+        for d, qd in enumerate(op.directions):
+            what = f"{L['source']} direction {d}"
+            D = {"d": d, "fn": f"{self.p}_op{k}_d{d}"}
+            if fp_:
+                rows = qd.w_ih.shape[0]
+                D["wx"] = self.arr("float", f"op{k}_d{d}_wx", qd.w_ih, what)
+                D["wh"] = self.arr("float", f"op{k}_d{d}_wh", qd.w_hh, what)
+                zero = np.zeros(rows, np.float32)
+                D["bx"] = self.arr("float", f"op{k}_d{d}_bx", qd.b_ih if qd.b_ih is not None else zero, what)
+                D["bh"] = self.arr("float", f"op{k}_d{d}_bh", qd.b_hh if qd.b_hh is not None else zero, what)
+                if P:
+                    D["wp"] = self.arr("float", f"op{k}_d{d}_wp", qd.w_hr, what)
+            else:
+                D["wx"], D["mx"], D["dotx"], bx = self.matrix(qd.wx, f"op{k}_d{d}_wx", what + " input")
+                D["wh"], D["mh"], D["doth"], bh = self.matrix(qd.wh, f"op{k}_d{d}_wh", what + " recurrent")
+                D["bias"] = self.arr("int64_t", f"op{k}_d{d}_bias", np.asarray(qd.bias, np.int64), what)
+                D["shift"] = int(qd.shift)
+                self.check_requant([(bx, qd.wx.mult), (bh, qd.wh.mult)], qd.bias, what)
+                if op.kind == "gru":
+                    D["bias_h"] = self.arr("int64_t", f"op{k}_d{d}_bias_h", np.asarray(qd.bias_h, np.int64), what)
+                if P:
+                    D["wp"], D["mp"], D["dotp"], bp = self.matrix(qd.proj, f"op{k}_d{d}_wp", what + " projection")
+                    D["proj_shift"] = int(qd.proj_shift)
+                    self.check_requant([(bp, qd.proj.mult)], np.zeros(P, np.int64), what + " projection")
+            self.kernels.append(self.env.get_template(tpl).render(L=L, D=D, fp=fp_, vt=self.vt))
+            dirs.append(D)
+        L["dirs"] = dirs
+        return L
+
+    def linear(self, k: int, op) -> dict:
+        src = op.source or f"op {k}"
+        if self.fp:
+            O, I = op.weight.shape
+            L = {"source": src, "fn": f"{self.p}_op{k}", "O": O, "I": I,
+                 "w": self.arr("float", f"op{k}_w", op.weight, src),
+                 "b": self.arr("float", f"op{k}_b", op.bias if op.bias is not None else np.zeros(O, np.float32), src)}
+        else:
+            O, I = op.mat.w.shape
+            w, m, dot, bound = self.matrix(op.mat, f"op{k}_w", src)
+            self.check_requant([(bound, op.mat.mult)], op.bias, src)
+            L = {"source": src, "fn": f"{self.p}_op{k}", "O": O, "I": I, "w": w, "m": m, "dot": dot,
+                 "b": self.arr("int64_t", f"op{k}_b", np.asarray(op.bias, np.int64), src), "shift": int(op.shift)}
+        self.kernels.append(self.env.get_template("linear.c.j2").render(L=L, fp=self.fp, vt=self.vt))
+        return L
+
+    def activation(self, k: int, op, n: int) -> dict:
+        L = {"source": op.source or f"op {k}", "fn": f"{self.p}_op{k}", "kind": op.kind, "N": n,
+             "mult": 0 if self.fp else int(op.mult), "shift": 0 if self.fp else int(op.shift)}
+        if not self.fp and op.kind != "relu" and abs(int(op.mult)) >= (1 << 31):
+            raise McuNnError(f"{L['source']}: activation multiplier {op.mult} does not fit int32")
+        self.kernels.append(self.env.get_template("activation.c.j2").render(L=L, fp=self.fp, vt=self.vt))
+        return L
+
+    def embedding(self, k: int, op) -> dict:
+        table = op.weight if self.fp else np.asarray(op.table, np.int64)
+        src = op.source or f"op {k}"
+        ctype = "float" if self.fp else self.wtype(table)
+        V, D = table.shape
+        L = {"source": src, "fn": f"{self.p}_op{k}", "V": V, "D": D,
+             "table": self.arr(ctype, f"op{k}_table", table, src + " table")}
+        self.kernels.append(self.env.get_template("embedding.c.j2").render(L=L, fp=self.fp, vt=self.vt))
+        return L
+
+
+def _is_rec(op) -> bool:
+    return isinstance(op, (QRecurrent, Recurrent))
+
+
+def emit(q: QModel, prefix: Optional[str] = None) -> Emitted:
+    """Generate model.h / model.c for ``q`` with C prefix ``prefix`` (default: q.name)."""
+    p = prefix or q.name
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p or ""):
+        raise McuNnError(f"model name {p!r} is not a C identifier; pass --name with letters, digits and _")
+    p = p.lower()
+    b = _Builder(q, p)
+    vt = b.vt
+    bidir = any(_is_rec(o) and o.bidirectional for o in q.ops)
+    tokens = q.input_kind == "tokens"
+    in_size = 1 if tokens else q.input_size
+    state: list[tuple[str, int]] = []          # (declaration, bytes)
+
+    def member(name: str, n: int) -> str:
+        state.append((f"{vt} {name}[{n}]", n * b.vsize))
+        return f"s->{name}"
+
+    # pass 1: kernels, sizes
+    size = q.input_size if not tokens else 0
+    dims = [in_size]
+    infos = []
+    last_rec = None
+    readout_at = len(q.ops)
+    max_h = 1
+    for k, op in enumerate(q.ops):
+        macs, info = 0, {}
+        if isinstance(op, (QEmbedding, Embedding)):
+            info = b.embedding(k, op)
+            size = info["D"]
+        elif _is_rec(op):
+            info = b.recurrent(k, op)
+            last_rec = (k, op)
+            max_h = max(max_h, op.hidden_size)
+            g = {"lstm": 4, "gru": 3}.get(op.kind, 1)
+            macs = len(op.directions) * (g * op.hidden_size * (op.input_size + op.state_size)
+                                         + op.proj_size * op.hidden_size)
+            size = op.output_size
+        elif isinstance(op, (QLinear, Linear)):
+            info = b.linear(k, op)
+            macs = info["O"] * info["I"]
+            size = info["O"]
+        elif isinstance(op, (QActivation, Activation)):
+            info = b.activation(k, op, size)
+        elif isinstance(op, SelectLast):
+            readout_at = min(readout_at, k)
+        elif isinstance(op, FinalHidden):
+            readout_at = min(readout_at, k)
+            if last_rec is None or any(d not in range(len(last_rec[1].directions)) for d in op.directions):
+                raise McuNnError(f"FinalHidden{op.directions}: no such direction in the last recurrent layer")
+            size = last_rec[1].state_size * len(op.directions)
+        else:
+            raise McuNnError(f"codegen: unsupported op {type(op).__name__} in model {q.name!r}")
+        dims.append(size)
+        infos.append(info)
+        b.layers.append(_layer_entry(k, op, q, macs, size))
+    if size != q.output_size:
+        raise McuNnError(f"model {q.name!r}: ops produce {size} outputs but QModel.output_size is {q.output_size}")
+    if bidir and q.max_steps <= 0:
+        raise McuNnError(f"model {q.name!r} is bidirectional but max_steps is {q.max_steps}; set the longest sequence")
+
+    # state: recurrent h/c per direction, then scratch
+    for k, op in enumerate(q.ops):
+        if _is_rec(op):
+            for d in range(len(op.directions)):
+                member(f"op{k}_h{d}", op.state_size)
+                if op.kind == "lstm":
+                    member(f"op{k}_c{d}", op.hidden_size)
+    hnew = member("hnew", max_h)
+    maxdim = max(dims + [1])
+    va, vb = member("va", maxdim), member("vb", maxdim)
+
+    def other(cur: str) -> str:
+        return vb if cur == va else va
+
+    def rec_call(k: int, op, d: int, x: str) -> str:
+        c = f"s->op{k}_c{d}, " if op.kind == "lstm" else ""
+        return f"{p}_op{k}_d{d}(s->op{k}_h{d}, {c}{x}, {hnew});"
+
+    advance: list[str] = []
+    seq: list[str] = []
+    if not bidir:
+        cur = "x"
+        for k in range(readout_at):
+            op, info = q.ops[k], infos[k]
+            if isinstance(op, (QEmbedding, Embedding)):
+                advance.append(f"{info['fn']}(x[0], {va});")
+                cur = va
+            elif _is_rec(op):
+                advance.append(rec_call(k, op, 0, cur))
+                cur = f"s->op{k}_h0"
+            else:
+                out = other(cur)
+                advance.append(f"{info['fn']}({cur}, {out});")
+                cur = out
+        advance.append(f"return {cur};")
+    else:
+        ba, bb = member("ba", q.max_steps * maxdim), member("bb", q.max_steps * maxdim)
+        cur, stride = "x", in_size
+        for k in range(readout_at):
+            op, info = q.ops[k], infos[k]
+            out = bb if cur == ba else ba
+            od = dims[k + 1]
+            if isinstance(op, (QEmbedding, Embedding)):
+                seq.append(f"for (t = 0; t < steps; ++t) {info['fn']}(x[t], {out} + t * {od});")
+            elif _is_rec(op):
+                S = op.state_size
+                for d in range(len(op.directions)):
+                    loop = "for (t = 0; t < steps; ++t)" if d == 0 else "for (t = steps; t-- > 0;)"
+                    seq.append(f"{loop} {{")
+                    seq.append(f"    int j;")
+                    seq.append(f"    {rec_call(k, op, d, f'{cur} + t * {stride}')}")
+                    seq.append(f"    for (j = 0; j < {S}; ++j) {out}[t * {od} + {d * S} + j] = s->op{k}_h{d}[j];")
+                    seq.append("}")
+            else:
+                seq.append(f"for (t = 0; t < steps; ++t) {info['fn']}({cur} + t * {stride}, {out} + t * {od});")
+            cur, stride = out, od
+        if q.output_per_step:
+            seq.append(f"for (t = 0; t < steps; ++t) {{ int j; for (j = 0; j < {q.output_size}; ++j) "
+                       f"y[t * {q.output_size} + j] = {cur}[t * {stride} + j]; }}")
+        else:
+            seq.append(f"{p}_head(s, {cur} + (steps - 1) * {stride}, y);")
+
+    # the ops after the readout (vectors, once per sequence)
+    head: list[str] = ["(void)s;", "(void)cur;"]
+    known = cur   # where the head's input lives, so ping-pong never writes over it
+    cur = "cur"
+    for k in range(readout_at, len(q.ops)):
+        op, info = q.ops[k], infos[k]
+        if isinstance(op, FinalHidden):
+            lk, lop = last_rec
+            dst, off = va, 0
+            for d in op.directions:
+                head.append(f"{{ int j; for (j = 0; j < {lop.state_size}; ++j) {dst}[{off} + j] = s->op{lk}_h{d}[j]; }}")
+                off += lop.state_size
+            cur = dst
+        elif isinstance(op, SelectLast):
+            pass
+        elif isinstance(op, (QEmbedding, Embedding)) or _is_rec(op):
+            raise McuNnError(f"codegen: {type(op).__name__} after a readout (SelectLast/FinalHidden) is not supported")
+        else:
+            out = other(known if cur == "cur" else cur)
+            head.append(f"{info['fn']}({cur}, {out});")
+            cur = out
+    head.append(f"{{ int j; for (j = 0; j < {q.output_size}; ++j) y[j] = {cur}[j]; }}")
+
+    state_bytes = sum(n for _, n in state)
+    fp_ = b.fp
+    ctx = dict(
+        p=p, P=p.upper(), name=q.name, precision=q.precision, version=__version__,
+        ops_summary=", ".join(_op_name(o) for o in q.ops), fp=fp_, vt=vt, tokens=tokens,
+        vocab=q.input_size, in_size=in_size, out_size=q.output_size, max_steps=q.max_steps if bidir else 0,
+        per_step=q.output_per_step, bidirectional=bidir,
+        in_t="float" if fp_ else ("int32_t" if tokens else "int16_t"), out_t="float" if fp_ else "int16_t",
+        state=[decl for decl, _ in state], state_bytes=state_bytes,
+        arrays=b.arrays, kernels=b.kernels, advance=advance, head=head, seq=seq,
+        inv_scale=f32_literal(1.0 / q.input_scale) if not tokens and not fp_ else "1.0f",
+        out_scale=f32_literal(q.output_scale),
+        quant_doc=("identity (float32 model)" if fp_ else "token ids pass through (NaN/out of range -> -1, a zero embedding)"
+                   if tokens else f"float -> int16: round(v / {q.input_scale:g}), saturating, NaN -> 0"),
+        dequant_doc="identity (float32 model)" if fp_ else f"int16 -> float: v * {q.output_scale:g}",
+    )
+    env = b.env
+    return Emitted(env.get_template("model.h.j2").render(**ctx), env.get_template("model.c.j2").render(**ctx),
+                   b.arrays, state_bytes, b.layers)
+
+
+def _op_name(op) -> str:
+    if _is_rec(op):
+        return f"{op.kind}{'x2' if op.bidirectional else ''}({op.input_size}->{op.hidden_size})"
+    return type(op).__name__.lstrip("Q").lower()
+
+
+def _layer_entry(k: int, op, q: QModel, macs: int, out_size: int) -> dict:
+    e: dict = {"index": k, "kind": type(op).__name__, "source": getattr(op, "source", ""),
+               "output_size": int(out_size), "macs_per_step": int(macs)}
+    if _is_rec(op):
+        e.update(cell=op.kind, input_size=op.input_size, hidden_size=op.hidden_size, proj_size=op.proj_size,
+                 bidirectional=op.bidirectional)
+        if isinstance(op, QRecurrent):
+            e.update(in_scale=op.in_scale, h_scale=op.h_scale, cell_frac=op.cell_frac,
+                     shifts=[int(d.shift) for d in op.directions],
+                     acc_bits=[[int(d.wx.acc_bits), int(d.wh.acc_bits)] for d in op.directions])
+    elif isinstance(op, QLinear):
+        e.update(input_size=int(op.mat.w.shape[1]), in_scale=op.in_scale, out_scale=op.out_scale,
+                 shift=int(op.shift), acc_bits=int(op.mat.acc_bits))
+    elif isinstance(op, Linear):
+        e.update(input_size=int(op.weight.shape[1]))
+    elif isinstance(op, QActivation):
+        e.update(activation=op.kind, in_scale=op.in_scale, out_scale=op.out_scale, mult=int(op.mult),
+                 shift=int(op.shift))
+    elif isinstance(op, Activation):
+        e.update(activation=op.kind)
+    elif isinstance(op, (QEmbedding, Embedding)):
+        t = op.table if isinstance(op, QEmbedding) else op.weight
+        e.update(vocab=int(t.shape[0]), dim=int(t.shape[1]))
+        if isinstance(op, QEmbedding):
+            e.update(out_scale=op.out_scale)
+    elif isinstance(op, FinalHidden):
+        e.update(directions=list(op.directions))
+    return e

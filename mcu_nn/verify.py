@@ -1,0 +1,153 @@
+"""``mcu-nn verify``: compile an export on this machine (under ASan/UBSan), run every test
+vector through the C and compare with the simulator's expected outputs: zero differing
+bits for integer precisions, a stated relative tolerance for float32."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import McuNnError
+
+HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
+              "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+CROSS_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-mthumb",
+               "-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
+FLOAT_RTOL = 1e-5   # float32: |got - expected| <= FLOAT_RTOL * max(1, |expected|)
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    vectors: int
+    mismatches: int
+    first_mismatch: str = ""
+    max_abs_error: float = 0.0
+    sizes: dict = field(default_factory=dict)
+
+
+def find_cc(cc: Optional[str] = None) -> str:
+    for cand in ([cc] if cc else ["cc", "gcc", "clang"]):
+        if cand and shutil.which(cand):
+            return cand
+    raise McuNnError(f"no C compiler found ({cc or 'cc, gcc, clang'}); install gcc or pass cc=")
+
+
+def _first_error(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "error" in ln.lower() or "runtime error" in ln:
+            return ln
+    return lines[0] if lines else "(no output)"
+
+
+def _compile(cmd: list[str], cwd: Path, what: str) -> None:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise McuNnError(f"{what} failed: {_first_error(r.stderr + r.stdout)}")
+
+
+def _load(export_dir: Path) -> tuple[dict, dict]:
+    if not export_dir.is_dir():
+        raise McuNnError(f"export directory {export_dir} does not exist; run mcu-nn export first")
+    mf = export_dir / "model.json"
+    if not mf.is_file():
+        raise McuNnError(f"{mf} is missing; {export_dir} is not an mcu-nn export (run mcu-nn export)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError as e:
+        raise McuNnError(f"{mf} is not valid JSON (line {e.lineno}); re-run mcu-nn export") from None
+    for name in ("model.h", "model.c", "test_vectors.npz"):
+        if not (export_dir / name).is_file():
+            raise McuNnError(f"{export_dir / name} is missing; re-run mcu-nn export")
+    with np.load(export_dir / "test_vectors.npz") as z:
+        vectors = {k: z[k] for k in z.files}
+    return manifest, vectors
+
+
+def cross_sizes(export_dir: Path, build: Path) -> dict:
+    """Section sizes of model.c compiled for Cortex-M4 (arm-none-eabi-size -A)."""
+    obj = build / "model_m4.o"
+    _compile(["arm-none-eabi-gcc", *CROSS_FLAGS, "-I", str(export_dir), "-c",
+              str(export_dir / "model.c"), "-o", str(obj)], build, "arm-none-eabi-gcc (cortex-m4)")
+    out = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], capture_output=True, text=True).stdout
+    sizes = {".text": 0, ".rodata": 0, ".bss": 0, ".data": 0}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            for sec in sizes:
+                if parts[0] == sec or parts[0].startswith(sec + "."):
+                    sizes[sec] += int(parts[1])
+    return {k.lstrip("."): v for k, v in sizes.items()}
+
+
+def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True,
+           log: Callable[[str], None] = print) -> VerifyResult:
+    """Compile ``export_dir`` with the host compiler under sanitizers, run all test vectors
+    through <name>_run and (unless bidirectional) <name>_step, and compare with ``expected``."""
+    from .codegen.emit import environment
+
+    export_dir = Path(export_dir)
+    manifest, vec = _load(export_dir)
+    name, fp32 = manifest["name"], manifest["precision"] == "float32"
+    bidir, per_step = bool(manifest["bidirectional"]), bool(manifest["output_per_step"])
+    xq, expected = vec["input_q"], vec["expected"]
+    n, steps = xq.shape[0], xq.shape[1]
+    fin, fout = int(manifest.get("input_values_per_step", 1 if xq.ndim == 2 else xq.shape[2])), manifest["output_size"]
+    in_dt = np.float32 if fp32 else (np.int32 if manifest["input_kind"] == "tokens" else np.int16)
+    out_dt = np.float32 if fp32 else np.int16
+    compiler = find_cc(cc)
+    sizes: dict = {}
+    with tempfile.TemporaryDirectory(prefix="mcunn-verify-") as tmp:
+        build = Path(tmp)
+        harness = environment().get_template("harness.c.j2").render(
+            p=name, P=name.upper(), bidirectional=bidir)
+        (build / "harness.c").write_text(harness)
+        exe = build / "harness"
+        _compile([compiler, *HOST_FLAGS, "-I", str(export_dir), str(build / "harness.c"),
+                  str(export_dir / "model.c"), "-o", str(exe), "-lm"], build, f"{compiler} (host build of {name})")
+        with open(build / "vectors.bin", "wb") as f:
+            f.write(np.array([n, steps, fin, fout], np.uint32).tobytes())
+            f.write(np.ascontiguousarray(xq.astype(in_dt)).tobytes())
+        r = subprocess.run([str(exe), str(build / "vectors.bin"), str(build / "out.bin")],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise McuNnError(f"C harness of {name} failed (exit {r.returncode}): {_first_error(r.stderr)}")
+        got = np.fromfile(build / "out.bin", dtype=out_dt)
+        if cross and shutil.which("arm-none-eabi-gcc") and shutil.which("arm-none-eabi-size"):
+            sizes = cross_sizes(export_dir, build)
+    shape = expected.shape
+    runs = [("run", got[:expected.size].reshape(shape))]
+    if not bidir:
+        runs.append(("step", got[expected.size:2 * expected.size].reshape(shape)))
+    mismatches, first, max_err = 0, "", 0.0
+    for mode, out in runs:
+        if fp32:
+            err = np.abs(out.astype(np.float64) - expected)
+            bad = err > FLOAT_RTOL * np.maximum(1.0, np.abs(expected.astype(np.float64)))
+            max_err = max(max_err, float(err.max(initial=0.0)))
+        else:
+            bad = out != expected
+        mismatches += int(bad.sum())
+        if bad.any() and not first:
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            where = (f"vector {idx[0]}, step {idx[1]}, output {idx[2]}" if per_step
+                     else f"vector {idx[0]}, output {idx[1]}")
+            tol = f" (tolerance {FLOAT_RTOL:g} relative)" if fp32 else ""
+            first = f"{where}: expected {expected[idx]}, got {out[idx]} ({name}_{mode}){tol}"
+    ok = mismatches == 0
+    what = (f"within {FLOAT_RTOL:g} relative, max abs error {max_err:.3g}" if fp32 else "0 differing bits")
+    modes = "run" + ("" if bidir else " and step")
+    if ok:
+        log(f"verify {name}: {n} vectors x {steps} steps through {name}_{modes}: OK ({what})")
+    else:
+        log(f"verify {name}: FAILED, {mismatches} differing outputs; first: {first}")
+    if sizes:
+        log("cortex-m4 object: " + ", ".join(f"{k} {v} B" for k, v in sizes.items()))
+    return VerifyResult(ok, n, mismatches, first, max_err, sizes)

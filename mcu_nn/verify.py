@@ -41,9 +41,10 @@ def find_cc(cc: Optional[str] = None) -> str:
 
 def _first_error(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in lines:
-        if "error" in ln.lower() or "runtime error" in ln:
-            return ln
+    for key in ("error:", "ERROR:", "error"):   # compiler diagnostics, ASan, UBSan/others
+        for ln in lines:
+            if key in ln:
+                return ln
     return lines[0] if lines else "(no output)"
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import McuNnError
-from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, Recurrent,
+from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, Recurrent,
                   SelectLast)
 
 F32 = np.float32
@@ -38,9 +38,12 @@ def _f32(a: Optional[np.ndarray], size: int) -> np.ndarray:
 
 def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key: str):
     """Run direction ``d`` of ``op`` over x (N, T, I). Returns (h sequence (N,T,S), final h)."""
+    if op.kind not in GATES:
+        raise McuNnError(f"float simulator: unknown recurrent kind {op.kind!r} in {op.source or key}; "
+                         f"expected one of {', '.join(GATES)}")
     dw = op.directions[d]
     n, t_len, _ = x.shape
-    hsz, g = op.hidden_size, {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}[op.kind]
+    hsz, g = op.hidden_size, GATES[op.kind]
     w_ih, w_hh = np.asarray(dw.w_ih, F32), np.asarray(dw.w_hh, F32)
     b_ih, b_hh = _f32(dw.b_ih, g * hsz), _f32(dw.b_hh, g * hsz)
     w_hr = None if dw.w_hr is None else np.asarray(dw.w_hr, F32)

@@ -104,3 +104,21 @@ def test_sanitizer_report_fails_verify(tmp_path):
     (d / "model.c").write_text(src)
     with pytest.raises(McuNnError, match="harness of model failed.*AddressSanitizer"):
         verify(d, cross=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16", "float32"])
+@pytest.mark.parametrize("kind,kw", [("lstm", {"proj": 2, "readout": "last", "head": ("linear:3",)}),
+                                     ("gru", {"bidirectional": True, "layers": 2}),
+                                     ("rnn_tanh", {"vocab": 8, "readout": "final:0", "head": ("linear:2", "sigmoid")})])
+def test_exports_of_the_real_quantiser(tmp_path, kind, kw, precision):
+    from mcu_nn.quant import quantize
+    g = Q.make_graph(kind, seq_len=6, **kw)
+    calib = Q.make_input(g, n=16, seed=7)
+    if g.input_kind == "tokens":
+        calib = np.clip(calib, 0, g.input_size - 1)   # the quantiser refuses out-of-range calibration ids
+    q = quantize(g, calib, precision)
+    x = calib[:3]
+    d = tmp_path / "export"
+    write_export(q, d, x, run(q, x))
+    r = verify(d, cross=False, log=lambda s: None)
+    assert r.ok, r.first_mismatch

@@ -77,6 +77,7 @@ int main(void)
     alpha_out_t ya[ALPHA_OUTPUT_SIZE]; beta_out_t yb[BETA_OUTPUT_SIZE];
     int j;
     xa[0] = alpha_quantize_input(1.0f); xb[0] = beta_quantize_input(1.0f);
+    alpha_reset(&sa); beta_reset(&sb);
     alpha_run(&sa, xa, 5, ya); beta_run(&sb, xb, 5, yb);
     for (j = 0; j < ALPHA_OUTPUT_SIZE; ++j) printf("%d ", ya[j]);
     for (j = 0; j < BETA_OUTPUT_SIZE; ++j) printf("%d ", yb[j]);
@@ -98,6 +99,39 @@ int main(void)
         x[0, 0, 0] = 1.0
         want += list(run(Q.quantize_graph(g, prec), x)[0])
     assert got == want
+
+
+def test_run_continues_from_the_current_state(tmp_path):
+    """_run picks up where the state is: two halves give the same outputs as the whole."""
+    g = Q.make_graph("lstm", name="model")
+    q = Q.quantize_graph(g, "int16")
+    x = Q.make_input(g, n=1, steps=8)
+    d = tmp_path / "exp"
+    write_export(q, d, x, run(q, x))
+    (tmp_path / "halves.c").write_text(r"""
+#include <stdio.h>
+#include "model.h"
+int main(void)
+{
+    model_state_t s;
+    model_in_t x[8 * MODEL_INPUT_SIZE];
+    model_out_t y[8 * MODEL_OUTPUT_SIZE];
+    int i;
+    for (i = 0; i < 8 * MODEL_INPUT_SIZE; ++i) x[i] = (model_in_t)(i * 977 % 20000 - 10000);
+    model_reset(&s);
+    model_run(&s, x, 3, y);
+    model_run(&s, x + 3 * MODEL_INPUT_SIZE, 5, y + 3 * MODEL_OUTPUT_SIZE);
+    for (i = 0; i < 8 * MODEL_OUTPUT_SIZE; ++i) printf("%d ", y[i]);
+    return 0;
+}
+""")
+    exe = tmp_path / "halves"
+    subprocess.run(["gcc", *STRICT, "-fsanitize=address,undefined", "-I", str(d), str(tmp_path / "halves.c"),
+                    str(d / "model.c"), "-o", str(exe), "-lm"], check=True)
+    got = np.array(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split(), int)
+    xq = (np.arange(8 * g.input_size) * 977 % 20000 - 10000).reshape(1, 8, g.input_size)
+    from mcu_nn.sim.int_sim import run_quant
+    assert got.tolist() == run_quant(q, xq).ravel().tolist()
 
 
 def test_manifest_describes_the_export(exports):

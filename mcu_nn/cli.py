@@ -210,6 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     warnings.showwarning = _show_warning
     warnings.simplefilter("ignore")                  # torch's internal chatter is not for our users
     warnings.simplefilter("always", McuNnWarning)
+    warnings.filterwarnings("always", module=r"mcu_nn(\.|$)")  # ours, raised from any of our modules
     try:
         return COMMANDS[args.command](args)
     except McuNnError as e:

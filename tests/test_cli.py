@@ -1,0 +1,106 @@
+"""The command line as a user drives it: real processes, real files, exit codes, and one
+clear line on stderr for every failure."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zoo
+
+CLI = [sys.executable, "-m", "mcu_nn"]
+
+
+def mcu_nn(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0, r.stdout
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("mcu-nn: error: "), lines[0]
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def lstm_file(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("cli")
+    model = zoo.make_model("lstm", input_size=6, hidden=32, readout="last", head="linear",
+                           postprocess="softmax")
+    path = zoo.save_model(model, tmp / "har.pt2", "pt2", zoo.example_input(model, T=12))
+    rng = np.random.default_rng(0)
+    np.savez(tmp / "calib.npz", x=rng.standard_normal((64, 12, 6)).astype(np.float32))
+    return path, tmp / "calib.npz"
+
+
+def test_help_teaches_every_subcommand():
+    r = mcu_nn("--help")
+    assert r.returncode == 0
+    for sub in ("inspect", "export", "verify", "build", "flash", "serial-test", "bench", "demo"):
+        assert sub in r.stdout
+        h = mcu_nn(sub, "--help")
+        assert h.returncode == 0 and "example:" in h.stdout, sub
+
+
+def test_inspect_prints_layers_and_sizes(lstm_file):
+    r = mcu_nn("inspect", lstm_file[0])
+    assert r.returncode == 0, r.stderr
+    assert "LSTM 6->32" in r.stdout and "Linear 32->4" in r.stdout
+    assert "MACs/step" in r.stdout and "int8 flash B" in r.stdout
+    assert str(4 * 32 * (6 + 32)) in r.stdout      # the LSTM's MACs per step
+
+
+@pytest.mark.parametrize("precision", ["int8", "int16", "float32"])
+def test_export_then_verify(lstm_file, tmp_path, precision):
+    model, calib = lstm_file
+    out = tmp_path / "exp"
+    r = mcu_nn("export", model, "-o", out, "--precision", precision, "--calib", calib, "--name", "har")
+    assert r.returncode == 0, r.stderr
+    assert "SNR" in r.stdout or precision == "float32"
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["name"] == "har" and manifest["precision"] == precision
+    v = mcu_nn("verify", out, "--no-cross")
+    assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_integer_export_without_calibration_is_refused(lstm_file, tmp_path):
+    line = one_error_line(mcu_nn("export", lstm_file[0], "-o", tmp_path / "x", "--precision", "int8"))
+    assert "--calib" in line
+
+
+def test_random_calibration_warns(lstm_file, tmp_path):
+    r = mcu_nn("export", lstm_file[0], "-o", tmp_path / "x", "--calib", "random")
+    assert r.returncode == 0, r.stderr
+    assert "mcu-nn: warning:" in r.stderr and "random" in r.stderr
+
+
+def test_bad_inputs_get_one_line(lstm_file, tmp_path):
+    model, _ = lstm_file
+    sd = tmp_path / "sd.pt"
+    torch.save(zoo.make_model("gru").state_dict(), sd)
+    assert "state_dict" in one_error_line(mcu_nn("inspect", sd))
+    trunc = tmp_path / "trunc.pt2"
+    trunc.write_bytes(model.read_bytes()[:2000])
+    one_error_line(mcu_nn("inspect", trunc))
+    one_error_line(mcu_nn("inspect", tmp_path / "missing.pt2"))
+    bad_calib = tmp_path / "bad.npy"
+    np.save(bad_calib, np.zeros((4, 12, 5), np.float32))
+    line = one_error_line(mcu_nn("export", model, "-o", tmp_path / "y", "--calib", bad_calib))
+    assert "5" in line and "6" in line
+    nan_calib = tmp_path / "nan.npy"
+    arr = np.zeros((4, 12, 6), np.float32)
+    arr[1, 2, 3] = np.nan
+    np.save(nan_calib, arr)
+    assert "NaN" in one_error_line(mcu_nn("export", model, "-o", tmp_path / "z", "--calib", nan_calib))
+    empty = tmp_path / "empty.npy"
+    np.save(empty, np.zeros((0, 12, 6), np.float32))
+    one_error_line(mcu_nn("export", model, "-o", tmp_path / "w", "--calib", empty))
+    one_error_line(mcu_nn("verify", tmp_path / "not-an-export"))
+    one_error_line(mcu_nn("build", tmp_path / "not-an-export", "--board", "no-such-board"))

@@ -1,0 +1,131 @@
+"""Boot firmware where no hardware is needed: QEMU for the mps2 boards (UART on a loopback
+TCP port) or the host board's executable (a pseudo-terminal). Always torn down on exit."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..boards import Board, get_board
+from ..errors import McuNnError
+
+QEMU = "qemu-system-arm"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def qemu_command(elf: Path, board: Board, port: int) -> list[str]:
+    cmd = [QEMU, "-M", board.qemu_machine, "-kernel", str(elf), "-display", "none",
+           "-monitor", "none", "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on"]
+    if board.icount_shift is not None:
+        cmd += ["-icount", f"shift={board.icount_shift}"]
+    return cmd
+
+
+class Emulator:
+    """``with Emulator(elf, board) as emu: DeviceClient(emu.url)``."""
+
+    def __init__(self, elf: Path, board: str, *, port: Optional[int] = None,
+                 log: Callable[[str], None] = print, start_timeout: float = 10.0) -> None:
+        self.elf = Path(elf)
+        self.board = get_board(board)
+        self.port = port
+        self.log = log
+        self.start_timeout = start_timeout
+        self.proc: Optional[subprocess.Popen] = None
+        self.url = ""
+
+    def __enter__(self) -> "Emulator":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if not self.elf.is_file():
+            raise McuNnError(f"firmware {self.elf} does not exist; run mcu-nn build first")
+        if self.board.flash_method == "host":
+            self._start_host()
+        elif self.board.emulated:
+            self._start_qemu()
+        else:
+            raise McuNnError(f"{self.board.name} is a real board with no emulator: flash it "
+                             f"(mcu-nn flash) and pass its serial port with --port")
+
+    def _start_qemu(self) -> None:
+        if not shutil.which(QEMU):
+            raise McuNnError(f"{QEMU} not found: install it (apt install qemu-system-arm)")
+        for _ in range(3):       # a port taken between free_port() and QEMU's bind: try another
+            port = self.port or free_port()
+            self.proc = subprocess.Popen(qemu_command(self.elf, self.board, port), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if self._wait_listening(port):
+                self.port, self.url = port, f"socket://127.0.0.1:{port}"
+                return
+            err = self._reap()
+            if self.port or "ddress already in use" not in err:
+                raise McuNnError(f"QEMU did not start for {self.board.name}: "
+                                 f"{err.strip().splitlines()[-1] if err.strip() else 'no message'}")
+        raise McuNnError("QEMU could not bind a free loopback port after 3 tries")
+
+    def _wait_listening(self, port: int) -> bool:
+        """True once QEMU listens. Probing by connecting is safe: with server=on QEMU accepts
+        the next client after this one leaves, and the firmware never speaks unasked."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def _start_host(self) -> None:
+        self.proc = subprocess.Popen([str(self.elf)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if " on /dev/" not in line:
+            err = self._reap()
+            raise McuNnError(f"the host board did not start: {(line + err).strip() or 'no message'}")
+        self.url = line.rsplit(" on ", 1)[1].strip()
+
+    def _reap(self) -> str:
+        err = ""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            try:
+                _, err = self.proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            self.proc = None
+        return err.decode(errors="replace") if isinstance(err, bytes) else (err or "")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=3)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+        self.proc = None
+
+    def wait(self) -> int:
+        """Block until the emulator exits (flash --listen); returns its exit code."""
+        return self.proc.wait() if self.proc else 0

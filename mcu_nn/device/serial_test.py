@@ -1,0 +1,164 @@
+"""``mcu-nn serial-test``: every test vector of an export through the board (RUN, then STEP
+one step at a time), compared with the simulator's outputs: zero differing bits for integer
+precisions, verify's tolerance for float32."""
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..boards import BOARDS, DEFAULT_BOARD, get_board
+from ..build import build_firmware, firmware_path, is_up_to_date, load_manifest
+from ..errors import McuNnError
+from .client import DeviceClient
+from .emulator import Emulator
+from .protocol import DeviceInfo
+
+FLOAT_RTOL = 1e-5    # the same tolerance as mcu-nn verify
+
+
+@dataclass
+class SerialTestResult:
+    ok: bool
+    vectors: int
+    passed: int
+    first_mismatch: str
+    mean_cycles_per_step: Optional[float]
+    max_cycles_per_step: Optional[float]
+    bytes_per_second: float
+    cycle_unit: str
+    outputs: Optional[np.ndarray]      # the board's RUN outputs, one per vector
+    device: Optional[DeviceInfo]
+    retransmissions: int = 0
+
+
+def _mismatch(got: np.ndarray, exp: np.ndarray, fp: bool) -> Optional[np.ndarray]:
+    """Boolean mask of differing values, or None when all match."""
+    if got.shape != exp.shape:
+        return np.ones(exp.shape, bool)
+    if fp:
+        bad = ~(np.abs(got.astype(np.float64) - exp) <= FLOAT_RTOL * np.maximum(1.0, np.abs(exp)))
+    else:
+        bad = got.astype(np.int64) != exp.astype(np.int64)
+    return bad if bad.any() else None
+
+
+def _describe(i: int, how: str, got: np.ndarray, exp: np.ndarray, bad: np.ndarray) -> str:
+    idx = tuple(int(v) for v in np.argwhere(bad)[0]) if got.shape == exp.shape else ()
+    where = f" at index {idx}" if idx else f" (shape {got.shape} != {exp.shape})"
+    with np.printoptions(threshold=10_000, linewidth=10_000):
+        return (f"vector {i} via {how}: {int(bad.sum())} of {exp.size} values differ{where}\n"
+                f"  board:     {np.array2string(np.asarray(got))}\n"
+                f"  simulator: {np.array2string(np.asarray(exp))}")
+
+
+def _cycles(ticks: int, info: DeviceInfo) -> tuple[float, str]:
+    board = BOARDS.get(info.board)
+    if info.counter == "timer" and board is not None and board.icount_shift is not None:
+        # QEMU -icount shift=N: a 25 MHz tick is 40 ns, an instruction 2^N ns (docs/protocol.md)
+        ns_per_tick = 1e9 / info.counter_hz
+        return round(ticks * ns_per_tick / 2 ** board.icount_shift), "instructions"
+    if info.counter == "timer":
+        return ticks * info.clock_hz / info.counter_hz, "cycles (from a timer)"
+    return float(ticks), {"cycles": "cycles", "ns": "ns"}.get(info.counter, "ticks")
+
+
+def check_device(info: DeviceInfo, manifest: dict, export_dir: Path, port: str) -> None:
+    if info.sha256 != manifest["sha256"][:64]:
+        raise McuNnError(
+            f"the board on {port} runs model {info.name!r} (sha256 {info.sha256[:16]}…, built for "
+            f"{info.board}), not the export {export_dir} (sha256 {manifest['sha256'][:16]}…); "
+            f"run mcu-nn build {export_dir} and flash it")
+
+
+def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional[str] = None,
+                timeout: float = 5.0, retries: int = 5, log: Callable[[str], None] = print,
+                progress: bool = True) -> SerialTestResult:
+    """Compare the board's outputs with the simulator's for every test vector. With no
+    ``port``, builds the firmware for ``board`` (an emulated one) if needed and boots it."""
+    export_dir = Path(export_dir)
+    manifest = load_manifest(export_dir)
+    vec_file = export_dir / "test_vectors.npz"
+    if not vec_file.is_file():
+        raise McuNnError(f"{vec_file} is missing; re-run mcu-nn export")
+    with np.load(vec_file) as z:
+        inputs, expected = z["input_q"], z["expected"]
+    with contextlib.ExitStack() as stack:
+        if port is None:
+            b = get_board(board or DEFAULT_BOARD)
+            if not b.emulated and b.flash_method != "host":
+                raise McuNnError(f"{b.name} is a real board: flash it (mcu-nn flash) and pass --port")
+            if not is_up_to_date(export_dir, b.name):
+                build_firmware(export_dir, b.name, log=log)
+            emu = stack.enter_context(Emulator(firmware_path(export_dir, b.name), b.name, log=log))
+            port = emu.url
+            log(f"booted {b.name} ({'QEMU -M ' + b.qemu_machine if b.emulated else 'host'}), serial on {port}")
+        client = stack.enter_context(DeviceClient(port, timeout=timeout, retries=retries))
+        info = client.hello()
+        check_device(info, manifest, export_dir, port)
+        log(f"board {info.board}: model {info.name} ({info.precision}), sha256 {info.sha256[:16]}… matches "
+            f"the export; {info.input_size} in / {info.output_size} out per step")
+        return _compare(client, info, inputs, expected, manifest, log, progress)
+
+
+def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expected: np.ndarray,
+             manifest: dict, log: Callable[[str], None], progress: bool) -> SerialTestResult:
+    fp = manifest["precision"] == "float32"
+    n = inputs.shape[0]
+    passed, first, outputs, per_step_ticks = 0, "", [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, desc="serial-test", unit="vector", file=sys.stderr, leave=False)
+    try:
+        for i in range(n):
+            x, exp = inputs[i], expected[i]
+            steps = x.shape[0]
+            got, ticks = client.run(x)
+            outputs.append(got)
+            checks = [("RUN", got)]
+            if not info.has_step:
+                per_step_ticks.append(ticks / steps)
+            else:
+                client.reset()
+                ys = []
+                for t in range(steps):
+                    y, tk = client.step(x[t])
+                    ys.append(y)
+                    per_step_ticks.append(tk)
+                checks.append(("STEP", np.stack(ys) if info.output_per_step else ys[-1]))
+            ok = True
+            for how, g in checks:
+                bad = _mismatch(g, exp, fp)
+                if bad is not None:
+                    ok = False
+                    if not first:
+                        first = _describe(i, how, g, exp, bad)
+            passed += ok
+            if bar:
+                bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+    cyc = [_cycles(int(round(t)), info) for t in per_step_ticks]
+    unit = cyc[0][1] if cyc else "cycles"
+    mean = float(np.mean([c for c, _ in cyc])) if cyc and info.counter != "none" else None
+    mx = float(np.max([c for c, _ in cyc])) if cyc and info.counter != "none" else None
+    bps = (client.bytes_sent + client.bytes_received) / client.link_seconds if client.link_seconds else 0.0
+    result = SerialTestResult(passed == n, n, passed, first, mean, mx, bps, unit,
+                              np.stack(outputs) if outputs else None, info, client.retransmissions)
+    kind = "within float tolerance" if fp else "bit-exact"
+    log(f"{passed}/{n} vectors passed ({kind}; RUN{'' if info.has_step else ' only'}"
+        f"{' and STEP step by step' if info.has_step else ', bidirectional model'})")
+    if first:
+        log("first mismatch: " + first)
+    if mean is not None:
+        log(f"{unit} per step: mean {mean:,.0f}, max {mx:,.0f}")
+    log(f"link: {client.bytes_sent + client.bytes_received:,} bytes at {bps:,.0f} B/s"
+        f"{f', {client.retransmissions} retransmissions' if client.retransmissions else ''}")
+    return result

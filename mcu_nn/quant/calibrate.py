@@ -12,7 +12,7 @@ from typing import Union
 import numpy as np
 
 from ..errors import McuNnError
-from ..ir import Graph
+from ..ir import FinalHidden, Graph, SelectLast
 from ..sim.float_sim import run_float
 
 CALIB_KEYS = ("x", "input", "calib")
@@ -129,25 +129,124 @@ def load_calibration(source: Union[str, Path], graph: Graph) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- ranges
-def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256) -> dict[str, dict]:
+SAMPLE_PER_FOLD = 50_000           # |values| kept per tensor and fold for the range search
+RANGE_METHODS = ("max", "headroom", "percentile", "search")
+DEFAULT_RANGE_METHOD = "search"    # chosen by measurement on the examples (docs/examples.md)
+HEADROOM = 2.0                     # "headroom": one bit above the calibration max
+PERCENTILE = 99.99                 # "percentile": clip the rarest 0.01 % of |values|
+SEARCH_FACTORS = tuple(2.0 ** (k / 4) for k in range(0, 9))   # 1x .. 4x the fold's max
+INT16_STEPS = 32767
+
+
+def _head_ops(graph: Graph) -> tuple[int, list]:
+    """(index of the sequence->vector op, the ops after it) for a streaming model whose
+    head runs after out[:, -1] / h_n; (-1, []) otherwise. The chip's ``_step`` applies that
+    head to every step's h, so its ranges must hold over all steps, not only the last."""
+    for i, op in enumerate(graph.ops):
+        if isinstance(op, (SelectLast, FinalHidden)):
+            if graph.bidirectional or (isinstance(op, FinalHidden) and op.directions != [0]):
+                return -1, []
+            return i, list(graph.ops[i + 1:])
+    return -1, []
+
+
+def _stat() -> dict:
+    return {"min": np.inf, "max": -np.inf, "absmax": 0.0, "count": 0, "over_q312": 0, "over_q15": 0,
+            "fold_absmax": [0.0, 0.0], "samples": [[], []]}
+
+
+def _add(s: dict, arr: np.ndarray, rng: np.random.Generator, first_seq: int) -> None:
+    a = np.abs(arr)
+    if arr.size:
+        s["min"] = min(s["min"], float(arr.min()))
+        s["max"] = max(s["max"], float(arr.max()))
+        s["absmax"] = max(s["absmax"], float(a.max()))
+    s["count"] += int(arr.size)
+    s["over_q312"] += int((a > Q312_LIMIT).sum())
+    s["over_q15"] += int((a > Q15_LIMIT).sum())
+    if a.ndim == 0 or not a.size:
+        return
+    # two folds by sequence parity: a range fitted on one is judged on the other
+    fold = (np.arange(a.shape[0]) + first_seq) % 2
+    for k in (0, 1):
+        v = a[fold == k].ravel()
+        if not v.size:
+            continue
+        s["fold_absmax"][k] = max(s["fold_absmax"][k], float(v.max()))
+        if v.size > SAMPLE_PER_FOLD:
+            v = rng.choice(v, SAMPLE_PER_FOLD, replace=False)
+        s["samples"][k].append(v.astype(np.float32))
+
+
+def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
+                   method: str = DEFAULT_RANGE_METHOD, head_all_steps: bool = True) -> dict[str, dict]:
     """Run the float model over ``calib`` and summarise every traced tensor:
-    {name: {"min", "max", "absmax", "count", "over_q312", "over_q15"}} (the last two count
-    values that would saturate in Q3.12 / Q15)."""
+    {name: {"min", "max", "absmax", "count", "over_q312", "over_q15", "range", "method",
+    "clipped"}}. "over_q312"/"over_q15" count values that would saturate in Q3.12 / Q15;
+    "range" is the |value| the tensor's int16 scale will cover (see :func:`choose_range`)
+    and "clipped" the fraction of calibration values past it.
+
+    With ``head_all_steps`` the ops after out[:, -1] / h_n of a streaming model are also
+    run on every step's h (the chip's ``_step`` does that), and their ranges cover both."""
+    if method not in RANGE_METHODS:
+        raise McuNnError(f"unknown range method {method!r}; choose one of {', '.join(RANGE_METHODS)}")
     stats: dict[str, dict] = {}
+    rng = np.random.default_rng(0)
+    sel, head = _head_ops(graph) if head_all_steps else (-1, [])
     for start in range(0, calib.shape[0], chunk):
         trace: dict = {}
         run_float(graph, calib[start:start + chunk], trace=trace)
+        if head:
+            seq = trace[f"op{sel - 1}.out"]            # h of every step (N, T, S)
+            sub = Graph(name="head", input_kind="float", input_size=seq.shape[-1], seq_len=seq.shape[1],
+                        ops=head)
+            per_step: dict = {}
+            run_float(sub, seq, trace=per_step)
+            for name, arr in per_step.items():
+                if name.startswith("op"):
+                    idx, rest = name[2:].split(".", 1)
+                    trace[f"op{int(idx) + sel + 1}.{rest}"] = arr   # (N,T,..) replaces (N,..)
         for name, arr in trace.items():
             if not np.issubdtype(arr.dtype, np.floating):
                 continue                               # token ids
-            a = np.abs(arr)
-            s = stats.setdefault(name, {"min": np.inf, "max": -np.inf, "absmax": 0.0, "count": 0,
-                                        "over_q312": 0, "over_q15": 0})
-            if arr.size:
-                s["min"] = min(s["min"], float(arr.min()))
-                s["max"] = max(s["max"], float(arr.max()))
-                s["absmax"] = max(s["absmax"], float(a.max()))
-            s["count"] += int(arr.size)
-            s["over_q312"] += int((a > Q312_LIMIT).sum())
-            s["over_q15"] += int((a > Q15_LIMIT).sum())
+            _add(stats.setdefault(name, _stat()), arr, rng, start)
+    for s in stats.values():
+        samples = [np.concatenate(f) if f else np.zeros(0, np.float32) for f in s.pop("samples")]
+        s["range"] = choose_range(s, samples, method)
+        s["method"] = method
+        both = np.concatenate(samples)
+        s["clipped"] = float((both > s["range"]).mean()) if both.size else 0.0
+        s.pop("fold_absmax")
     return stats
+
+
+def _fold_error(fit_max: float, held: np.ndarray, factor: float) -> float:
+    """Mean squared int16 error on ``held`` of a symmetric range factor * fit_max:
+    saturation past the range plus uniform rounding noise (step^2 / 12)."""
+    r = factor * fit_max
+    over = np.maximum(held - r, 0.0)
+    return float(np.mean(over.astype(np.float64) ** 2)) + (r / INT16_STEPS) ** 2 / 12.0
+
+
+def choose_range(stat: dict, samples: list[np.ndarray], method: str) -> float:
+    """The |value| a tensor's int16 scale covers.
+
+    max: the calibration max. headroom: twice it (one bit; int16 has bits to spare).
+    percentile: the 99.99th percentile of |value| (clips outliers).
+    search: fit on one half of the sequences, measure the error (saturation + rounding) on
+    the other half for factors 1x..4x of the fitted max, both ways round; the factor with
+    the least total error times the full max. It adds headroom only as far as unseen data
+    has been seen to need it."""
+    absmax = float(stat["absmax"])
+    if absmax <= 0 or not np.isfinite(absmax) or method == "max":
+        return absmax
+    if method == "headroom":
+        return absmax * HEADROOM
+    if method == "percentile":
+        both = np.concatenate(samples)
+        return float(np.percentile(both, PERCENTILE)) if both.size else absmax
+    fold_max = stat["fold_absmax"]
+    if not all(x.size for x in samples) or min(fold_max) <= 0:
+        return absmax                                 # one sequence: nothing held out
+    errors = [sum(_fold_error(fold_max[k], samples[1 - k], f) for k in (0, 1)) for f in SEARCH_FACTORS]
+    return absmax * SEARCH_FACTORS[int(np.argmin(errors))]

@@ -15,7 +15,7 @@ from ..errors import McuNnError
 from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent, Recurrent,
                   SelectLast)
-from .calibrate import collect_ranges, validate_calibration
+from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration
 
 QMAX = {"int8": 127, "int16": 32767}
 WDTYPE = {"int8": np.int8, "int16": np.int16}
@@ -138,6 +138,15 @@ def _entry(stat: Optional[dict], scale: float, clipped: float = 0.0) -> dict:
     return {"min": lo, "max": hi, "scale": float(scale), "clipped_fraction": float(clipped)}
 
 
+def _range(stat: dict) -> float:
+    """The |value| the tensor's int16 scale covers (chosen in calibrate.choose_range)."""
+    return float(stat.get("range", stat["absmax"]))
+
+
+def _clip(stat: Optional[dict]) -> float:
+    return float(stat.get("clipped", 0.0)) if stat else 0.0
+
+
 def _frac(stat: Optional[dict], key: str) -> float:
     return stat[key] / stat["count"] if stat and stat["count"] else 0.0
 
@@ -157,19 +166,33 @@ def _check_graph(graph: Graph) -> None:
                          f"model may); the graph's input kind is {graph.input_kind}")
 
 
-def quantize(graph: Graph, calib: np.ndarray, precision: str) -> QModel:
+def quantize(graph: Graph, calib: np.ndarray, precision: str, *, ranges: str = DEFAULT_RANGE_METHOD,
+             head_all_steps: bool = True) -> QModel:
     """Quantise ``graph`` with ranges measured on ``calib`` (see load_calibration).
 
     precision: "int8" (8-bit weights per row), "int16" (16-bit weights) — activations and
-    state are int16 in both — or "float32" (the graph's float ops, every scale 1.0)."""
+    state are int16 in both — or "float32" (the graph's float ops, every scale 1.0).
+    ranges: how each free int16 range is chosen from the calibration values ("max",
+    "headroom", "percentile" or "search", see calibrate.choose_range); head_all_steps:
+    calibrate a streaming classifier's head over every step, as the chip's _step runs it."""
     if precision not in ("int8", "int16", "float32"):
         raise McuNnError(f"unknown precision {precision!r}; choose int8, int16 or float32")
     if not graph.ops:
         raise McuNnError(f"{graph.name}: the model has no ops to quantise")
     _check_graph(graph)
     calib = validate_calibration(calib, graph)
-    stats = collect_ranges(graph, calib)
-    max_steps = (graph.seq_len if graph.seq_len > 0 else calib.shape[1]) if graph.bidirectional else 0
+    stats = collect_ranges(graph, calib, method=ranges, head_all_steps=head_all_steps)
+    return quantize_with_stats(graph, stats, precision, max_steps_hint=calib.shape[1])
+
+
+def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
+                        max_steps_hint: int = 0) -> QModel:
+    """Quantise ``graph`` with given ranges (``collect_ranges`` output, or ranges learned
+    by mcu_nn.qat: each tensor needs "absmax"/"count" and optionally "range", "min", "max")."""
+    if precision not in ("int8", "int16", "float32"):
+        raise McuNnError(f"unknown precision {precision!r}; choose int8, int16 or float32")
+    _check_graph(graph)
+    max_steps = (graph.seq_len if graph.seq_len > 0 else max_steps_hint) if graph.bidirectional else 0
     common = dict(name=graph.name, precision=precision, input_kind=graph.input_kind,
                   input_size=graph.input_size, seq_len=graph.seq_len,
                   output_per_step=graph.output_per_step, output_size=graph.output_size,
@@ -183,8 +206,8 @@ def quantize(graph: Graph, calib: np.ndarray, precision: str) -> QModel:
     if graph.input_kind == "tokens":
         input_scale = 1.0
     else:
-        input_scale = act_scale(stats["input"]["absmax"])
-        cal["input"] = _entry(stats["input"], input_scale)
+        input_scale = act_scale(_range(stats["input"]))
+        cal["input"] = _entry(stats["input"], input_scale, _clip(stats["input"]))
     scale = input_scale
     ops: list = []
     for i, op in enumerate(graph.ops):
@@ -198,12 +221,12 @@ def quantize(graph: Graph, calib: np.ndarray, precision: str) -> QModel:
         elif isinstance(op, Recurrent):
             dirs = range(len(op.directions))
             if op.kind == "rnn_relu" or op.proj_size:
-                h_scale = act_scale(max(stats[f"{key}.d{d}.h"]["absmax"] for d in dirs))
+                h_scale = act_scale(max(_range(stats[f"{key}.d{d}.h"]) for d in dirs))
             else:
                 h_scale = Q15_SCALE
             cell_frac = 0
             if op.kind == "lstm":
-                cmax = max(stats[f"{key}.d{d}.c"]["absmax"] for d in dirs)
+                cmax = max(_range(stats[f"{key}.d{d}.c"]) for d in dirs)
                 cell_frac = max([f for f in range(16) if cmax * 2.0 ** f <= ACT_MAX], default=0)
             qdirs = [_quant_direction(op, d, scale, h_scale, precision, where) for d in dirs]
             for d in dirs:
@@ -215,16 +238,16 @@ def quantize(graph: Graph, calib: np.ndarray, precision: str) -> QModel:
                 if op.kind == "lstm":
                     c = stats.get(f"{key}.d{d}.c")
                     cal[f"{key}.d{d}.c"] = _entry(c, 2.0 ** -cell_frac,
-                                                  _frac(c, "over_q15") if cell_frac == 15 else 0.0)
+                                                  _frac(c, "over_q15") if cell_frac == 15 else _clip(c))
                 h = stats.get(f"{key}.d{d}.h")
-                cal[f"{key}.d{d}.h"] = _entry(h, h_scale, _frac(h, "over_q15") if h_scale == Q15_SCALE else 0.0)
+                cal[f"{key}.d{d}.h"] = _entry(h, h_scale, _frac(h, "over_q15") if h_scale == Q15_SCALE else _clip(h))
             ops.append(QRecurrent(kind=op.kind, input_size=op.input_size, hidden_size=op.hidden_size,
                                   proj_size=op.proj_size, bidirectional=op.bidirectional,
                                   directions=qdirs, in_scale=scale, h_scale=h_scale,
                                   cell_frac=cell_frac, source=op.source))
             scale = h_scale
         elif isinstance(op, Linear):
-            out_scale = act_scale(stats[f"{key}.out"]["absmax"])
+            out_scale = act_scale(_range(stats[f"{key}.out"]))
             rq = quantize_rows(op.weight, qmax)
             m = np.where(rq.zero, 0.0, rq.scale * scale / out_scale)
             b = _bias(op.bias, rq.wq.shape[0]) / out_scale
@@ -248,5 +271,6 @@ def quantize(graph: Graph, calib: np.ndarray, precision: str) -> QModel:
             ops.append(op)
         else:
             raise McuNnError(f"{where}: cannot quantise op type {type(op).__name__}")
-        cal[f"{key}.out"] = _entry(stats.get(f"{key}.out"), scale)
+        out_stat = stats.get(f"{key}.out")
+        cal[f"{key}.out"] = _entry(out_stat, scale, _clip(out_stat) if isinstance(op, Linear) else 0.0)
     return QModel(ops=ops, input_scale=input_scale, output_scale=scale, calibration=cal, **common)

@@ -1,0 +1,81 @@
+"""PyTorch model files -> the float ``ir.Graph``.
+
+All formats become a ``torch.export.ExportedProgram`` (``loading.py``) and one walker reads
+its ATen graph (``walker.py``).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import ir
+from ..errors import McuNnError
+from .loading import first_line, load_exported, quiet, sniff
+from .walker import Relayout, Walker
+
+__all__ = ["load_model", "c_identifier"]
+
+
+def load_model(path: str | Path, *, allow_pickle: bool = False, input_shape: Optional[tuple[int, ...]] = None,
+               name: Optional[str] = None) -> ir.Graph:
+    """Load a PyTorch model file into a float ``ir.Graph``.
+
+    Accepts a ``torch.export.save`` archive (.pt2), a TorchScript file (``torch.jit.save`` of a
+    scripted or traced module; needs ``input_shape``) and, only with ``allow_pickle=True``, a
+    whole pickled module (``torch.save(model)``; needs ``input_shape``: unpickling runs code).
+
+    ``input_shape`` is (T, F) for float inputs or (T,) for token ids, without the batch axis;
+    for a .pt2 archive it only overrides the recorded sequence length. Whatever the model's
+    ``batch_first``, mcu-nn's data layout is always (N, T, F) (token ids: (N, T)): the Graph
+    records F (or the vocabulary size) and T, never the model's own axis order.
+
+    Raises ``McuNnError`` (one line) for missing, corrupt or foreign files, bare state_dicts,
+    pickles without ``allow_pickle`` and ops mcu-nn cannot run.
+    """
+    p = Path(path)
+    try:
+        fmt = sniff(p)
+        ep = load_exported(p, fmt, allow_pickle=allow_pickle, input_shape=input_shape)
+        graph = _walk(ep, p)
+    except McuNnError:
+        raise
+    except Exception as e:                   # the boundary: nothing from torch escapes as a traceback
+        raise McuNnError(f"{p}: cannot read the model ({type(e).__name__}: {first_line(e)})") from e
+    if input_shape is not None:
+        _apply_input_shape(graph, input_shape, p)
+    graph.name = c_identifier(name) if name else c_identifier(p.stem)
+    return graph
+
+
+def _walk(ep: torch.export.ExportedProgram, path: Path) -> ir.Graph:
+    with quiet():
+        try:
+            res = Walker(ep, str(path), input_time_dim=1).run()
+        except Relayout:                     # first RNN is not batch_first: input is (T, N, F)
+            res = Walker(ep, str(path), input_time_dim=0).run()
+    if not isinstance(res.seq_len, int):     # exported with a dynamic time axis
+        res.seq_len = 0
+    return ir.Graph(name="", input_kind=res.input_kind, input_size=int(res.input_size), seq_len=int(res.seq_len),
+                    ops=res.ops, postprocess=res.postprocess, source_file=str(path))
+
+
+def _apply_input_shape(graph: ir.Graph, input_shape: tuple[int, ...], path: Path) -> None:
+    """The ops do not depend on T, so a declared T always wins; F must match the model."""
+    shape = tuple(int(d) for d in input_shape)
+    tokens = graph.input_kind == "tokens"
+    if tokens and len(shape) != 1 and not (len(shape) == 2 and shape[1] == 1):
+        raise McuNnError(f"{path} takes token ids, so --input-shape is T (sequence length), not {','.join(map(str, shape))}")
+    if not tokens and (len(shape) != 2 or shape[1] != graph.input_size):
+        raise McuNnError(f"--input-shape {','.join(map(str, shape))} does not match {path}: the model takes "
+                         f"{graph.input_size} features per step; pass --input-shape T,{graph.input_size}")
+    graph.seq_len = shape[0]
+
+
+def c_identifier(text: str) -> str:
+    """Sanitise to a C identifier [a-z_][a-z0-9_]*: lower case, other characters become '_'."""
+    s = re.sub(r"[^a-z0-9_]", "_", text.lower())
+    s = re.sub(r"_+", "_", s).strip("_") or "model"
+    return s if not s[0].isdigit() else "m_" + s

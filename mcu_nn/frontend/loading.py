@@ -1,0 +1,238 @@
+"""Model files -> ``torch.export.ExportedProgram``.
+
+Every supported format ends up as an ExportedProgram so that one walker (``walker.py``)
+understands all of them. The file's kind is sniffed from its bytes, not its extension, and
+every failure becomes one ``McuNnError`` line: this is the boundary where untrusted files
+meet torch, so exceptions are caught broadly here.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from ..errors import McuNnError
+
+SAVE_HINT = ("torch.export.save(torch.export.export(model.eval(), (example_input,)), \"model.pt2\")")
+SHAPE_HINT = "pass --input-shape T,F (sequence length, features; T for token-id models), e.g. --input-shape 50,6"
+
+# Formats we recognise only to refuse them politely: magic bytes / extension -> name.
+_FOREIGN_EXT = {".onnx": "an ONNX model", ".h5": "a Keras/HDF5 model", ".keras": "a Keras model",
+                ".tflite": "a TensorFlow Lite model", ".safetensors": "a safetensors weight file",
+                ".npz": "a numpy .npz archive", ".npy": "a numpy array", ".pb": "a TensorFlow graph"}
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """torch.export and the TorchScript converter log and warn about internals the user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0].strip() if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def sniff(path: Path) -> str:
+    """'pt2' | 'torchscript' | 'pickle' (torch.save, zip or legacy), or raise naming what the file is."""
+    if not path.exists():
+        raise McuNnError(f"{path}: no such file; check the model path")
+    if path.is_dir():
+        raise McuNnError(f"{path} is a directory; pass the model file (.pt2, TorchScript .pt, or a pickled module)")
+    size = path.stat().st_size
+    if size == 0:
+        raise McuNnError(f"{path} is empty (0 bytes): not a model file; save the model again with {SAVE_HINT}")
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise McuNnError(f"{path} is a corrupt zip archive ({first_line(e)}); save the model again") from None
+        base = {n.split("/", 1)[-1] for n in names}
+        if "archive_format" in base or "models/model.json" in base:
+            return "pt2"
+        if "constants.pkl" in base or any(n.startswith("code/") for n in base):
+            return "torchscript"
+        if "data.pkl" in base:
+            return "pickle"
+        if any(n.endswith(".npy") for n in names):
+            raise McuNnError(f"{path} is a numpy .npz archive, not a model; pass the PyTorch model file")
+        raise McuNnError(f"{path} is a zip archive but not a PyTorch model (no torch.export, TorchScript or "
+                         f"torch.save layout); save the model with {SAVE_HINT}")
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK"):
+        raise McuNnError(f"{path} is a truncated or corrupt zip archive ({size} bytes; "
+                         "its directory is missing); copy or save the model again")
+    if head[:1] == b"\x80":
+        return "pickle"                      # pickle protocol >= 2: legacy torch.save
+    foreign = _foreign_kind(path, head)
+    if foreign:
+        raise McuNnError(f"{path} is {foreign}, not a PyTorch model; mcu-nn reads PyTorch files: "
+                         f"export from the PyTorch model with {SAVE_HINT}")
+    if _looks_like_text(head):
+        raise McuNnError(f"{path} is a text file, not a PyTorch model; expected a torch.export .pt2, "
+                         "a TorchScript file or a pickled module")
+    raise McuNnError(f"{path} is not a PyTorch model file (neither a zip archive nor a pickle: unknown "
+                     f"binary format); save the model with {SAVE_HINT}")
+
+
+def _foreign_kind(path: Path, head: bytes) -> Optional[str]:
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file (Keras?)"
+    if head[4:8] == b"TFL3":
+        return "a TensorFlow Lite model"
+    if head.startswith(b"\x93NUMPY"):
+        return "a numpy array"
+    return _FOREIGN_EXT.get(path.suffix.lower())
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\r\n\t\f" for c in text)
+
+
+# ----------------------------------------------------------------------------- formats
+def load_exported(path: Path, fmt: str, *, allow_pickle: bool,
+                  input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:
+    if fmt == "pt2":
+        try:
+            with quiet():
+                return torch.export.load(str(path))
+        except Exception as e:
+            raise McuNnError(f"{path}: cannot read the torch.export archive ({first_line(e)}); "
+                             "it may be corrupt or from an incompatible torch version: save it again") from None
+    if fmt == "torchscript":
+        return _from_torchscript(path, input_shape)
+    return _from_pickle(path, allow_pickle, input_shape)
+
+
+def _examples(path: Path, input_shape: Optional[tuple[int, ...]], batch_first: bool) -> torch.Tensor:
+    """A zero example input of ``input_shape`` ((T, F) float or (T,) token ids) with batch 1."""
+    if input_shape is None:
+        raise McuNnError(f"{path} stores no example input, so its input shape is unknown: {SHAPE_HINT}")
+    if len(input_shape) not in (1, 2) or any(int(d) < 1 for d in input_shape):
+        raise McuNnError(f"input shape {tuple(input_shape)} is invalid: {SHAPE_HINT}")
+    if len(input_shape) == 1:                      # token ids
+        t = torch.zeros((1, input_shape[0]), dtype=torch.int64)
+    else:
+        t = torch.zeros((1, *input_shape), dtype=torch.float32)
+    return t if batch_first else t.transpose(0, 1).contiguous()
+
+
+def first_rnn_batch_first(ep: torch.export.ExportedProgram) -> Optional[bool]:
+    """batch_first of the first recurrent op in the program (None when there is none)."""
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and str(node.target) in (
+                "aten.lstm.input", "aten.gru.input", "aten.rnn_tanh.input", "aten.rnn_relu.input"):
+            return bool(node.args[8]) if len(node.args) > 8 else False
+    return None
+
+
+def _with_layout(path: Path, input_shape: Optional[tuple[int, ...]], convert) -> torch.export.ExportedProgram:
+    """Convert with a (1, T, F) example; if the model's first RNN is not batch_first, the example
+    was read as T=1, N=T, so convert again with (T, 1, F)."""
+    ep = convert(_examples(path, input_shape, True))
+    if first_rnn_batch_first(ep) is False:
+        ep = convert(_examples(path, input_shape, False))
+    return ep
+
+
+def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:
+    from torch._export.converter import TS2EPConverter
+
+    try:
+        with quiet():
+            ts = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise McuNnError(f"{path}: cannot load the TorchScript file ({first_line(e)}); "
+                         "it may be corrupt: save it again") from None
+    ts.eval()
+
+    def convert(example: torch.Tensor) -> torch.export.ExportedProgram:
+        try:
+            with quiet():
+                return TS2EPConverter(ts, (example,)).convert()
+        except Exception as e:
+            hint = ""
+            if "prim::If" in str(e):             # torch 2.13: scripted nn.LSTM with h_n/c_n or hx used
+                hint = " (known for scripted nn.LSTM models that use h_n, c_n or an initial state; torch.jit.trace avoids it)"
+            raise McuNnError(
+                f"{path}: the TorchScript-to-torch.export converter cannot handle this model "
+                f"({type(e).__name__}: {first_line(e)}){hint}; check --input-shape, or save the model with {SAVE_HINT}"
+            ) from None
+
+    return _with_layout(path, input_shape, convert)
+
+
+def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:
+    # weights_only=True runs no code: it tells a bare state_dict from a pickled module safely.
+    try:
+        with quiet():
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        _refuse_data(path, obj)
+    except pickle.UnpicklingError:
+        pass                                          # needs arbitrary globals: a pickled object with code
+    except McuNnError:
+        raise
+    except Exception as e:
+        raise McuNnError(f"{path}: cannot read the file ({first_line(e)}); it may be truncated or corrupt") from None
+    if not allow_pickle:
+        raise McuNnError(f"{path} is a pickled nn.Module: loading it runs code from the file; pass --allow-pickle "
+                         f"if you trust it, or save it with torch.export.save (see README)")
+    try:
+        with quiet():
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise McuNnError(f"{path}: unpickling failed ({type(e).__name__}: {first_line(e)}); the class definitions "
+                         f"the pickle refers to must be importable, or save the model with {SAVE_HINT}") from None
+    if not isinstance(obj, torch.nn.Module):
+        _refuse_data(path, obj)
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise McuNnError(f"{path} pickles a TorchScript module; save it with torch.jit.save or {SAVE_HINT}")
+    model = obj.eval()
+
+    def convert(example: torch.Tensor) -> torch.export.ExportedProgram:
+        try:
+            with quiet():
+                return torch.export.export(model, (example,))
+        except Exception as e:
+            raise McuNnError(f"{path}: torch.export cannot trace {type(model).__name__}.forward "
+                             f"({type(e).__name__}: {first_line(e)}); check --input-shape, or make the forward "
+                             "exportable and save it with torch.export.save") from None
+
+    return _with_layout(path, input_shape, convert)
+
+
+def _refuse_data(path: Path, obj: object) -> None:
+    """A pickle that holds data, not a module: say what it is and how to save a loadable file."""
+    if isinstance(obj, dict):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            what = f"a state_dict ({len(obj)} tensors)"
+        elif any(k in obj for k in ("state_dict", "model_state_dict", "model")):
+            what = "a training checkpoint (a dict holding a state_dict)"
+        else:
+            what = "a dict"
+        raise McuNnError(f"{path} is {what}: it has weights but no architecture; build the model in Python, "
+                         f"load the weights, and save a loadable file with {SAVE_HINT}")
+    if isinstance(obj, torch.Tensor):
+        raise McuNnError(f"{path} holds a single tensor, not a model; save the model with {SAVE_HINT}")
+    if not isinstance(obj, torch.nn.Module):
+        raise McuNnError(f"{path} holds a {type(obj).__name__}, not a model; save the model with {SAVE_HINT}")

@@ -1,0 +1,535 @@
+"""One walker over the ATen FX graph of an ExportedProgram -> ``ir.Graph``.
+
+The graph must be a single chain "embedding? -> recurrent layers -> readout? -> head".
+Each FX value gets an abstract ``_Val`` saying what it is (a per-step sequence, a
+per-sequence vector, an RNN's h_n, ...); ops are appended to the IR as their nodes are
+met. A value may only be consumed if no IR op was emitted after it (``version``), which
+rejects branches and skip connections without a separate analysis.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.fx import Node
+
+from .. import ir
+from ..errors import McuNnError
+
+SUPPORTED = ("LSTM, GRU, RNN (tanh/relu), Linear, Embedding, ReLU, Tanh, Sigmoid, "
+             "Softmax/LogSoftmax (last op), Dropout, Flatten")
+READOUTS = "out[:, -1], h_n[-1], h_n[-2] or torch.cat([h_n[-2], h_n[-1]], dim=1) of the last recurrent layer"
+
+RNN_OPS = {"aten.lstm.input": "lstm", "aten.gru.input": "gru",
+           "aten.rnn_tanh.input": "rnn_tanh", "aten.rnn_relu.input": "rnn_relu"}
+RNN_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
+ACTIVATIONS = {"aten.relu.default": "relu", "aten.relu_.default": "relu", "aten.tanh.default": "tanh",
+               "aten.tanh_.default": "tanh", "aten.sigmoid.default": "sigmoid", "aten.sigmoid_.default": "sigmoid"}
+SOFTMAX = {"aten.softmax.int": "softmax", "aten._softmax.default": "softmax",
+           "aten.log_softmax.int": "log_softmax", "aten._log_softmax.default": "log_softmax"}
+IDENTITY = {"aten.clone.default", "aten.alias.default", "aten.detach.default", "aten.detach_.default",
+            "aten.lift_fresh_copy.default", "aten.contiguous.default", "aten.identity.default"}
+DROPOUT = {"aten.dropout.default", "aten.feature_dropout.default", "aten.alpha_dropout.default",
+           "aten.feature_alpha_dropout.default", "aten.native_dropout.default"}
+RESHAPE = {"aten.flatten.using_ints", "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
+           "aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default"}
+SIZE_QUERIES = {"aten.dim.default", "aten.sym_size.int", "aten.size.default", "aten.sym_numel.default"}
+ZERO_MAKERS = {"aten.zeros.default", "aten.new_zeros.default", "aten.zeros_like.default"}
+FULL_MAKERS = {"aten.full.default": 1, "aten.new_full.default": 2, "aten.full_like.default": 1}
+# ops an initial state may pass through and still be the zeros torch builds
+STATE_PASSTHROUGH = IDENTITY | RESHAPE | {"aten._to_copy.default", "aten.to.dtype", "aten.to.device",
+                                          "aten.expand.default", "aten.repeat.default"}
+
+
+class Relayout(Exception):
+    """Internal: the first RNN says the input's time axis is the other one; walk again."""
+
+
+@dataclass
+class _Rnn:
+    kind: str
+    layers: int
+    ndir: int
+    state: int                       # h size per direction
+    path: str                        # module path, for messages and op sources
+
+
+@dataclass
+class _Val:
+    kind: str                        # tokens | seq | vec | rnn | hn | cn | hn_dirs | int | param | const
+    version: int                     # len(ops) when it was made
+    time_dim: int = 1                # seq/tokens: which of axes 0/1 is time (features are last)
+    rnn: Optional[_Rnn] = None
+    dirs: tuple[int, ...] = ()       # hn_dirs: directions of the top layer, in concat order
+    post: Optional[str] = None       # softmax already applied
+    name: str = ""                   # param: qualified parameter name
+    tensor: Optional[torch.Tensor] = None
+
+
+@dataclass
+class WalkResult:
+    ops: list = field(default_factory=list)
+    input_kind: str = "float"
+    input_size: int = 0
+    seq_len: Any = 0
+    postprocess: Optional[str] = None
+
+
+class Walker:
+    def __init__(self, ep: torch.export.ExportedProgram, label: str, input_time_dim: int):
+        self.ep, self.label, self.input_time_dim = ep, label, input_time_dim
+        self.ops: list = []
+        self.vals: dict[Node, _Val] = {}
+        self.res = WalkResult()
+        self.input_shape: tuple = ()
+        self._specs = _parameter_specs(ep)
+
+    # ------------------------------------------------------------------ helpers
+    def fail(self, msg: str) -> McuNnError:
+        return McuNnError(f"{self.label}: {msg}")
+
+    def where(self, node: Node) -> str:
+        """" (from module 'enc.rnn' (LSTM))" from nn_module_stack, else from parameter names."""
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path, cls = list(stack.values())[-1]
+            cls = str(getattr(cls, "__name__", cls)).rsplit(".", 1)[-1]
+            if path and "Wrapper" not in cls:
+                return f" (from module '{path}' ({cls}))"
+        for a in _flat(node.args):
+            if isinstance(a, Node) and a in self.vals and self.vals[a].kind == "param" and "." in self.vals[a].name:
+                return f" (from module '{self.vals[a].name.rsplit('.', 1)[0]}')"
+        return " (in forward)"
+
+    def module_path(self, node: Node, param_names: list[str], fallback: str) -> str:
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            path, cls = list(stack.values())[-1]
+            if path and "Wrapper" not in str(cls):
+                return path
+        for n in param_names:
+            if "." in n:
+                return n.rsplit(".", 1)[0]
+        return fallback
+
+    def val(self, node: Any, consumer: Node) -> _Val:
+        if not isinstance(node, Node) or node not in self.vals:
+            raise self.fail(f"{_opname(consumer)}{self.where(consumer)} takes an input mcu-nn cannot follow")
+        return self.vals[node]
+
+    def data(self, node: Any, consumer: Node) -> _Val:
+        """The data value ``consumer`` reads, made concrete (a pending h_n readout becomes FinalHidden)."""
+        v = self.val(node, consumer)
+        what = f"{_opname(consumer)}{self.where(consumer)}"
+        if v.post:
+            raise self.fail(f"{what} comes after {v.post}; Softmax/LogSoftmax is supported only as the last op")
+        if v.kind == "cn":
+            raise self.fail(f"{what} uses the LSTM cell state c_n; supported readouts: {READOUTS}")
+        if v.kind == "hn":
+            if v.rnn.layers * v.rnn.ndir != 1:
+                raise self.fail(f"{what} uses the whole h_n (all layers and directions); supported readouts: {READOUTS}")
+            v = _Val("hn_dirs", v.version, rnn=v.rnn, dirs=(0,))
+        if v.kind in ("rnn", "int", "param", "const"):
+            raise self.fail(f"{what} reads a {v.kind} value, not the data flowing through the model; unsupported")
+        if v.version != len(self.ops):
+            raise self.chain_error(consumer)
+        if v.kind == "hn_dirs":
+            self.readout_check(consumer)
+            self.emit(ir.FinalHidden(list(v.dirs), source=v.rnn.path))
+            return _Val("vec", len(self.ops))
+        return v
+
+    def chain_error(self, node: Node) -> McuNnError:
+        return self.fail(f"{_opname(node)}{self.where(node)} reads a tensor computed before the last layer: "
+                         "branches and skip connections are unsupported (the model must be a single chain)")
+
+    def emit(self, op: Any) -> None:
+        self.ops.append(op)
+
+    def readout_check(self, node: Node) -> None:
+        if any(isinstance(o, (ir.SelectLast, ir.FinalHidden)) for o in self.ops):
+            raise self.fail(f"{_opname(node)}{self.where(node)} reads out a second time; only one readout "
+                            f"(sequence -> vector) is supported")
+        if not any(isinstance(o, ir.Recurrent) for o in self.ops):
+            raise self.fail(f"{_opname(node)}{self.where(node)} selects a time step but there is no recurrent "
+                            "layer before it; unsupported")
+
+    def param(self, node: Any, consumer: Node) -> tuple[str, np.ndarray]:
+        v = self.val(node, consumer)
+        if v.kind != "param":
+            raise self.fail(f"{_opname(consumer)}{self.where(consumer)}: its weights are computed in forward, "
+                            "not stored parameters; unsupported")
+        t = v.tensor.detach().to(torch.float32).cpu()
+        if not bool(torch.isfinite(t).all()):
+            raise self.fail(f"parameter {v.name} contains NaN or Inf values; fix the trained weights and save again")
+        return v.name, t.numpy().copy()
+
+    # ------------------------------------------------------------------ walk
+    def run(self) -> WalkResult:
+        out_node = None
+        for node in self.ep.graph.nodes:
+            if node.op == "placeholder":
+                self.placeholder(node)
+            elif node.op == "get_attr":
+                t = getattr(self.ep.graph_module, str(node.target))
+                self.vals[node] = _Val("param", 0, name=str(node.target), tensor=t)
+            elif node.op == "call_function":
+                self.call(node)
+            elif node.op == "output":
+                out_node = node
+            else:
+                raise self.fail(f"unsupported graph node {node.op} {node.target}")
+        self.output(out_node)
+        return self.res
+
+    def placeholder(self, node: Node) -> None:
+        spec = self._specs.get(node.name)
+        if spec is not None:                      # parameter, buffer or lifted constant
+            name, tensor = spec
+            self.vals[node] = _Val("param", 0, name=name, tensor=tensor)
+            return
+        if self.input_shape:
+            raise self.fail("the model takes more than one input; mcu-nn needs exactly one (the sequence)")
+        fake = node.meta.get("val")
+        if not isinstance(fake, torch.Tensor):
+            raise self.fail(f"model input {node.name} is not a tensor; mcu-nn needs one tensor input")
+        self.input_shape = tuple(fake.shape)
+        tokens = not fake.dtype.is_floating_point
+        rank = 2 if tokens else 3
+        if len(self.input_shape) != rank:
+            layout = "(N, T) token ids" if tokens else "(N, T, F)"
+            raise self.fail(f"model input has shape {list(self.input_shape)}; mcu-nn needs a batched sequence "
+                            f"{layout} (pass a batch of 1 when saving)")
+        self.res.input_kind = "tokens" if tokens else "float"
+        self.res.seq_len = self.input_shape[self.input_time_dim]
+        if not isinstance(self.res.seq_len, int):        # dynamic time axis: use the stored example
+            example = (self.ep.example_inputs or ((), {}))[0]
+            self.res.seq_len = int(example[0].shape[self.input_time_dim]) if example else 0
+        if not tokens:
+            self.res.input_size = self.input_shape[-1]
+        self.vals[node] = _Val("tokens" if tokens else "seq", 0, time_dim=self.input_time_dim)
+
+    def call(self, node: Node) -> None:
+        name = _opname(node)
+        if node.target is operator.getitem:
+            return self.getitem(node)
+        if name in RNN_OPS:
+            return self.recurrent(node, RNN_OPS[name])
+        if name in SIZE_QUERIES:
+            self.vals[node] = _Val("int", 0)
+            return
+        if name in ZERO_MAKERS or name in FULL_MAKERS or name in ("aten.ones.default", "aten.randn.default",
+                                                                    "aten.rand.default", "aten.empty.memory_format"):
+            self.vals[node] = _Val("const", 0)     # only meaningful as an RNN's initial state
+            return
+        if name in IDENTITY or name in ("aten._to_copy.default", "aten.to.dtype", "aten.to.device"):
+            if name not in IDENTITY and not _same_dtype(node):
+                raise self.fail(f"{name}{self.where(node)} changes the dtype; unsupported")
+            self.vals[node] = self.val(node.args[0], node)
+            return
+        if name in DROPOUT:
+            train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train", False)
+            if train:
+                raise self.fail(f"dropout{self.where(node)} is in training mode: call model.eval() before saving")
+            self.vals[node] = self.val(node.args[0], node)
+            return
+        if name == "aten.linear.default":
+            return self.linear(node)
+        if name in ACTIVATIONS:
+            x = self.data(node.args[0], node)
+            self.no_tokens(x, node)
+            self.emit(ir.Activation(ACTIVATIONS[name], source=self.source(node)))
+            self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim)
+            return
+        if name == "aten.embedding.default":
+            return self.embedding(node)
+        if name in SOFTMAX:
+            return self.softmax(node, SOFTMAX[name])
+        if name == "aten.select.int":
+            return self.select(node)
+        if name == "aten.cat.default":
+            return self.cat(node)
+        if name == "aten.slice.Tensor":
+            return self.slice(node)
+        if name in RESHAPE:
+            return self.reshape(node)
+        if name in ("aten.transpose.int", "aten.permute.default", "aten.t.default", "aten.swapaxes.default"):
+            return self.transpose(node)
+        raise self.unsupported(node)
+
+    def unsupported(self, node: Node, why: str = "") -> McuNnError:
+        return self.fail(f"unsupported op {_opname(node)}{self.where(node)}{why}; supported: {SUPPORTED}")
+
+    def source(self, node: Node) -> str:
+        w = self.where(node)
+        return w[len(" (from module '"):].split("'")[0] if w.startswith(" (from module") else ""
+
+    def no_tokens(self, x: _Val, node: Node) -> None:
+        if x.kind == "tokens":
+            raise self.fail(f"{_opname(node)}{self.where(node)} reads the integer token ids; token models must "
+                            "start with nn.Embedding")
+
+    # ------------------------------------------------------------------ ops
+    def recurrent(self, node: Node, kind: str) -> None:
+        x_node, hx, params, has_biases, num_layers, _dropout, train, bidirectional, batch_first = node.args[:9]
+        params = list(params)
+        names = [self.val(p, node).name for p in params]
+        where = self.where(node)
+        path = self.module_path(node, names, RNN_CLASS[kind].lower())
+        if train:
+            raise self.fail(f"{RNN_CLASS[kind]}{where} was saved in training mode: call model.eval() before saving")
+        x = self.data(x_node, node)
+        if x.kind != "seq":
+            what = "integer token ids (add an nn.Embedding first)" if x.kind == "tokens" else \
+                "a single vector, not a sequence"
+            raise self.fail(f"{RNN_CLASS[kind]}{where} receives {what}; unsupported")
+        want = 1 if batch_first else 0
+        if x.time_dim != want:
+            if not any(isinstance(o, ir.Recurrent) for o in self.ops):
+                raise Relayout()            # every layout change so far is relative to the input's
+            raise self.fail(f"{RNN_CLASS[kind]}{where} (batch_first={bool(batch_first)}) receives a sequence whose "
+                            f"time axis is axis {x.time_dim}; mcu-nn cannot follow that layout change")
+        for h in (hx if isinstance(hx, (list, tuple)) else [hx]):
+            if not self.is_zero_state(h):
+                raise self.fail(f"{RNN_CLASS[kind]}{where} is given an initial state that is not zeros; only the "
+                                "default zero state is supported (call the layer without hx)")
+        ndir = 2 if bidirectional else 1
+        per = len(params) // (num_layers * ndir)
+        base = 4 if has_biases else 2
+        if per not in (base, base + 1) or per * num_layers * ndir != len(params):
+            raise self.fail(f"{RNN_CLASS[kind]}{where} has an unexpected parameter layout ({len(params)} tensors)")
+        gates = ir.GATES[kind]
+        state = 0
+        for layer in range(num_layers):
+            dirs = []
+            for d in range(ndir):
+                chunk = params[(layer * ndir + d) * per:(layer * ndir + d + 1) * per]
+                w = [self.param(p, node)[1] for p in chunk]
+                dirs.append(ir.DirectionWeights(
+                    w_ih=w[0], w_hh=w[1], b_ih=w[2] if has_biases else None, b_hh=w[3] if has_biases else None,
+                    w_hr=w[base] if per > base else None))
+            hidden = dirs[0].w_ih.shape[0] // gates
+            proj = dirs[0].w_hr.shape[0] if dirs[0].w_hr is not None else 0
+            src = f"{path} (layer {layer})" if num_layers > 1 else path
+            self.emit(ir.Recurrent(kind, int(dirs[0].w_ih.shape[1]), int(hidden), int(proj), bool(bidirectional),
+                                   dirs, source=src))
+            state = proj or hidden
+        info = _Rnn(kind, int(num_layers), ndir, int(state), path)
+        self.vals[node] = _Val("rnn", len(self.ops), rnn=info, time_dim=want)
+
+    def is_zero_state(self, node: Any) -> bool:
+        if not isinstance(node, Node):
+            return node is None
+        if node.op == "placeholder" or node.op == "get_attr":
+            v = self.vals.get(node)
+            return v is not None and v.kind == "param" and not bool(torch.count_nonzero(v.tensor))
+        name = _opname(node)
+        if name in ZERO_MAKERS:
+            return True
+        if name in FULL_MAKERS:
+            return node.args[FULL_MAKERS[name]] == 0
+        if name in STATE_PASSTHROUGH or name in DROPOUT:
+            return self.is_zero_state(node.args[0])
+        return False
+
+    def getitem(self, node: Node) -> None:
+        src, idx = node.args
+        v = self.val(src, node)
+        if v.kind != "rnn":
+            raise self.unsupported(node, " (indexing a multi-output op)")
+        kind = ["seq", "hn", "cn"][idx]
+        self.vals[node] = _Val(kind, v.version, time_dim=v.time_dim, rnn=v.rnn)
+
+    def linear(self, node: Node) -> None:
+        x = self.data(node.args[0], node)
+        self.no_tokens(x, node)
+        _, w = self.param(node.args[1], node)
+        b_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        b = self.param(b_node, node)[1] if b_node is not None else None
+        self.emit(ir.Linear(w, b, source=self.source(node)))
+        self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim)
+
+    def embedding(self, node: Node) -> None:
+        x = self.val(node.args[1], node)
+        if x.kind != "tokens" or self.ops:
+            raise self.fail(f"nn.Embedding{self.where(node)} is supported only as the first op, on the model input")
+        name, w = self.param(node.args[0], node)
+        self.emit(ir.Embedding(w, source=self.source(node) or name.rsplit(".", 1)[0]))
+        self.res.input_size = int(w.shape[0])
+        self.vals[node] = _Val("seq", len(self.ops), time_dim=x.time_dim)
+
+    def softmax(self, node: Node, kind: str) -> None:
+        x = self.data(node.args[0], node)
+        rank = len(_shape(node))
+        if node.args[1] % rank != rank - 1:
+            raise self.fail(f"{kind}{self.where(node)} is over axis {node.args[1]}, not the features; unsupported")
+        self.res.postprocess = kind
+        self.vals[node] = _Val(x.kind, x.version, time_dim=x.time_dim, post=kind)
+
+    def select(self, node: Node) -> None:
+        src, dim, index = node.args[:3]
+        v = self.val(src, node)
+        shape = _shape(src)
+        dim = dim % len(shape)
+        if v.kind == "hn":
+            if v.version != len(self.ops):
+                raise self.chain_error(node)
+            rows = v.rnn.layers * v.rnn.ndir
+            row = index % rows
+            if dim != 0:
+                raise self.fail(f"{_opname(node)}{self.where(node)} indexes h_n along axis {dim}; supported "
+                                f"readouts: {READOUTS}")
+            if row // v.rnn.ndir != v.rnn.layers - 1:
+                raise self.fail(f"{_opname(node)}{self.where(node)} reads h_n[{index}], the state of a lower layer; "
+                                f"supported readouts: {READOUTS}")
+            self.vals[node] = _Val("hn_dirs", v.version, rnn=v.rnn, dirs=(row % v.rnn.ndir,))
+            return
+        x = self.data(src, node)
+        if x.kind != "seq":
+            raise self.fail(f"{_opname(node)}{self.where(node)} selects from a {x.kind} along axis {dim}; "
+                            f"only the last time step of a sequence is supported ({READOUTS})")
+        if dim != x.time_dim:
+            axis = "features" if dim == len(shape) - 1 else "batch"
+            raise self.fail(f"{_opname(node)}{self.where(node)} selects along the {axis} axis; supported "
+                            f"readouts: {READOUTS}")
+        steps = shape[dim]
+        if index % steps != steps - 1:
+            raise self.fail(f"{_opname(node)}{self.where(node)} selects time step {index}; only the last step "
+                            f"(out[:, -1]) is supported")
+        self.readout_check(node)
+        last = max(i for i, o in enumerate(self.ops) if isinstance(o, ir.Recurrent))
+        # per-step ops between the RNN and the selection commute with it: select right after the RNN
+        self.ops.insert(last + 1, ir.SelectLast(source=self.source(node)))
+        self.vals[node] = _Val("vec", len(self.ops))
+
+    def cat(self, node: Node) -> None:
+        parts = [self.val(p, node) for p in node.args[0]]
+        dim = node.args[1] if len(node.args) > 1 else 0
+        if parts and all(p.kind in ("hn_dirs", "hn") for p in parts):
+            parts = [p if p.kind == "hn_dirs" else self.data(q, node) for p, q in zip(parts, node.args[0])]
+            dirs = tuple(d for p in parts for d in p.dirs)
+            same = all(p.rnn is parts[0].rnn for p in parts)
+            if same and dim % 2 == 1 and len(set(dirs)) == len(dirs):
+                self.vals[node] = _Val("hn_dirs", parts[0].version, rnn=parts[0].rnn, dirs=dirs)
+                return
+        raise self.unsupported(node, f" (only {READOUTS} may be concatenated)")
+
+    def slice(self, node: Node) -> None:
+        src = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else 0
+        start = node.args[2] if len(node.args) > 2 else None
+        end = node.args[3] if len(node.args) > 3 else None
+        step = node.args[4] if len(node.args) > 4 else 1
+        size = _shape(src)[dim]
+        if (start in (None, 0) or start <= -size) and (end is None or end >= size) and step == 1:
+            self.vals[node] = self.val(src, node)
+            return
+        raise self.unsupported(node, f" (slicing [{start}:{end}] of axis {dim}; only whole-axis slices are no-ops)")
+
+    def reshape(self, node: Node) -> None:
+        v = self.val(node.args[0], node)
+        old, new = tuple(_shape(node.args[0])), tuple(_shape(node))
+        if v.kind in ("const", "int", "param"):
+            self.vals[node] = v
+            return
+        if v.kind == "hn" and v.rnn.layers * v.rnn.ndir == 1 and new and new[-1] == old[-1] \
+                and math.prod(new[:-1]) == math.prod(old[1:-1]):
+            self.vals[node] = _Val("hn_dirs", v.version, rnn=v.rnn, dirs=(0,))
+            return
+        x = self.data(node.args[0], node)
+        if old == new:
+            self.vals[node] = x
+            return
+        if x.kind == "vec" and new and new[-1] == old[-1] and math.prod(new[:-1]) == math.prod(old[:-1]):
+            self.vals[node] = x
+            return
+        if x.kind == "seq" and new and new[-1] != old[-1] and old[x.time_dim] > 1 and len(new) < len(old):
+            raise self.fail(f"{_opname(node)}{self.where(node)} flattens {list(old)} into {list(new)}, mixing the "
+                            "time axis with the features; unsupported: read out one step first (out[:, -1]) or "
+                            "apply the layers per step")
+        raise self.unsupported(node, f" (reshape {list(old)} -> {list(new)})")
+
+    def transpose(self, node: Node) -> None:
+        x = self.data(node.args[0], node)
+        name, rank = _opname(node), len(_shape(node.args[0]))
+        if name == "aten.permute.default":
+            perm = [d % rank for d in node.args[1]]
+        elif name == "aten.t.default":
+            perm = [1, 0] if rank == 2 else list(range(rank))
+        else:
+            perm = list(range(rank))
+            a, b = node.args[1] % rank, node.args[2] % rank
+            perm[a], perm[b] = perm[b], perm[a]
+        if x.kind in ("seq", "tokens") and perm[:2] == [1, 0] and perm[2:] == list(range(2, rank)):
+            self.vals[node] = _Val(x.kind, x.version, time_dim=1 - x.time_dim)  # batch <-> time swap
+            return
+        if perm == list(range(rank)):
+            self.vals[node] = x
+            return
+        raise self.unsupported(node, f" (permutation {perm} moves the feature axis)")
+
+    def output(self, node: Optional[Node]) -> None:
+        outs = [a for a in _flat(node.args)] if node is not None else []
+        if len(outs) != 1:
+            raise self.fail(f"the model returns {len(outs)} outputs; mcu-nn needs exactly one output tensor")
+        v = self.val(outs[0], node)
+        x = v if v.post else self.data(outs[0], node)   # softmax: data() already checked its input
+        if x.kind == "tokens" or not self.ops:
+            raise self.fail("the model does no computation mcu-nn can run (no layers found)")
+        if x.kind not in ("seq", "vec"):
+            raise self.fail(f"the model returns a {x.kind} value; mcu-nn needs one output tensor")
+        if x.version != len(self.ops):
+            raise self.fail("the model output does not come from its last layer: branches are unsupported")
+        self.res.ops = self.ops
+
+
+# ----------------------------------------------------------------------------- small helpers
+def _opname(node: Node) -> str:
+    return "output" if node.op == "output" else str(node.target)
+
+
+def _shape(node: Any) -> tuple:
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return tuple(val.shape) if isinstance(val, torch.Tensor) else ()
+
+
+def _same_dtype(node: Node) -> bool:
+    a, b = node.args[0].meta.get("val"), node.meta.get("val")
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+
+
+def _flat(args: Any) -> list:
+    if isinstance(args, (list, tuple)):
+        return [y for a in args for y in _flat(a)]
+    return [args]
+
+
+def _parameter_specs(ep: torch.export.ExportedProgram) -> dict[str, tuple[str, torch.Tensor]]:
+    """placeholder name -> (qualified name, tensor) for parameters, buffers and lifted constants.
+    The TorchScript converter lifts some parameters as anonymous constants (``lifted_tensor_3``);
+    their qualified names are recovered by matching values against the state_dict."""
+    from torch.export.graph_signature import InputKind
+
+    specs: dict[str, tuple[str, torch.Tensor]] = {}
+    named = list(ep.state_dict.items())
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+            specs[spec.arg.name] = (spec.target, ep.state_dict[spec.target])
+        elif spec.kind == InputKind.CONSTANT_TENSOR:
+            t = ep.constants[spec.target]
+            name = next((n for n, s in named if _same_values(s, t)), spec.target)
+            specs[spec.arg.name] = (name, t)
+    return specs
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shape, dtype and values, NaN matching NaN (a NaN weight must still be named)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.dtype.is_floating_point:
+        return torch.equal(a, b)
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b))).all())

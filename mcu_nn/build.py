@@ -110,7 +110,12 @@ def _run(cmd: list[str], what: str) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if "error" in ln), lines[0] if lines else "(no output)")
+        # the linker's own words (our RAM assert, "region overflowed") beat collect2's summary
+        first = next((ln for ln in lines if "mcu-nn:" in ln or "overflow" in ln),
+                     next((ln for ln in lines if "error" in ln and "collect2" not in ln),
+                          lines[0] if lines else "(no output)"))
+        if "mcu-nn:" in first:
+            first = first.split("mcu-nn:", 1)[1].strip()
         raise McuNnError(f"{what} failed: {first}")
 
 

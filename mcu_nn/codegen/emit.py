@@ -51,13 +51,21 @@ class Array:
     ctype: str
     name: str
     values: np.ndarray
+    align: bool = False                   # word-aligned (the SIMD kernels load it with LDM)
 
     @property
     def dims(self) -> str:
-        return "".join(f"[{n}]" for n in self.values.shape)
+        shape = self.values.shape[:1] if self.ctype == "mcunn_rq_t" else self.values.shape
+        return "".join(f"[{n}]" for n in shape)
+
+    @property
+    def attrs(self) -> str:
+        return " MCUNN_ALIGN4" if self.align else ""
 
     @property
     def nbytes(self) -> int:
+        if self.ctype == "mcunn_rq_t":    # {int64 bias; int32 mx, mh}: 16 bytes a row
+            return 16 * int(self.values.shape[0])
         size = {"int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "float": 4}[self.ctype]
         return size * int(self.values.size)
 
@@ -90,8 +98,43 @@ def _check_int(w: np.ndarray, lo: int, hi: int, what: str) -> None:
         raise McuNnError(f"{what}: values outside [{lo}, {hi}]; the QModel is invalid — re-run quantisation")
 
 
+WEIGHT_LAYOUTS = ("packed", "wide")
+
+
+def pack_group_weights(wx: np.ndarray, wh: np.ndarray, rows_per_group: int, chunk: int) -> np.ndarray:
+    """The fused, kernel-ordered weight stream of one recurrent direction (see the comment
+    above mcunn_gdot* in mcunn_fixedpoint.h): per group of ``rows_per_group`` rows (one
+    unit's gates: row g*H + u of PyTorch's order), the input-segment chunks then the
+    recurrent-segment chunks; a chunk is ``chunk`` columns of each row of the group,
+    zero-padded; 4-column int8 chunks store columns in the order 0, 2, 1, 3."""
+    R = rows_per_group
+    H = wx.shape[0] // R
+    order = [0, 2, 1, 3] if chunk == 4 else list(range(chunk))
+    parts = []
+    for u in range(H):
+        rows = [g * H + u for g in range(R)]
+        for m in (wx, wh):
+            cols = m.shape[1]
+            nchunks = -(-cols // chunk)
+            pad = np.zeros((R, nchunks * chunk), np.int64)
+            pad[:, :cols] = m[rows]
+            # (R, chunks, chunk) -> (chunks, R, chunk) with the in-chunk column order
+            blk = pad.reshape(R, nchunks, chunk)[:, :, order].transpose(1, 0, 2)
+            parts.append(blk.reshape(-1))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _round_bias(bias, shift: int) -> np.ndarray:
+    """bias + 2^(shift-1): rshift_round's rounding constant folded in at export time."""
+    b = np.asarray(bias, dtype=np.int64)
+    return b + (np.int64(1) << np.int64(shift - 1)) if shift > 0 else b
+
+
 class _Builder:
-    def __init__(self, q: QModel, prefix: str):
+    def __init__(self, q: QModel, prefix: str, weight_layout: str = "packed"):
+        if weight_layout not in WEIGHT_LAYOUTS:
+            raise McuNnError(f"weight layout {weight_layout!r} is not one of {', '.join(WEIGHT_LAYOUTS)}")
+        self.layout = weight_layout
         self.q, self.p = q, prefix
         self.fp = q.precision == "float32"
         self.vt = "float" if self.fp else "int16_t"
@@ -102,13 +145,13 @@ class _Builder:
         self.env = environment()
 
     # ---------------------------------------------------------------- arrays
-    def arr(self, ctype: str, name: str, values, what: str) -> str:
+    def arr(self, ctype: str, name: str, values, what: str, align: bool = False) -> str:
         values = np.asarray(values)
         full = f"{self.p}_{name}"
         if ctype in ("int8_t", "int16_t", "int32_t"):
             bits = {"int8_t": 8, "int16_t": 16, "int32_t": 32}[ctype]
             _check_int(values, -(1 << (bits - 1)) + (1 if ctype == "int32_t" else 0), (1 << (bits - 1)) - 1, what)
-        self.arrays.append(Array(ctype, full, values))
+        self.arrays.append(Array(ctype, full, values, align))
         return full
 
     def wtype(self, w: np.ndarray) -> str:
@@ -158,13 +201,7 @@ class _Builder:
                 if P:
                     D["wp"] = self.arr("float", f"op{k}_d{d}_wp", qd.w_hr, what)
             else:
-                D["wx"], D["mx"], D["dotx"], bx = self.matrix(qd.wx, f"op{k}_d{d}_wx", what + " input")
-                D["wh"], D["mh"], D["doth"], bh = self.matrix(qd.wh, f"op{k}_d{d}_wh", what + " recurrent")
-                D["bias"] = self.arr("int64_t", f"op{k}_d{d}_bias", np.asarray(qd.bias, np.int64), what)
-                D["shift"] = int(qd.shift)
-                self.check_requant([(bx, qd.wx.mult), (bh, qd.wh.mult)], qd.bias, what)
-                if op.kind == "gru":
-                    D["bias_h"] = self.arr("int64_t", f"op{k}_d{d}_bias_h", np.asarray(qd.bias_h, np.int64), what)
+                self.fused(op, qd, D, what)
                 if P:
                     D["wp"], D["mp"], D["dotp"], bp = self.matrix(qd.proj, f"op{k}_d{d}_wp", what + " projection")
                     D["proj_shift"] = int(qd.proj_shift)
@@ -173,6 +210,39 @@ class _Builder:
             dirs.append(D)
         L["dirs"] = dirs
         return L
+
+    def fused(self, op, qd, D: dict, what: str) -> None:
+        """The fused gate layout of one integer direction: weight stream, requant records,
+        and the names of the group dot-product kernels (portable or SIMD, chosen in C)."""
+        R = {"lstm": 4, "gru": 3}.get(op.kind, 1)
+        wx, wh = np.asarray(qd.wx.w, np.int64), np.asarray(qd.wh.w, np.int64)
+        both = np.concatenate([wx.reshape(-1), wh.reshape(-1)])
+        wide = self.layout == "wide" or self.wtype(both) != "int8_t"
+        kind, chunk, ctype = ("s16", 2, "int16_t") if wide else ("s8", 4, "int8_t")
+        name = D["fn"][len(self.p) + 1:]
+        D["w"] = self.arr(ctype, name + "_w", pack_group_weights(wx, wh, R, chunk), what + " weights", align=True)
+        D["wt"], D["R"] = ctype, R
+        accs = []
+        bounds = []
+        for m in (qd.wx, qd.wh):
+            bound = np.abs(np.asarray(m.w, np.int64)).sum(axis=1) * 32768
+            accs.append(32 if m.acc_bits == 32 and int(bound.max(initial=0)) < (1 << 31) else 64)
+            bounds.append(bound)
+        D["accx"], D["acch"] = (f"int{a}_t" for a in accs)
+        D["dotx"], D["doth"] = (f"mcunn_gdot{R}_{kind}_{a}" for a in accs)
+        D["acc32"] = accs == [32, 32]
+        shift = int(qd.shift)
+        D["shift"] = shift
+        self.check_requant([(bounds[0], qd.wx.mult), (bounds[1], qd.wh.mult)], qd.bias, what)
+        H = op.hidden_size
+        order = [g * H + u for u in range(H) for g in range(R)]            # group order
+        for m in (qd.wx.mult, qd.wh.mult):
+            _check_int(np.asarray(m, np.int64), -(1 << 31) + 1, (1 << 31) - 1, what + " multipliers")
+        rq = np.stack([_round_bias(qd.bias, shift), np.asarray(qd.wx.mult, np.int64),
+                       np.asarray(qd.wh.mult, np.int64)], axis=1)[order]
+        D["rq"] = self.arr("mcunn_rq_t", name + "_rq", rq, what + " requantisation")
+        if op.kind == "gru":
+            D["bias_h"] = self.arr("int64_t", name + "_bias_h", _round_bias(qd.bias_h, shift), what)
 
     def linear(self, k: int, op) -> dict:
         src = op.source or f"op {k}"
@@ -213,13 +283,17 @@ def _is_rec(op) -> bool:
     return isinstance(op, (QRecurrent, Recurrent))
 
 
-def emit(q: QModel, prefix: Optional[str] = None) -> Emitted:
-    """Generate model.h / model.c for ``q`` with C prefix ``prefix`` (default: q.name)."""
+def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed") -> Emitted:
+    """Generate model.h / model.c for ``q`` with C prefix ``prefix`` (default: q.name).
+
+    ``weight_layout``: "packed" keeps int8 weights as bytes (the SIMD kernel unpacks them
+    with SXTB16); "wide" stores int8 weights as int16 — twice the flash of the recurrent
+    weights for fewer instructions per step. int16 weights are always stored as int16."""
     p = prefix or q.name
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p or ""):
         raise McuNnError(f"model name {p!r} is not a C identifier; pass --name with letters, digits and _")
     p = p.lower()
-    b = _Builder(q, p)
+    b = _Builder(q, p, weight_layout)
     vt = b.vt
     bidir = any(_is_rec(o) and o.bidirectional for o in q.ops)
     tokens = q.input_kind == "tokens"
@@ -366,7 +440,7 @@ def emit(q: QModel, prefix: Optional[str] = None) -> Emitted:
         vocab=q.input_size, in_size=in_size, out_size=q.output_size, max_steps=q.max_steps if bidir else 0,
         per_step=q.output_per_step, bidirectional=bidir,
         in_t="float" if fp_ else ("int32_t" if tokens else "int16_t"), out_t="float" if fp_ else "int16_t",
-        state=[decl for decl, _ in state], state_bytes=state_bytes,
+        state=[decl for decl, _ in state], state_bytes=state_bytes, weight_layout=weight_layout,
         arrays=b.arrays, kernels=b.kernels, advance=advance, head=head, seq=seq,
         inv_scale=f32_literal(1.0 / q.input_scale) if not tokens and not fp_ else "1.0f",
         out_scale=f32_literal(q.output_scale),

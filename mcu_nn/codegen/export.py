@@ -25,15 +25,16 @@ def chip_input(q: QModel, x: np.ndarray) -> np.ndarray:
 
 
 def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.ndarray,
-                 extra: Optional[dict] = None) -> dict:
+                 extra: Optional[dict] = None, weight_layout: str = "packed") -> dict:
     """Write model.h, model.c, mcunn_fixedpoint.h, model.json and test_vectors.npz into
-    ``out_dir``; returns the manifest. ``expected`` are the simulator's outputs on ``test_input``."""
+    ``out_dir``; returns the manifest. ``expected`` are the simulator's outputs on ``test_input``.
+    ``weight_layout`` ("packed" or "wide", see codegen.emit) trades flash for speed on int8."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise McuNnError(f"cannot create export directory {out_dir}: {e.strerror}") from None
-    e = emit(q)
+    e = emit(q, weight_layout=weight_layout)
     files = {"model.h": e.header, "model.c": e.source, RUNTIME_HEADER: render_runtime_header()}
     for name, text in files.items():
         (out_dir / name).write_text(text)
@@ -69,7 +70,7 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
         "input_scale": q.input_scale, "output_scale": q.output_scale,
         "in_ctype": "float" if fp32 else ("int32_t" if tokens else "int16_t"),
         "out_ctype": "float" if fp32 else "int16_t", "postprocess": q.postprocess,
-        "layers": e.layers, "flash_bytes": flash, "ram_bytes": e.state_bytes,
+        "layers": e.layers, "flash_bytes": flash, "ram_bytes": e.state_bytes, "weight_layout": weight_layout,
         "macs_per_step": sum(layer["macs_per_step"] for layer in e.layers),
         "files": sorted(files) + ["model.json", "test_vectors.npz"],
         "sha256": sha.hexdigest(), "mcu_nn_version": __version__,

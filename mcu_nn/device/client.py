@@ -141,11 +141,11 @@ class DeviceClient:
 
     def _inputs(self, x, steps: Optional[int] = None) -> np.ndarray:
         info = self._need_info()
-        a = np.ascontiguousarray(np.asarray(x).astype(info.in_dtype)).reshape(-1, info.input_size) \
-            if np.size(x) else np.zeros((0, info.input_size), info.in_dtype)
-        if steps is not None and a.shape[0] != steps:
-            raise McuNnError(f"STEP takes one step of {info.input_size} values, got {np.size(x)}")
-        return a
+        a = np.asarray(x)
+        if a.size % info.input_size or (steps is not None and a.size != steps * info.input_size):
+            what = "STEP takes one step" if steps == 1 else "RUN takes whole steps"
+            raise McuNnError(f"{what} of {info.input_size} values, got {a.size}")
+        return np.ascontiguousarray(a.astype(info.in_dtype)).reshape(-1, info.input_size)
 
     def step(self, x) -> tuple[np.ndarray, int]:
         """One time step -> (outputs, counter ticks spent in the model)."""

@@ -23,7 +23,7 @@ def free_port() -> int:
 
 def qemu_command(elf: Path, board: Board, port: int) -> list[str]:
     cmd = [QEMU, "-M", board.qemu_machine, "-kernel", str(elf), "-display", "none",
-           "-monitor", "none", "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on"]
+           "-monitor", "none", "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"]
     if board.icount_shift is not None:
         cmd += ["-icount", f"shift={board.icount_shift}"]
     return cmd

@@ -130,17 +130,18 @@ static inline int32_t mcunn_sat32(int64_t x)
     return (int32_t)(x < INT32_MIN ? INT32_MIN : (x > INT32_MAX ? INT32_MAX : x));
 }
 
-/* Q15 x Qk -> Qk, rounded; |a|, |b| <= 2^15 so the product fits int32. */
+/* Q15 x Qk -> Qk, rounded; |a|, |b| <= 2^15 so |a * b| <= 2^30 and the rounding add
+ * (2^14) stays inside int32: no 64-bit arithmetic needed. */
 static inline int32_t mcunn_mul_q15(int32_t a, int32_t b)
 {
-    return mcunn_rshift_round32(a * b, 15);
+    return (a * b + (1 << 14)) >> 15;
 }
 
 /* Q3.12 with `frac` fractional bits -> Q3.12 (saturating); multiply, never left-shift a negative. */
 static inline int16_t mcunn_frac_to_q312(int32_t x, int frac)
 {
     if (frac >= 12) return (int16_t)mcunn_rshift_round32(x, frac - 12);
-    return mcunn_sat16((int64_t)x * ((int64_t)1 << (12 - frac)));
+    return mcunn_sat16(x * (1 << (12 - frac)));   /* |x| <= 2^15, factor <= 2^12: fits int32 */
 }
 
 /* f(|x|), x in Q3.12: linear interpolation between samples k/64; tables are non-decreasing
@@ -185,19 +186,20 @@ static inline int16_t mcunn_lstm_cell(int16_t pre_i, int16_t pre_f, int16_t pre_
 {
     int32_t i = mcunn_sigmoid_q15(pre_i), f = mcunn_sigmoid_q15(pre_f);
     int32_t g = mcunn_tanh_q15(pre_g), o = mcunn_sigmoid_q15(pre_o);
-    int16_t c_new = mcunn_sat16((int64_t)mcunn_mul_q15(f, *c)
-                                + mcunn_rshift_round32(i * g, 2 * 15 - cell_frac));
+    /* |i * g| < 2^30 and the rounding add is at most 2^29 (cell_frac >= 0): int32 is exact */
+    int32_t ig = (i * g + (1 << (2 * 15 - cell_frac - 1))) >> (2 * 15 - cell_frac);
+    int16_t c_new = mcunn_sat16(mcunn_mul_q15(f, *c) + ig);
     *c = c_new;
     return mcunn_sat16(mcunn_mul_q15(o, mcunn_tanh_q15(mcunn_frac_to_q312(c_new, cell_frac))));
 }
 
 /* One GRU update (PyTorch's formula): n_x, n_h are saturated int32 Q.12; h is Q15.
- * r * n_h needs int64; z * (h - n) fits int32 but is done in int64 for margin. */
+ * r * n_h needs int64; |z * (h - n)| <= 32767 * 65535 < 2^31 - 2^14, so int32 is exact there. */
 static inline int16_t mcunn_gru_cell(int16_t pre_r, int16_t pre_z, int32_t n_x, int32_t n_h, int16_t h)
 {
     int32_t r = mcunn_sigmoid_q15(pre_r), z = mcunn_sigmoid_q15(pre_z);
     int32_t n = mcunn_tanh_q15(mcunn_sat16((int64_t)n_x + mcunn_rshift_round64((int64_t)r * n_h, 15)));
-    return mcunn_sat16(n + mcunn_rshift_round64((int64_t)z * (h - n), 15));
+    return mcunn_sat16(n + ((z * (h - n) + (1 << 14)) >> 15));
 }
 
 /* float -> int16 as fixedpoint.quantize_input: float32 multiply, NaN -> 0, clamp,
@@ -259,6 +261,483 @@ static inline float mcunn_dot_f32(const float *w, const float *x, size_t n)
     size_t j;
     for (j = 0; j < n; ++j) acc += w[j] * x[j];
     return acc;
+}
+
+/* ==== Fused gate kernels (see docs/performance.md).
+ * The export lays each recurrent matrix out as "groups" of R rows (the gates of one unit:
+ * R = 4 for LSTM, 3 for GRU, 1 for RNN) walked by one pointer: per group, the input-segment
+ * chunks and then the recurrent-segment chunks. A chunk holds, for each of the R rows, the
+ * weights of 4 columns (int8: bytes in column order 0,2,1,3, so SXTB16 of the word yields
+ * the pairs (c0,c1) and (c2,c3)) or of 2 columns (int16). Columns are zero-padded to a whole
+ * chunk. mcunn_gdot{R}_s{8,16}_{32,64}(w, x, n, acc) adds the n-column dot product of every
+ * row of the group at w to acc[0..R-1] and returns the next chunk. Integer sums are exact,
+ * so any order (SIMD pairs, row blocking) gives the same bits as fixedpoint.matvec. */
+
+/* Requantisation of one gate row: sat16((bias + acc_x * mx + acc_h * mh) >> shift), with the
+ * rounding constant 2^(shift-1) already folded into bias at export (|sum| < 2^62 + 2^61). */
+typedef struct {
+    int64_t bias;
+    int32_t mx;
+    int32_t mh;
+} mcunn_rq_t;
+
+#if defined(__GNUC__)
+#define MCUNN_ALIGN4 __attribute__((aligned(4)))
+#else
+#define MCUNN_ALIGN4
+#endif
+
+/* The SIMD path: Cortex-M4/M7/M33/M55 (DSP extension), little-endian, GCC/Clang inline asm.
+ * Define MCUNN_PORTABLE to force the portable C (benchmarks compare the two). */
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN) && !defined(MCUNN_PORTABLE)
+#define MCUNN_DSP 1
+#else
+#define MCUNN_DSP 0
+#endif
+
+/* column j of a 4-column int8 chunk is stored at byte ((j & 1) << 1) | (j >> 1): 0, 2, 1, 3 */
+#define MCUNN_S8_POS(j) ((((j) & 1) << 1) | ((j) >> 1))
+
+/* portable: 1-row group, int8 chunks of 4 columns, 32-bit accumulators */
+static inline const int8_t *mcunn_gdot1_s8_32_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    int k, r, j;
+    for (k = 0; k + 4 <= n; k += 4, w += 4, x += 4) {
+        for (r = 0; r < 1; ++r) {
+            const int8_t *wr = w + 4 * r;
+            acc[r] += (int32_t)((int32_t)wr[0] * x[0] + (int32_t)wr[2] * x[1])
+                    + (int32_t)((int32_t)wr[1] * x[2] + (int32_t)wr[3] * x[3]);
+        }
+    }
+    if (k < n) {
+        for (r = 0; r < 1; ++r)
+            for (j = 0; j < n - k; ++j) acc[r] += (int32_t)w[4 * r + MCUNN_S8_POS(j)] * x[j];
+        w += 4;
+    }
+    return w;
+}
+
+/* portable: 1-row group, int16 chunks of 2 columns, 32-bit accumulators */
+static inline const int16_t *mcunn_gdot1_s16_32_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    int k, r;
+    for (k = 0; k + 2 <= n; k += 2, w += 2, x += 2)
+        for (r = 0; r < 1; ++r)
+            acc[r] += (int32_t)((int32_t)w[2 * r] * x[0]) + (int32_t)((int32_t)w[2 * r + 1] * x[1]);
+    if (k < n) {
+        for (r = 0; r < 1; ++r) acc[r] += (int32_t)w[2 * r] * x[0];
+        w += 2;
+    }
+    return w;
+}
+
+/* portable: 3-row group, int8 chunks of 4 columns, 32-bit accumulators */
+static inline const int8_t *mcunn_gdot3_s8_32_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    int k, r, j;
+    for (k = 0; k + 4 <= n; k += 4, w += 12, x += 4) {
+        for (r = 0; r < 3; ++r) {
+            const int8_t *wr = w + 4 * r;
+            acc[r] += (int32_t)((int32_t)wr[0] * x[0] + (int32_t)wr[2] * x[1])
+                    + (int32_t)((int32_t)wr[1] * x[2] + (int32_t)wr[3] * x[3]);
+        }
+    }
+    if (k < n) {
+        for (r = 0; r < 3; ++r)
+            for (j = 0; j < n - k; ++j) acc[r] += (int32_t)w[4 * r + MCUNN_S8_POS(j)] * x[j];
+        w += 12;
+    }
+    return w;
+}
+
+/* portable: 3-row group, int16 chunks of 2 columns, 32-bit accumulators */
+static inline const int16_t *mcunn_gdot3_s16_32_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    int k, r;
+    for (k = 0; k + 2 <= n; k += 2, w += 6, x += 2)
+        for (r = 0; r < 3; ++r)
+            acc[r] += (int32_t)((int32_t)w[2 * r] * x[0]) + (int32_t)((int32_t)w[2 * r + 1] * x[1]);
+    if (k < n) {
+        for (r = 0; r < 3; ++r) acc[r] += (int32_t)w[2 * r] * x[0];
+        w += 6;
+    }
+    return w;
+}
+
+/* portable: 4-row group, int8 chunks of 4 columns, 32-bit accumulators */
+static inline const int8_t *mcunn_gdot4_s8_32_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    int k, r, j;
+    for (k = 0; k + 4 <= n; k += 4, w += 16, x += 4) {
+        for (r = 0; r < 4; ++r) {
+            const int8_t *wr = w + 4 * r;
+            acc[r] += (int32_t)((int32_t)wr[0] * x[0] + (int32_t)wr[2] * x[1])
+                    + (int32_t)((int32_t)wr[1] * x[2] + (int32_t)wr[3] * x[3]);
+        }
+    }
+    if (k < n) {
+        for (r = 0; r < 4; ++r)
+            for (j = 0; j < n - k; ++j) acc[r] += (int32_t)w[4 * r + MCUNN_S8_POS(j)] * x[j];
+        w += 16;
+    }
+    return w;
+}
+
+/* portable: 4-row group, int16 chunks of 2 columns, 32-bit accumulators */
+static inline const int16_t *mcunn_gdot4_s16_32_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    int k, r;
+    for (k = 0; k + 2 <= n; k += 2, w += 8, x += 2)
+        for (r = 0; r < 4; ++r)
+            acc[r] += (int32_t)((int32_t)w[2 * r] * x[0]) + (int32_t)((int32_t)w[2 * r + 1] * x[1]);
+    if (k < n) {
+        for (r = 0; r < 4; ++r) acc[r] += (int32_t)w[2 * r] * x[0];
+        w += 8;
+    }
+    return w;
+}
+
+/* portable: 1-row group, int8 chunks of 4 columns, 64-bit accumulators */
+static inline const int8_t *mcunn_gdot1_s8_64_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
+{
+    int k, r, j;
+    for (k = 0; k + 4 <= n; k += 4, w += 4, x += 4) {
+        for (r = 0; r < 1; ++r) {
+            const int8_t *wr = w + 4 * r;
+            acc[r] += (int64_t)((int32_t)wr[0] * x[0] + (int32_t)wr[2] * x[1])
+                    + (int64_t)((int32_t)wr[1] * x[2] + (int32_t)wr[3] * x[3]);
+        }
+    }
+    if (k < n) {
+        for (r = 0; r < 1; ++r)
+            for (j = 0; j < n - k; ++j) acc[r] += (int32_t)w[4 * r + MCUNN_S8_POS(j)] * x[j];
+        w += 4;
+    }
+    return w;
+}
+
+/* portable: 1-row group, int16 chunks of 2 columns, 64-bit accumulators */
+static inline const int16_t *mcunn_gdot1_s16_64_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
+{
+    int k, r;
+    for (k = 0; k + 2 <= n; k += 2, w += 2, x += 2)
+        for (r = 0; r < 1; ++r)
+            acc[r] += (int64_t)((int32_t)w[2 * r] * x[0]) + (int64_t)((int32_t)w[2 * r + 1] * x[1]);
+    if (k < n) {
+        for (r = 0; r < 1; ++r) acc[r] += (int32_t)w[2 * r] * x[0];
+        w += 2;
+    }
+    return w;
+}
+
+/* portable: 3-row group, int8 chunks of 4 columns, 64-bit accumulators */
+static inline const int8_t *mcunn_gdot3_s8_64_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
+{
+    int k, r, j;
+    for (k = 0; k + 4 <= n; k += 4, w += 12, x += 4) {
+        for (r = 0; r < 3; ++r) {
+            const int8_t *wr = w + 4 * r;
+            acc[r] += (int64_t)((int32_t)wr[0] * x[0] + (int32_t)wr[2] * x[1])
+                    + (int64_t)((int32_t)wr[1] * x[2] + (int32_t)wr[3] * x[3]);
+        }
+    }
+    if (k < n) {
+        for (r = 0; r < 3; ++r)
+            for (j = 0; j < n - k; ++j) acc[r] += (int32_t)w[4 * r + MCUNN_S8_POS(j)] * x[j];
+        w += 12;
+    }
+    return w;
+}
+
+/* portable: 3-row group, int16 chunks of 2 columns, 64-bit accumulators */
+static inline const int16_t *mcunn_gdot3_s16_64_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
+{
+    int k, r;
+    for (k = 0; k + 2 <= n; k += 2, w += 6, x += 2)
+        for (r = 0; r < 3; ++r)
+            acc[r] += (int64_t)((int32_t)w[2 * r] * x[0]) + (int64_t)((int32_t)w[2 * r + 1] * x[1]);
+    if (k < n) {
+        for (r = 0; r < 3; ++r) acc[r] += (int32_t)w[2 * r] * x[0];
+        w += 6;
+    }
+    return w;
+}
+
+/* portable: 4-row group, int8 chunks of 4 columns, 64-bit accumulators */
+static inline const int8_t *mcunn_gdot4_s8_64_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
+{
+    int k, r, j;
+    for (k = 0; k + 4 <= n; k += 4, w += 16, x += 4) {
+        for (r = 0; r < 4; ++r) {
+            const int8_t *wr = w + 4 * r;
+            acc[r] += (int64_t)((int32_t)wr[0] * x[0] + (int32_t)wr[2] * x[1])
+                    + (int64_t)((int32_t)wr[1] * x[2] + (int32_t)wr[3] * x[3]);
+        }
+    }
+    if (k < n) {
+        for (r = 0; r < 4; ++r)
+            for (j = 0; j < n - k; ++j) acc[r] += (int32_t)w[4 * r + MCUNN_S8_POS(j)] * x[j];
+        w += 16;
+    }
+    return w;
+}
+
+/* portable: 4-row group, int16 chunks of 2 columns, 64-bit accumulators */
+static inline const int16_t *mcunn_gdot4_s16_64_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
+{
+    int k, r;
+    for (k = 0; k + 2 <= n; k += 2, w += 8, x += 2)
+        for (r = 0; r < 4; ++r)
+            acc[r] += (int64_t)((int32_t)w[2 * r] * x[0]) + (int64_t)((int32_t)w[2 * r + 1] * x[1]);
+    if (k < n) {
+        for (r = 0; r < 4; ++r) acc[r] += (int32_t)w[2 * r] * x[0];
+        w += 8;
+    }
+    return w;
+}
+
+#if MCUNN_DSP
+/* SIMD: per 4 columns and R rows, 2 LDR (x, unaligned is fine for LDR), 1 LDM (the R weight
+ * words), then per row SXTB16 + SMLAD twice. The weight registers are pinned to r8.. so the
+ * LDM register list is ascending. Accumulators are int32: only used where the export proved
+ * sum |w| * 32768 < 2^31, which bounds every partial sum too. */
+#define MCUNN_S8_CHUNK1 \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "ldr %[w0], [%[wp]], #4\n\t" \
+    "sxtb16 %[t], %[w0]\n\t" \
+    "smlad %[a0], %[t], %[xv], %[a0]\n\t" \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "sxtb16 %[w0], %[w0], ror #8\n\t" \
+    "smlad %[a0], %[w0], %[xv], %[a0]\n\t" \
+
+#define MCUNN_S16_CHUNK1 \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "ldr %[w0], [%[wp]], #4\n\t" \
+    "smlad %[a0], %[w0], %[xv], %[a0]\n\t" \
+
+static inline const int8_t *mcunn_gdot1_s8_32(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    register uint32_t w0 __asm__("r8");
+    int32_t a0 = acc[0];
+    uint32_t xv, t;
+    int k;
+#define MCUNN_OPERANDS \
+    : [a0] "+r"(a0), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
+      [t] "=&r"(t), [w0] "=&r"(w0) \
+    : : "memory"
+    for (k = n / 8; k > 0; --k) __asm__(MCUNN_S8_CHUNK1 MCUNN_S8_CHUNK1 MCUNN_OPERANDS);
+    if (n & 4) __asm__(MCUNN_S8_CHUNK1 MCUNN_OPERANDS);
+#undef MCUNN_OPERANDS
+    (void)t;
+    acc[0] = a0;
+    if (n & 3) w = mcunn_gdot1_s8_32_c(w, x, n & 3, acc);
+    return w;
+}
+
+static inline const int16_t *mcunn_gdot1_s16_32(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    register uint32_t w0 __asm__("r8");
+    int32_t a0 = acc[0];
+    uint32_t xv, t;
+    int k;
+#define MCUNN_OPERANDS \
+    : [a0] "+r"(a0), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
+      [t] "=&r"(t), [w0] "=&r"(w0) \
+    : : "memory"
+    for (k = n / 4; k > 0; --k) __asm__(MCUNN_S16_CHUNK1 MCUNN_S16_CHUNK1 MCUNN_OPERANDS);
+    if (n & 2) __asm__(MCUNN_S16_CHUNK1 MCUNN_OPERANDS);
+#undef MCUNN_OPERANDS
+    (void)t;
+    acc[0] = a0;
+    if (n & 1) w = mcunn_gdot1_s16_32_c(w, x, n & 1, acc);
+    return w;
+}
+
+#define MCUNN_S8_CHUNK3 \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "ldmia %[wp]!, {%[w0], %[w1], %[w2]}\n\t" \
+    "sxtb16 %[t], %[w0]\n\t" \
+    "smlad %[a0], %[t], %[xv], %[a0]\n\t" \
+    "sxtb16 %[t], %[w1]\n\t" \
+    "smlad %[a1], %[t], %[xv], %[a1]\n\t" \
+    "sxtb16 %[t], %[w2]\n\t" \
+    "smlad %[a2], %[t], %[xv], %[a2]\n\t" \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "sxtb16 %[w0], %[w0], ror #8\n\t" \
+    "smlad %[a0], %[w0], %[xv], %[a0]\n\t" \
+    "sxtb16 %[w1], %[w1], ror #8\n\t" \
+    "smlad %[a1], %[w1], %[xv], %[a1]\n\t" \
+    "sxtb16 %[w2], %[w2], ror #8\n\t" \
+    "smlad %[a2], %[w2], %[xv], %[a2]\n\t" \
+
+#define MCUNN_S16_CHUNK3 \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "ldmia %[wp]!, {%[w0], %[w1], %[w2]}\n\t" \
+    "smlad %[a0], %[w0], %[xv], %[a0]\n\t" \
+    "smlad %[a1], %[w1], %[xv], %[a1]\n\t" \
+    "smlad %[a2], %[w2], %[xv], %[a2]\n\t" \
+
+static inline const int8_t *mcunn_gdot3_s8_32(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    register uint32_t w0 __asm__("r8");
+    register uint32_t w1 __asm__("r9");
+    register uint32_t w2 __asm__("r10");
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2];
+    uint32_t xv, t;
+    int k;
+#define MCUNN_OPERANDS \
+    : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
+      [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2) \
+    : : "memory"
+    for (k = n / 8; k > 0; --k) __asm__(MCUNN_S8_CHUNK3 MCUNN_S8_CHUNK3 MCUNN_OPERANDS);
+    if (n & 4) __asm__(MCUNN_S8_CHUNK3 MCUNN_OPERANDS);
+#undef MCUNN_OPERANDS
+    (void)t;
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    if (n & 3) w = mcunn_gdot3_s8_32_c(w, x, n & 3, acc);
+    return w;
+}
+
+static inline const int16_t *mcunn_gdot3_s16_32(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    register uint32_t w0 __asm__("r8");
+    register uint32_t w1 __asm__("r9");
+    register uint32_t w2 __asm__("r10");
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2];
+    uint32_t xv, t;
+    int k;
+#define MCUNN_OPERANDS \
+    : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
+      [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2) \
+    : : "memory"
+    for (k = n / 4; k > 0; --k) __asm__(MCUNN_S16_CHUNK3 MCUNN_S16_CHUNK3 MCUNN_OPERANDS);
+    if (n & 2) __asm__(MCUNN_S16_CHUNK3 MCUNN_OPERANDS);
+#undef MCUNN_OPERANDS
+    (void)t;
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    if (n & 1) w = mcunn_gdot3_s16_32_c(w, x, n & 1, acc);
+    return w;
+}
+
+#define MCUNN_S8_CHUNK4 \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "ldmia %[wp]!, {%[w0], %[w1], %[w2], %[w3]}\n\t" \
+    "sxtb16 %[t], %[w0]\n\t" \
+    "smlad %[a0], %[t], %[xv], %[a0]\n\t" \
+    "sxtb16 %[t], %[w1]\n\t" \
+    "smlad %[a1], %[t], %[xv], %[a1]\n\t" \
+    "sxtb16 %[t], %[w2]\n\t" \
+    "smlad %[a2], %[t], %[xv], %[a2]\n\t" \
+    "sxtb16 %[t], %[w3]\n\t" \
+    "smlad %[a3], %[t], %[xv], %[a3]\n\t" \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "sxtb16 %[w0], %[w0], ror #8\n\t" \
+    "smlad %[a0], %[w0], %[xv], %[a0]\n\t" \
+    "sxtb16 %[w1], %[w1], ror #8\n\t" \
+    "smlad %[a1], %[w1], %[xv], %[a1]\n\t" \
+    "sxtb16 %[w2], %[w2], ror #8\n\t" \
+    "smlad %[a2], %[w2], %[xv], %[a2]\n\t" \
+    "sxtb16 %[w3], %[w3], ror #8\n\t" \
+    "smlad %[a3], %[w3], %[xv], %[a3]\n\t" \
+
+#define MCUNN_S16_CHUNK4 \
+    "ldr %[xv], [%[xp]], #4\n\t" \
+    "ldmia %[wp]!, {%[w0], %[w1], %[w2], %[w3]}\n\t" \
+    "smlad %[a0], %[w0], %[xv], %[a0]\n\t" \
+    "smlad %[a1], %[w1], %[xv], %[a1]\n\t" \
+    "smlad %[a2], %[w2], %[xv], %[a2]\n\t" \
+    "smlad %[a3], %[w3], %[xv], %[a3]\n\t" \
+
+static inline const int8_t *mcunn_gdot4_s8_32(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    register uint32_t w0 __asm__("r8");
+    register uint32_t w1 __asm__("r9");
+    register uint32_t w2 __asm__("r10");
+    register uint32_t w3 __asm__("r11");
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    uint32_t xv, t;
+    int k;
+#define MCUNN_OPERANDS \
+    : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
+      [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3) \
+    : : "memory"
+    for (k = n / 8; k > 0; --k) __asm__(MCUNN_S8_CHUNK4 MCUNN_S8_CHUNK4 MCUNN_OPERANDS);
+    if (n & 4) __asm__(MCUNN_S8_CHUNK4 MCUNN_OPERANDS);
+#undef MCUNN_OPERANDS
+    (void)t;
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+    if (n & 3) w = mcunn_gdot4_s8_32_c(w, x, n & 3, acc);
+    return w;
+}
+
+static inline const int16_t *mcunn_gdot4_s16_32(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+{
+    register uint32_t w0 __asm__("r8");
+    register uint32_t w1 __asm__("r9");
+    register uint32_t w2 __asm__("r10");
+    register uint32_t w3 __asm__("r11");
+    int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    uint32_t xv, t;
+    int k;
+#define MCUNN_OPERANDS \
+    : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
+      [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3) \
+    : : "memory"
+    for (k = n / 4; k > 0; --k) __asm__(MCUNN_S16_CHUNK4 MCUNN_S16_CHUNK4 MCUNN_OPERANDS);
+    if (n & 2) __asm__(MCUNN_S16_CHUNK4 MCUNN_OPERANDS);
+#undef MCUNN_OPERANDS
+    (void)t;
+    acc[0] = a0;
+    acc[1] = a1;
+    acc[2] = a2;
+    acc[3] = a3;
+    if (n & 1) w = mcunn_gdot4_s16_32_c(w, x, n & 1, acc);
+    return w;
+}
+
+#else
+#define mcunn_gdot1_s8_32 mcunn_gdot1_s8_32_c
+#define mcunn_gdot1_s16_32 mcunn_gdot1_s16_32_c
+#define mcunn_gdot3_s8_32 mcunn_gdot3_s8_32_c
+#define mcunn_gdot3_s16_32 mcunn_gdot3_s16_32_c
+#define mcunn_gdot4_s8_32 mcunn_gdot4_s8_32_c
+#define mcunn_gdot4_s16_32 mcunn_gdot4_s16_32_c
+#endif
+#define mcunn_gdot1_s8_64 mcunn_gdot1_s8_64_c
+#define mcunn_gdot1_s16_64 mcunn_gdot1_s16_64_c
+#define mcunn_gdot3_s8_64 mcunn_gdot3_s8_64_c
+#define mcunn_gdot3_s16_64 mcunn_gdot3_s16_64_c
+#define mcunn_gdot4_s8_64 mcunn_gdot4_s8_64_c
+#define mcunn_gdot4_s16_64 mcunn_gdot4_s16_64_c
+
+/* Requantise one gate row to Q3.12 (or the relu RNN's h scale) with the rounding folded into
+ * bias. For shift >= 32 only the high word of the 64-bit sum matters (SMLAL leaves it in a
+ * register); (hi >> (shift - 32)) equals sum >> shift for an arithmetic shift. */
+static inline int16_t mcunn_requant2(const mcunn_rq_t *q, int32_t ax, int32_t ah, int shift)
+{
+    int64_t t = q->bias + (int64_t)ax * q->mx + (int64_t)ah * q->mh;
+    if (shift >= 32) return mcunn_sat16((int32_t)(t >> 32) >> (shift - 32));
+    return mcunn_sat16(t >> shift);
+}
+
+static inline int16_t mcunn_requant2_64(const mcunn_rq_t *q, int64_t ax, int64_t ah, int shift)
+{
+    return mcunn_sat16((q->bias + ax * q->mx + ah * q->mh) >> shift);
+}
+
+/* One-segment requantisation saturated to int32 (GRU n rows): bias has the rounding folded in. */
+static inline int32_t mcunn_requant1_32(int64_t bias, int64_t acc, int32_t mult, int shift)
+{
+    int64_t t = bias + acc * mult;
+    if (shift >= 32) return (int32_t)(t >> 32) >> (shift - 32);   /* fits int32: no saturation */
+    return mcunn_sat32(t >> shift);
 }
 
 #endif /* MCUNN_FIXEDPOINT_H */

@@ -11,7 +11,7 @@ uint16_t mcunn_crc16(const uint8_t *p, size_t n, uint16_t crc)
     for (i = 0; i < n; ++i) {
         crc ^= (uint16_t)((uint16_t)p[i] << 8);
         for (k = 0; k < 8; ++k)
-            crc = (uint16_t)((crc & 0x8000u) ? ((crc << 1) ^ 0x1021u) : (crc << 1));
+            crc = (uint16_t)((crc & 0x8000u) ? (((unsigned)crc << 1) ^ 0x1021u) : ((unsigned)crc << 1));
     }
     return crc;
 }

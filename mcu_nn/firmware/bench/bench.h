@@ -1,0 +1,6 @@
+/* Bench firmware helpers (startup.c). */
+#ifndef MCUNN_BENCH_H
+#define MCUNN_BENCH_H
+void bench_puts(const char *s);
+void bench_exit(int code);
+#endif

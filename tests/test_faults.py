@@ -1,0 +1,172 @@
+"""A bad link never gives a false pass: a proxy that corrupts, drops or duplicates bytes sits
+between the client and the board; a firmware of another export is refused by hash; a board
+that never answers times out with a clear message."""
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fixtures.make_standin import make_standin
+from mcu_nn.build import build_firmware
+from mcu_nn.device import Emulator, serial_test
+from mcu_nn.errors import McuNnError
+from mcu_nn.flash import flash
+
+HAVE_QEMU = bool(shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc"))
+quiet = dict(log=lambda s: None, progress=False)
+
+
+class FaultyProxy:
+    """Loopback TCP proxy to ``target`` that damages bytes in both directions with
+    probability ``rate`` each (seeded); serves one connection, stops by itself after 60 s."""
+
+    def __init__(self, target: tuple[str, int], mode: str, rate: float, seed: int = 0) -> None:
+        self.target, self.mode, self.rate = target, mode, rate
+        self.rng = random.Random(seed)
+        self.faults = 0
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.url = f"socket://127.0.0.1:{self.srv.getsockname()[1]}"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _damage(self, data: bytes) -> bytes:
+        out = bytearray()
+        for b in data:
+            if self.rng.random() >= self.rate:
+                out.append(b)
+                continue
+            self.faults += 1
+            if self.mode == "corrupt":
+                out.append(b ^ (1 << self.rng.randrange(8)))
+            elif self.mode == "duplicate":
+                out += bytes([b, b])
+            # "drop": nothing
+        return bytes(out)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        deadline = time.monotonic() + 60
+        src.settimeout(0.1)
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                data = src.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                dst.sendall(self._damage(data))
+            except OSError:
+                break
+        self.stop.set()
+
+    def _serve(self) -> None:
+        self.srv.settimeout(30)
+        try:
+            client, _ = self.srv.accept()
+        except OSError:
+            return
+        board = socket.create_connection(self.target)
+        board.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t = threading.Thread(target=self._pump, args=(board, client), daemon=True)
+        t.start()
+        self._pump(client, board)
+        t.join(2)
+        client.close()
+        board.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.srv.close()
+
+
+@pytest.fixture(scope="module")
+def board_port(tmp_path_factory):
+    """The stand-in on QEMU (or the host board when QEMU is absent), served on TCP."""
+    if not HAVE_QEMU:
+        pytest.skip("qemu-system-arm or arm-none-eabi-gcc missing")
+    d = tmp_path_factory.mktemp("standin")
+    make_standin(d, steps=10, vectors=6)
+    elf = build_firmware(d, "qemu-mps2-an386", log=lambda s: None).elf
+    with Emulator(elf, "qemu-mps2-an386") as emu:
+        yield d, emu.port
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("mode", ["corrupt", "drop", "duplicate"])
+@pytest.mark.parametrize("tamper", [False, True])
+def test_faulty_link_never_gives_a_false_pass(board_port, tmp_path, mode, tamper):
+    d, port = board_port
+    if tamper:      # the board is right and the export says otherwise: must never pass
+        for f in d.iterdir():
+            if f.is_file():
+                shutil.copy(f, tmp_path / f.name)
+        z = dict(np.load(tmp_path / "test_vectors.npz"))
+        z["expected"][5, 9, 0] ^= 1
+        np.savez(tmp_path / "test_vectors.npz", **z)
+        d = tmp_path
+    proxy = FaultyProxy(("127.0.0.1", port), mode, rate=0.004, seed=hash((mode, tamper)) & 0xFFFF)
+    try:
+        r = serial_test(d, port=proxy.url, timeout=0.3, retries=8, **quiet)
+    except McuNnError as e:          # a clear failure is acceptable, a false pass is not
+        assert "no valid reply" in str(e) or "malformed" in str(e), e
+        return
+    finally:
+        proxy.close()
+    assert proxy.faults > 0
+    if tamper:
+        assert not r.ok and "vector 5" in r.first_mismatch
+    else:
+        assert r.ok, r.first_mismatch
+        assert r.retransmissions > 0
+
+
+def test_firmware_of_another_export_is_refused_by_hash(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_standin(a, name="kws", seed=1)
+    make_standin(b, name="kws", seed=2)
+    elf = build_firmware(a, "host", log=lambda s: None).elf
+    with Emulator(elf, "host") as emu:
+        with pytest.raises(McuNnError, match=r"runs model 'kws' \(sha256 .*\), not the export .*b.*mcu-nn build"):
+            serial_test(b, port=emu.url, **quiet)
+
+
+def test_board_that_never_answers_times_out_clearly(tmp_path):
+    make_standin(tmp_path)
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    conns = []
+    threading.Thread(target=lambda: conns.append(srv.accept()), daemon=True).start()
+    t = time.monotonic()
+    try:
+        with pytest.raises(McuNnError, match=r"no valid reply to HELLO after 3 attempts \(no reply within 0.2 s\)"):
+            serial_test(tmp_path, port=f"socket://127.0.0.1:{port}", timeout=0.2, retries=2, **quiet)
+    finally:
+        srv.close()
+        for c, _ in conns:
+            c.close()
+    assert time.monotonic() - t < 5
+
+
+def test_a_port_that_does_not_exist(tmp_path):
+    make_standin(tmp_path)
+    with pytest.raises(McuNnError, match="cannot open serial port /dev/ttyNOPE"):
+        serial_test(tmp_path, port="/dev/ttyNOPE", **quiet)
+
+
+def test_flash_without_a_probe_tool_is_one_clear_line(tmp_path, monkeypatch):
+    fw = tmp_path / "firmware.elf"
+    fw.write_bytes(b"\x7fELF")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(McuNnError, match="needs pyocd or openocd: pip install pyocd"):
+        flash(fw, "nucleo-f411re", log=lambda s: None)
+    with pytest.raises(McuNnError, match="pass --listen PORT"):
+        flash(fw, "qemu-mps2-an386", log=lambda s: None)

@@ -3,6 +3,7 @@ UART on a loopback TCP port until stopped; real boards go through pyocd (or open
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 from typing import Callable, Optional
@@ -34,6 +35,10 @@ def _serve(firmware: Path, board: str, listen: Optional[int], log: Callable[[str
     if b.emulated and listen is None:
         raise McuNnError(f"{board} is emulated: pass --listen PORT to serve its UART on 127.0.0.1:PORT")
     emu = Emulator(firmware, board, port=listen, log=log)
+
+    def _stop(signum, frame):      # `kill` and service managers stop us like Ctrl-C does
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, _stop)
     with emu:
         log(f"{board} running {firmware.name}; serial port {emu.url} "
             f"(mcu-nn serial-test DIR --port {emu.url}); Ctrl-C stops it")
@@ -42,6 +47,8 @@ def _serve(firmware: Path, board: str, listen: Optional[int], log: Callable[[str
         except KeyboardInterrupt:
             log("stopped")
             return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return code
 
 

@@ -103,7 +103,7 @@ WEIGHT_LAYOUTS = ("packed", "wide")
 
 def pack_group_weights(wx: np.ndarray, wh: np.ndarray, rows_per_group: int, chunk: int) -> np.ndarray:
     """The fused, kernel-ordered weight stream of one recurrent direction (see the comment
-    above mcunn_gdot* in mcunn_fixedpoint.h): per group of ``rows_per_group`` rows (one
+    above mcunn_dot_*_g* in mcunn_fixedpoint.h): per group of ``rows_per_group`` rows (one
     unit's gates: row g*H + u of PyTorch's order), the input-segment chunks then the
     recurrent-segment chunks; a chunk is ``chunk`` columns of each row of the group,
     zero-padded; 4-column int8 chunks store columns in the order 0, 2, 1, 3."""
@@ -229,7 +229,7 @@ class _Builder:
             accs.append(32 if m.acc_bits == 32 and int(bound.max(initial=0)) < (1 << 31) else 64)
             bounds.append(bound)
         D["accx"], D["acch"] = (f"int{a}_t" for a in accs)
-        D["dotx"], D["doth"] = (f"mcunn_gdot{R}_{kind}_{a}" for a in accs)
+        D["dotx"], D["doth"] = (f"mcunn_dot_{kind}_{a}_g{R}" for a in accs)
         D["acc32"] = accs == [32, 32]
         shift = int(qd.shift)
         D["shift"] = shift

@@ -269,7 +269,7 @@ static inline float mcunn_dot_f32(const float *w, const float *x, size_t n)
  * chunks and then the recurrent-segment chunks. A chunk holds, for each of the R rows, the
  * weights of 4 columns (int8: bytes in column order 0,2,1,3, so SXTB16 of the word yields
  * the pairs (c0,c1) and (c2,c3)) or of 2 columns (int16). Columns are zero-padded to a whole
- * chunk. mcunn_gdot{R}_s{8,16}_{32,64}(w, x, n, acc) adds the n-column dot product of every
+ * chunk. mcunn_dot_s{8,16}_{32,64}_g{R}(w, x, n, acc) adds the n-column dot product of every
  * row of the group at w to acc[0..R-1] and returns the next chunk. Integer sums are exact,
  * so any order (SIMD pairs, row blocking) gives the same bits as fixedpoint.matvec. */
 
@@ -299,7 +299,7 @@ typedef struct {
 #define MCUNN_S8_POS(j) ((((j) & 1) << 1) | ((j) >> 1))
 
 /* portable: 1-row group, int8 chunks of 4 columns, 32-bit accumulators */
-static inline const int8_t *mcunn_gdot1_s8_32_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int8_t *mcunn_dot_s8_32_g1_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
 {
     int k, r, j;
     for (k = 0; k + 4 <= n; k += 4, w += 4, x += 4) {
@@ -318,7 +318,7 @@ static inline const int8_t *mcunn_gdot1_s8_32_c(const int8_t *w, const int16_t *
 }
 
 /* portable: 1-row group, int16 chunks of 2 columns, 32-bit accumulators */
-static inline const int16_t *mcunn_gdot1_s16_32_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int16_t *mcunn_dot_s16_32_g1_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
 {
     int k, r;
     for (k = 0; k + 2 <= n; k += 2, w += 2, x += 2)
@@ -332,7 +332,7 @@ static inline const int16_t *mcunn_gdot1_s16_32_c(const int16_t *w, const int16_
 }
 
 /* portable: 3-row group, int8 chunks of 4 columns, 32-bit accumulators */
-static inline const int8_t *mcunn_gdot3_s8_32_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int8_t *mcunn_dot_s8_32_g3_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
 {
     int k, r, j;
     for (k = 0; k + 4 <= n; k += 4, w += 12, x += 4) {
@@ -351,7 +351,7 @@ static inline const int8_t *mcunn_gdot3_s8_32_c(const int8_t *w, const int16_t *
 }
 
 /* portable: 3-row group, int16 chunks of 2 columns, 32-bit accumulators */
-static inline const int16_t *mcunn_gdot3_s16_32_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int16_t *mcunn_dot_s16_32_g3_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
 {
     int k, r;
     for (k = 0; k + 2 <= n; k += 2, w += 6, x += 2)
@@ -365,7 +365,7 @@ static inline const int16_t *mcunn_gdot3_s16_32_c(const int16_t *w, const int16_
 }
 
 /* portable: 4-row group, int8 chunks of 4 columns, 32-bit accumulators */
-static inline const int8_t *mcunn_gdot4_s8_32_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int8_t *mcunn_dot_s8_32_g4_c(const int8_t *w, const int16_t *x, int n, int32_t *acc)
 {
     int k, r, j;
     for (k = 0; k + 4 <= n; k += 4, w += 16, x += 4) {
@@ -384,7 +384,7 @@ static inline const int8_t *mcunn_gdot4_s8_32_c(const int8_t *w, const int16_t *
 }
 
 /* portable: 4-row group, int16 chunks of 2 columns, 32-bit accumulators */
-static inline const int16_t *mcunn_gdot4_s16_32_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int16_t *mcunn_dot_s16_32_g4_c(const int16_t *w, const int16_t *x, int n, int32_t *acc)
 {
     int k, r;
     for (k = 0; k + 2 <= n; k += 2, w += 8, x += 2)
@@ -398,7 +398,7 @@ static inline const int16_t *mcunn_gdot4_s16_32_c(const int16_t *w, const int16_
 }
 
 /* portable: 1-row group, int8 chunks of 4 columns, 64-bit accumulators */
-static inline const int8_t *mcunn_gdot1_s8_64_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
+static inline const int8_t *mcunn_dot_s8_64_g1_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
 {
     int k, r, j;
     for (k = 0; k + 4 <= n; k += 4, w += 4, x += 4) {
@@ -417,7 +417,7 @@ static inline const int8_t *mcunn_gdot1_s8_64_c(const int8_t *w, const int16_t *
 }
 
 /* portable: 1-row group, int16 chunks of 2 columns, 64-bit accumulators */
-static inline const int16_t *mcunn_gdot1_s16_64_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
+static inline const int16_t *mcunn_dot_s16_64_g1_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
 {
     int k, r;
     for (k = 0; k + 2 <= n; k += 2, w += 2, x += 2)
@@ -431,7 +431,7 @@ static inline const int16_t *mcunn_gdot1_s16_64_c(const int16_t *w, const int16_
 }
 
 /* portable: 3-row group, int8 chunks of 4 columns, 64-bit accumulators */
-static inline const int8_t *mcunn_gdot3_s8_64_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
+static inline const int8_t *mcunn_dot_s8_64_g3_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
 {
     int k, r, j;
     for (k = 0; k + 4 <= n; k += 4, w += 12, x += 4) {
@@ -450,7 +450,7 @@ static inline const int8_t *mcunn_gdot3_s8_64_c(const int8_t *w, const int16_t *
 }
 
 /* portable: 3-row group, int16 chunks of 2 columns, 64-bit accumulators */
-static inline const int16_t *mcunn_gdot3_s16_64_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
+static inline const int16_t *mcunn_dot_s16_64_g3_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
 {
     int k, r;
     for (k = 0; k + 2 <= n; k += 2, w += 6, x += 2)
@@ -464,7 +464,7 @@ static inline const int16_t *mcunn_gdot3_s16_64_c(const int16_t *w, const int16_
 }
 
 /* portable: 4-row group, int8 chunks of 4 columns, 64-bit accumulators */
-static inline const int8_t *mcunn_gdot4_s8_64_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
+static inline const int8_t *mcunn_dot_s8_64_g4_c(const int8_t *w, const int16_t *x, int n, int64_t *acc)
 {
     int k, r, j;
     for (k = 0; k + 4 <= n; k += 4, w += 16, x += 4) {
@@ -483,7 +483,7 @@ static inline const int8_t *mcunn_gdot4_s8_64_c(const int8_t *w, const int16_t *
 }
 
 /* portable: 4-row group, int16 chunks of 2 columns, 64-bit accumulators */
-static inline const int16_t *mcunn_gdot4_s16_64_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
+static inline const int16_t *mcunn_dot_s16_64_g4_c(const int16_t *w, const int16_t *x, int n, int64_t *acc)
 {
     int k, r;
     for (k = 0; k + 2 <= n; k += 2, w += 8, x += 2)
@@ -515,7 +515,7 @@ static inline const int16_t *mcunn_gdot4_s16_64_c(const int16_t *w, const int16_
     "ldr %[w0], [%[wp]], #4\n\t" \
     "smlad %[a0], %[w0], %[xv], %[a0]\n\t" \
 
-static inline const int8_t *mcunn_gdot1_s8_32(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int8_t *mcunn_dot_s8_32_g1(const int8_t *w, const int16_t *x, int n, int32_t *acc)
 {
     register uint32_t w0 __asm__("r8");
     int32_t a0 = acc[0];
@@ -530,11 +530,11 @@ static inline const int8_t *mcunn_gdot1_s8_32(const int8_t *w, const int16_t *x,
 #undef MCUNN_OPERANDS
     (void)t;
     acc[0] = a0;
-    if (n & 3) w = mcunn_gdot1_s8_32_c(w, x, n & 3, acc);
+    if (n & 3) w = mcunn_dot_s8_32_g1_c(w, x, n & 3, acc);
     return w;
 }
 
-static inline const int16_t *mcunn_gdot1_s16_32(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int16_t *mcunn_dot_s16_32_g1(const int16_t *w, const int16_t *x, int n, int32_t *acc)
 {
     register uint32_t w0 __asm__("r8");
     int32_t a0 = acc[0];
@@ -549,7 +549,7 @@ static inline const int16_t *mcunn_gdot1_s16_32(const int16_t *w, const int16_t 
 #undef MCUNN_OPERANDS
     (void)t;
     acc[0] = a0;
-    if (n & 1) w = mcunn_gdot1_s16_32_c(w, x, n & 1, acc);
+    if (n & 1) w = mcunn_dot_s16_32_g1_c(w, x, n & 1, acc);
     return w;
 }
 
@@ -577,7 +577,7 @@ static inline const int16_t *mcunn_gdot1_s16_32(const int16_t *w, const int16_t 
     "smlad %[a1], %[w1], %[xv], %[a1]\n\t" \
     "smlad %[a2], %[w2], %[xv], %[a2]\n\t" \
 
-static inline const int8_t *mcunn_gdot3_s8_32(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int8_t *mcunn_dot_s8_32_g3(const int8_t *w, const int16_t *x, int n, int32_t *acc)
 {
     register uint32_t w0 __asm__("r8");
     register uint32_t w1 __asm__("r9");
@@ -596,11 +596,11 @@ static inline const int8_t *mcunn_gdot3_s8_32(const int8_t *w, const int16_t *x,
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
-    if (n & 3) w = mcunn_gdot3_s8_32_c(w, x, n & 3, acc);
+    if (n & 3) w = mcunn_dot_s8_32_g3_c(w, x, n & 3, acc);
     return w;
 }
 
-static inline const int16_t *mcunn_gdot3_s16_32(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int16_t *mcunn_dot_s16_32_g3(const int16_t *w, const int16_t *x, int n, int32_t *acc)
 {
     register uint32_t w0 __asm__("r8");
     register uint32_t w1 __asm__("r9");
@@ -619,7 +619,7 @@ static inline const int16_t *mcunn_gdot3_s16_32(const int16_t *w, const int16_t 
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
-    if (n & 1) w = mcunn_gdot3_s16_32_c(w, x, n & 1, acc);
+    if (n & 1) w = mcunn_dot_s16_32_g3_c(w, x, n & 1, acc);
     return w;
 }
 
@@ -652,7 +652,7 @@ static inline const int16_t *mcunn_gdot3_s16_32(const int16_t *w, const int16_t 
     "smlad %[a2], %[w2], %[xv], %[a2]\n\t" \
     "smlad %[a3], %[w3], %[xv], %[a3]\n\t" \
 
-static inline const int8_t *mcunn_gdot4_s8_32(const int8_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int8_t *mcunn_dot_s8_32_g4(const int8_t *w, const int16_t *x, int n, int32_t *acc)
 {
     register uint32_t w0 __asm__("r8");
     register uint32_t w1 __asm__("r9");
@@ -673,11 +673,11 @@ static inline const int8_t *mcunn_gdot4_s8_32(const int8_t *w, const int16_t *x,
     acc[1] = a1;
     acc[2] = a2;
     acc[3] = a3;
-    if (n & 3) w = mcunn_gdot4_s8_32_c(w, x, n & 3, acc);
+    if (n & 3) w = mcunn_dot_s8_32_g4_c(w, x, n & 3, acc);
     return w;
 }
 
-static inline const int16_t *mcunn_gdot4_s16_32(const int16_t *w, const int16_t *x, int n, int32_t *acc)
+static inline const int16_t *mcunn_dot_s16_32_g4(const int16_t *w, const int16_t *x, int n, int32_t *acc)
 {
     register uint32_t w0 __asm__("r8");
     register uint32_t w1 __asm__("r9");
@@ -698,24 +698,24 @@ static inline const int16_t *mcunn_gdot4_s16_32(const int16_t *w, const int16_t 
     acc[1] = a1;
     acc[2] = a2;
     acc[3] = a3;
-    if (n & 1) w = mcunn_gdot4_s16_32_c(w, x, n & 1, acc);
+    if (n & 1) w = mcunn_dot_s16_32_g4_c(w, x, n & 1, acc);
     return w;
 }
 
 #else
-#define mcunn_gdot1_s8_32 mcunn_gdot1_s8_32_c
-#define mcunn_gdot1_s16_32 mcunn_gdot1_s16_32_c
-#define mcunn_gdot3_s8_32 mcunn_gdot3_s8_32_c
-#define mcunn_gdot3_s16_32 mcunn_gdot3_s16_32_c
-#define mcunn_gdot4_s8_32 mcunn_gdot4_s8_32_c
-#define mcunn_gdot4_s16_32 mcunn_gdot4_s16_32_c
+#define mcunn_dot_s8_32_g1 mcunn_dot_s8_32_g1_c
+#define mcunn_dot_s16_32_g1 mcunn_dot_s16_32_g1_c
+#define mcunn_dot_s8_32_g3 mcunn_dot_s8_32_g3_c
+#define mcunn_dot_s16_32_g3 mcunn_dot_s16_32_g3_c
+#define mcunn_dot_s8_32_g4 mcunn_dot_s8_32_g4_c
+#define mcunn_dot_s16_32_g4 mcunn_dot_s16_32_g4_c
 #endif
-#define mcunn_gdot1_s8_64 mcunn_gdot1_s8_64_c
-#define mcunn_gdot1_s16_64 mcunn_gdot1_s16_64_c
-#define mcunn_gdot3_s8_64 mcunn_gdot3_s8_64_c
-#define mcunn_gdot3_s16_64 mcunn_gdot3_s16_64_c
-#define mcunn_gdot4_s8_64 mcunn_gdot4_s8_64_c
-#define mcunn_gdot4_s16_64 mcunn_gdot4_s16_64_c
+#define mcunn_dot_s8_64_g1 mcunn_dot_s8_64_g1_c
+#define mcunn_dot_s16_64_g1 mcunn_dot_s16_64_g1_c
+#define mcunn_dot_s8_64_g3 mcunn_dot_s8_64_g3_c
+#define mcunn_dot_s16_64_g3 mcunn_dot_s16_64_g3_c
+#define mcunn_dot_s8_64_g4 mcunn_dot_s8_64_g4_c
+#define mcunn_dot_s16_64_g4 mcunn_dot_s16_64_g4_c
 
 /* Requantise one gate row to Q3.12 (or the relu RNN's h scale) with the rounding folded into
  * bias. For shift >= 32 only the high word of the 64-bit sum matters (SMLAL leaves it in a

@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="calibration inputs, N×T×F (.npz/.npy/.pt; token ids N×T for embedding models); "
                         "'random' uses random data and warns. Required for int8/int16.")
     p.add_argument("--name", help="C prefix of the generated API (default: the file name)")
+    p.add_argument("--report", metavar="FILE", help="also write a quantisation report (.html or .md): "
+                                                    "error per layer and gate, calibration ranges, plots")
 
     p = cmd("verify", "compile the export on this machine and compare with the simulator, bit for bit",
             "Compile the exported C with the host compiler under address and undefined-behaviour "
@@ -150,6 +152,11 @@ def _export(a: argparse.Namespace) -> int:
     result = export_model(a.model, a.out, precision=a.precision, calib=a.calib, name=a.name,
                           input_shape=a.input_shape, allow_pickle=a.allow_pickle)
     print(export_summary(result))
+    if a.report:
+        from .quant import load_calibration
+        from .report_html import write_report
+        data = load_calibration(a.calib or "random", result.graph)
+        print(f"wrote {write_report(a.report, result.graph, result.qmodel, calib=data, manifest=result.manifest, export_dir=Path(a.out))}")
     return 0
 
 

@@ -301,7 +301,7 @@ def fine_tune(qat: QATModel, x: np.ndarray, y: np.ndarray, *, epochs: int = 5, l
             loss = nn.functional.cross_entropy(qat(x[idx]), yt[idx])
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         qat.recalibrate(x if calib is None else calib)
         log(f"  QAT epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}")
     return qat

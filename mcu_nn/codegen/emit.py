@@ -37,7 +37,7 @@ def _int_table(t: np.ndarray) -> str:
 def render_runtime_header() -> str:
     """mcunn_fixedpoint.h with the activation tables of fixedpoint.py."""
     return environment().get_template("mcunn_fixedpoint.h.j2").render(
-        version=__version__, table_len=fp.TABLE_LEN,
+        version=__version__, table_len=fp.TABLE_LEN, sigmoid_min=int(fp.SIGMOID_TABLE.min()),
         sigmoid_table=_int_table(fp.SIGMOID_TABLE), tanh_table=_int_table(fp.TANH_TABLE))
 
 

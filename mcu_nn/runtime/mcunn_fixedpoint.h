@@ -12,6 +12,14 @@
  * This fails to compile (negative array size) on a compiler that does otherwise. */
 typedef char mcunn_asr_check[((-1) >> 1) == -1 ? 1 : -1];
 
+/* The SIMD path: Cortex-M4/M7/M33/M55 (DSP extension), little-endian, GCC/Clang inline asm.
+ * Define MCUNN_PORTABLE to force the portable C (benchmarks compare the two). */
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN) && !defined(MCUNN_PORTABLE)
+#define MCUNN_DSP 1
+#else
+#define MCUNN_DSP 0
+#endif
+
 #define MCUNN_TABLE_LEN 514
 
 static const int16_t mcunn_sigmoid_table[MCUNN_TABLE_LEN] = {
@@ -148,23 +156,32 @@ static inline int16_t mcunn_frac_to_q312(int32_t x, int frac)
  * so (hi - lo) * frac >= 0 and the shift is of a non-negative value. */
 static inline int32_t mcunn_interp_abs(int32_t x, const int16_t *table)
 {
+#if MCUNN_DSP
+    /* lo + ((hi - lo) * frac + 32) >> 6 == (lo * (64 - frac) + hi * frac + 32) >> 6 exactly (lo * 64 is a
+     * multiple of 64): one unaligned LDR fetches (lo, hi), one SMLAD with (64 - frac, frac) does the rest */
+    int32_t a = x < 0 ? -x : x;
+    uint32_t pair, lohi, frac = (uint32_t)a & 63u;
+    int32_t r;
+    __asm__("ldr %0, [%1]" : "=r"(lohi) : "r"(table + (a >> 6)), "m"(*table));
+    pair = frac * 0xFFFFu + 64u;
+    __asm__("smlad %0, %1, %2, %3" : "=r"(r) : "r"(lohi), "r"(pair), "r"(32));
+    return r >> 6;
+#else
     int32_t a = x < 0 ? -x : x;
     int32_t idx = a >> 6;
     int32_t frac = a & 63;
     int32_t lo = table[idx];
     int32_t hi = table[idx + 1];
     return lo + (((hi - lo) * frac + 32) >> 6);
+#endif
 }
 
-/* Q3.12 -> Q15 in [1, 32767]; sigmoid(-v) = 1 - sigmoid(v). */
+/* Q3.12 -> Q15 in [1, 32767]; sigmoid(-v) = 1 - sigmoid(v). fixedpoint clamps 32768 - y to
+ * 32767, which never binds: every sigmoid table entry is >= 16384, so 32768 - y <= 16384. */
 static inline int16_t mcunn_sigmoid_q15(int32_t x)
 {
     int32_t y = mcunn_interp_abs(x, mcunn_sigmoid_table);
-    if (x < 0) {
-        y = 32768 - y;
-        if (y > 32767) y = 32767;
-    }
-    return (int16_t)y;
+    return (int16_t)(x < 0 ? 32768 - y : y);
 }
 
 /* Q3.12 -> Q15 in [-32767, 32767]; tanh(-v) = -tanh(v). */
@@ -287,13 +304,6 @@ typedef struct {
 #define MCUNN_ALIGN4
 #endif
 
-/* The SIMD path: Cortex-M4/M7/M33/M55 (DSP extension), little-endian, GCC/Clang inline asm.
- * Define MCUNN_PORTABLE to force the portable C (benchmarks compare the two). */
-#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && !defined(__ARM_BIG_ENDIAN) && !defined(MCUNN_PORTABLE)
-#define MCUNN_DSP 1
-#else
-#define MCUNN_DSP 0
-#endif
 
 /* column j of a 4-column int8 chunk is stored at byte ((j & 1) << 1) | (j >> 1): 0, 2, 1, 3 */
 #define MCUNN_S8_POS(j) ((((j) & 1) << 1) | ((j) >> 1))
@@ -520,15 +530,18 @@ static inline const int8_t *mcunn_dot_s8_32_g1(const int8_t *w, const int16_t *x
     register uint32_t w0 __asm__("r8");
     int32_t a0 = acc[0];
     uint32_t xv, t;
-    int k;
+    int k = n / 8;
 #define MCUNN_OPERANDS \
     : [a0] "+r"(a0), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
-      [t] "=&r"(t), [w0] "=&r"(w0) \
-    : : "memory"
-    for (k = n / 8; k > 0; --k) __asm__(MCUNN_S8_CHUNK1 MCUNN_S8_CHUNK1 MCUNN_OPERANDS);
+      [t] "=&r"(t), [k] "+r"(k), [w0] "=&r"(w0) \
+    : : "memory", "cc"
+    /* the whole loop is one asm statement so no register shuffling sits between chunks */
+    if (k > 0) __asm__("1:\n\t" MCUNN_S8_CHUNK1 MCUNN_S8_CHUNK1
+                       "subs %[k], %[k], #1\n\t" "bne 1b\n\t" MCUNN_OPERANDS);
     if (n & 4) __asm__(MCUNN_S8_CHUNK1 MCUNN_OPERANDS);
 #undef MCUNN_OPERANDS
     (void)t;
+    (void)k;
     acc[0] = a0;
     if (n & 3) w = mcunn_dot_s8_32_g1_c(w, x, n & 3, acc);
     return w;
@@ -539,15 +552,18 @@ static inline const int16_t *mcunn_dot_s16_32_g1(const int16_t *w, const int16_t
     register uint32_t w0 __asm__("r8");
     int32_t a0 = acc[0];
     uint32_t xv, t;
-    int k;
+    int k = n / 4;
 #define MCUNN_OPERANDS \
     : [a0] "+r"(a0), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
-      [t] "=&r"(t), [w0] "=&r"(w0) \
-    : : "memory"
-    for (k = n / 4; k > 0; --k) __asm__(MCUNN_S16_CHUNK1 MCUNN_S16_CHUNK1 MCUNN_OPERANDS);
+      [t] "=&r"(t), [k] "+r"(k), [w0] "=&r"(w0) \
+    : : "memory", "cc"
+    /* the whole loop is one asm statement so no register shuffling sits between chunks */
+    if (k > 0) __asm__("1:\n\t" MCUNN_S16_CHUNK1 MCUNN_S16_CHUNK1
+                       "subs %[k], %[k], #1\n\t" "bne 1b\n\t" MCUNN_OPERANDS);
     if (n & 2) __asm__(MCUNN_S16_CHUNK1 MCUNN_OPERANDS);
 #undef MCUNN_OPERANDS
     (void)t;
+    (void)k;
     acc[0] = a0;
     if (n & 1) w = mcunn_dot_s16_32_g1_c(w, x, n & 1, acc);
     return w;
@@ -584,15 +600,18 @@ static inline const int8_t *mcunn_dot_s8_32_g3(const int8_t *w, const int16_t *x
     register uint32_t w2 __asm__("r10");
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2];
     uint32_t xv, t;
-    int k;
+    int k = n / 8;
 #define MCUNN_OPERANDS \
     : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
-      [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2) \
-    : : "memory"
-    for (k = n / 8; k > 0; --k) __asm__(MCUNN_S8_CHUNK3 MCUNN_S8_CHUNK3 MCUNN_OPERANDS);
+      [t] "=&r"(t), [k] "+r"(k), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2) \
+    : : "memory", "cc"
+    /* the whole loop is one asm statement so no register shuffling sits between chunks */
+    if (k > 0) __asm__("1:\n\t" MCUNN_S8_CHUNK3 MCUNN_S8_CHUNK3
+                       "subs %[k], %[k], #1\n\t" "bne 1b\n\t" MCUNN_OPERANDS);
     if (n & 4) __asm__(MCUNN_S8_CHUNK3 MCUNN_OPERANDS);
 #undef MCUNN_OPERANDS
     (void)t;
+    (void)k;
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
@@ -607,15 +626,18 @@ static inline const int16_t *mcunn_dot_s16_32_g3(const int16_t *w, const int16_t
     register uint32_t w2 __asm__("r10");
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2];
     uint32_t xv, t;
-    int k;
+    int k = n / 4;
 #define MCUNN_OPERANDS \
     : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
-      [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2) \
-    : : "memory"
-    for (k = n / 4; k > 0; --k) __asm__(MCUNN_S16_CHUNK3 MCUNN_S16_CHUNK3 MCUNN_OPERANDS);
+      [t] "=&r"(t), [k] "+r"(k), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2) \
+    : : "memory", "cc"
+    /* the whole loop is one asm statement so no register shuffling sits between chunks */
+    if (k > 0) __asm__("1:\n\t" MCUNN_S16_CHUNK3 MCUNN_S16_CHUNK3
+                       "subs %[k], %[k], #1\n\t" "bne 1b\n\t" MCUNN_OPERANDS);
     if (n & 2) __asm__(MCUNN_S16_CHUNK3 MCUNN_OPERANDS);
 #undef MCUNN_OPERANDS
     (void)t;
+    (void)k;
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
@@ -660,15 +682,18 @@ static inline const int8_t *mcunn_dot_s8_32_g4(const int8_t *w, const int16_t *x
     register uint32_t w3 __asm__("r11");
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     uint32_t xv, t;
-    int k;
+    int k = n / 8;
 #define MCUNN_OPERANDS \
     : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
-      [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3) \
-    : : "memory"
-    for (k = n / 8; k > 0; --k) __asm__(MCUNN_S8_CHUNK4 MCUNN_S8_CHUNK4 MCUNN_OPERANDS);
+      [t] "=&r"(t), [k] "+r"(k), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3) \
+    : : "memory", "cc"
+    /* the whole loop is one asm statement so no register shuffling sits between chunks */
+    if (k > 0) __asm__("1:\n\t" MCUNN_S8_CHUNK4 MCUNN_S8_CHUNK4
+                       "subs %[k], %[k], #1\n\t" "bne 1b\n\t" MCUNN_OPERANDS);
     if (n & 4) __asm__(MCUNN_S8_CHUNK4 MCUNN_OPERANDS);
 #undef MCUNN_OPERANDS
     (void)t;
+    (void)k;
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
@@ -685,15 +710,18 @@ static inline const int16_t *mcunn_dot_s16_32_g4(const int16_t *w, const int16_t
     register uint32_t w3 __asm__("r11");
     int32_t a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
     uint32_t xv, t;
-    int k;
+    int k = n / 4;
 #define MCUNN_OPERANDS \
     : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [wp] "+r"(w), [xp] "+r"(x), [xv] "=&r"(xv), \
-      [t] "=&r"(t), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3) \
-    : : "memory"
-    for (k = n / 4; k > 0; --k) __asm__(MCUNN_S16_CHUNK4 MCUNN_S16_CHUNK4 MCUNN_OPERANDS);
+      [t] "=&r"(t), [k] "+r"(k), [w0] "=&r"(w0), [w1] "=&r"(w1), [w2] "=&r"(w2), [w3] "=&r"(w3) \
+    : : "memory", "cc"
+    /* the whole loop is one asm statement so no register shuffling sits between chunks */
+    if (k > 0) __asm__("1:\n\t" MCUNN_S16_CHUNK4 MCUNN_S16_CHUNK4
+                       "subs %[k], %[k], #1\n\t" "bne 1b\n\t" MCUNN_OPERANDS);
     if (n & 2) __asm__(MCUNN_S16_CHUNK4 MCUNN_OPERANDS);
 #undef MCUNN_OPERANDS
     (void)t;
+    (void)k;
     acc[0] = a0;
     acc[1] = a1;
     acc[2] = a2;
@@ -702,6 +730,9 @@ static inline const int16_t *mcunn_dot_s16_32_g4(const int16_t *w, const int16_t
     return w;
 }
 
+/* sat16(v >> k) in one SSAT; k is a literal 0..31 (the export's shift - 32). */
+#define MCUNN_SSAT16_ASR(out, v, k) __asm__("ssat %0, #16, %1, asr #" #k : "=r"(out) : "r"(v))
+#define MCUNN_SSAT16(out, v) __asm__("ssat %0, #16, %1" : "=r"(out) : "r"(v))
 #else
 #define mcunn_dot_s8_32_g1 mcunn_dot_s8_32_g1_c
 #define mcunn_dot_s16_32_g1 mcunn_dot_s16_32_g1_c
@@ -725,6 +756,12 @@ static inline int16_t mcunn_requant2(const mcunn_rq_t *q, int32_t ax, int32_t ah
     int64_t t = q->bias + (int64_t)ax * q->mx + (int64_t)ah * q->mh;
     if (shift >= 32) return mcunn_sat16((int32_t)(t >> 32) >> (shift - 32));
     return mcunn_sat16(t >> shift);
+}
+
+/* The high word of bias + ax * mx + ah * mh (two SMLALs); >> (shift - 32) then saturate. */
+static inline int32_t mcunn_requant2_hi(const mcunn_rq_t *q, int32_t ax, int32_t ah)
+{
+    return (int32_t)((q->bias + (int64_t)ax * q->mx + (int64_t)ah * q->mh) >> 32);
 }
 
 static inline int16_t mcunn_requant2_64(const mcunn_rq_t *q, int64_t ax, int64_t ah, int shift)

@@ -36,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "build")
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--qat-epochs", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=HIDDEN, help=f"LSTM units (default {HIDDEN})")
+    ap.add_argument("--qat-lr", type=float, default=1e-3)
     ap.add_argument("--no-board", action="store_true", help="accuracy from the simulator (bit-exact with the chip)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 sequences per split, 2 epochs")
     a = ap.parse_args(argv)
@@ -48,14 +50,14 @@ def main(argv=None) -> int:
     print(f"JapaneseVowels: {len(x_tr)} train / {len(x_te)} test sequences of {x_tr.shape[1]} steps x "
           f"{x_tr.shape[2]} channels, classes {classes}")
     mean, std, (s_tr, s_te) = standardise(x_tr, x_te)
-    model = LSTMClassifier(x_tr.shape[2], len(classes))
-    print(f"== train LSTM({x_tr.shape[2]}->{HIDDEN}) + Linear({HIDDEN}->{len(classes)}), {a.epochs} epochs")
+    model = LSTMClassifier(x_tr.shape[2], len(classes), a.hidden)
+    print(f"== train LSTM({x_tr.shape[2]}->{a.hidden}) + Linear({a.hidden}->{len(classes)}), {a.epochs} epochs")
     train_classifier(model, s_tr, y_tr, epochs=a.epochs, lr=1e-2, batch=32)
     fold_standardisation(model.rnn, mean, std)          # the chip takes raw sensor values
     raw_tr, raw_te = (np.where(np.isnan(v), mean, v).astype(np.float32) for v in (x_tr, x_te))
     rows = deploy_and_measure("vowels", model, raw_tr, y_tr, raw_te, y_te, a.out,
-                              qat_epochs=a.qat_epochs, use_board=not a.no_board)
-    save_results(a.out, rows, {"dataset": "JapaneseVowels", "model": f"LSTM {HIDDEN}", "epochs": a.epochs,
+                              qat_epochs=a.qat_epochs, qat_lr=a.qat_lr, use_board=not a.no_board)
+    save_results(a.out, rows, {"dataset": "JapaneseVowels", "model": f"LSTM {a.hidden}", "epochs": a.epochs,
                                "qat_epochs": a.qat_epochs, "seconds": round(time.monotonic() - start)})
     print(table(rows))
     print(f"done in {time.monotonic() - start:.0f} s; results in {a.out}/results.md, report {a.out}/report.html")

@@ -171,6 +171,7 @@ def ticks_to_instructions(ticks: float) -> float:
 @dataclass
 class _Parsed:
     empty: int
+    loop1000: int
     loop2000: int
     outputs: dict                 # ("R"|"S", vector) -> list[int] (raw bits)
     steps: list[int]
@@ -184,7 +185,7 @@ def _parse(text: str) -> _Parsed:
         raise McuNnError("the bench firmware hit a CPU fault; the export does not run on this core")
     if "END" not in text:
         raise McuNnError("the bench firmware stopped before printing its results (no END line)")
-    cal = re.search(r"CAL empty (\d+) loop2000 (\d+)", text)
+    cal = re.search(r"CAL empty (\d+) loop1000 (\d+) loop2000 (\d+)", text)
     st = re.search(r"STACK (\d+) STATE (\d+)", text)
     if not cal or not st:
         raise McuNnError("the bench firmware printed no calibration/stack line; rebuild it")
@@ -193,7 +194,7 @@ def _parse(text: str) -> _Parsed:
         outputs[(m.group(1), int(m.group(2)))] = [int(v, 16) for v in m.group(3).split()]
     steps = re.search(r"^STEPS((?: \d+)+)$", text, re.M)
     run = re.search(r"^RUN (\d+)$", text, re.M)
-    return _Parsed(int(cal.group(1)), int(cal.group(2)), outputs,
+    return _Parsed(int(cal.group(1)), int(cal.group(2)), int(cal.group(3)), outputs,
                    [int(v) for v in steps.group(1).split()] if steps else [],
                    int(run.group(1)) if run else None, int(st.group(1)), int(st.group(2)))
 
@@ -249,9 +250,11 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
         flash = _model_flash(bdir, elf)
     n = vec["input_q"].shape[0] if vectors is None else min(vectors, vec["input_q"].shape[0])
     _check_outputs(p, manifest, vec["expected"], n)
-    if abs(ticks_to_instructions(p.loop2000 - p.empty) - 2000) > 0.5:
-        raise McuNnError(f"instruction counter check failed: a 2000-instruction loop measured "
-                         f"{ticks_to_instructions(p.loop2000 - p.empty):.1f}; is QEMU running with -icount?")
+    for count, ticks in ((2000, p.loop1000), (4000, p.loop2000)):   # loops of known length, timed in asm
+        got = ticks_to_instructions(ticks - p.empty)
+        if abs(got - count) > 0.5:
+            raise McuNnError(f"instruction counter check failed: a loop of {count} instructions measured {got:.1f}; "
+                             "is QEMU running with -icount?")
     steps = int(vec["input_q"].shape[1])
     if p.steps:
         steady = [ticks_to_instructions(t - p.empty) for t in p.steps[1:]]

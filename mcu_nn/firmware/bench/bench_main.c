@@ -15,7 +15,9 @@
 
 static BENCH_STATE_T state;
 static BENCH_OUT_T y[BENCH_T * BENCH_OUT_SIZE];
+#if !BENCH_BIDIR
 static uint32_t ticks[BENCH_T];
+#endif
 static char line[520];
 static size_t used;
 
@@ -96,17 +98,22 @@ int main(void)
     TIMER0[1] = 0xFFFFFFFFu;
     TIMER0[0] = 1;
 
-    /* counter calibration: an empty region, and a loop of exactly 2 x 1000 instructions */
-    a = now();
-    b = now();
+    /* counter calibration, all in asm so the instructions between the two timer reads are
+     * known exactly: nothing, then loops of 1000 and 2000 iterations of 2 instructions; the
+     * host checks they read exactly 2000 and 4000 instructions more than the empty region */
+    __asm__ volatile("ldr %0, [%2, #4]\n\tldr %1, [%2, #4]" : "=&r"(a), "=&r"(b) : "r"(TIMER0) : "memory");
     put("CAL empty ");
     put_u(a - b);
-    cnt = 1000;
-    a = now();
-    __asm__ volatile("1: subs %0, %0, #1\n\tbne 1b" : "+r"(cnt) : : "cc");
-    b = now();
-    put(" loop2000 ");
-    put_u(a - b);
+    for (i = 1; i <= 2; ++i) {
+        cnt = 1000u * i;
+        __asm__ volatile("ldr %0, [%3, #4]\n\t"
+                         "1: subs %2, %2, #1\n\t"
+                         "bne 1b\n\t"
+                         "ldr %1, [%3, #4]"
+                         : "=&r"(a), "=&r"(b), "+r"(cnt) : "r"(TIMER0) : "cc", "memory");
+        put(i == 1 ? " loop1000 " : " loop2000 ");
+        put_u(a - b);
+    }
     put("\n");
     flush();
 
@@ -128,6 +135,7 @@ int main(void)
     for (p = sp - PAINT_WORDS; p < sp - 1; ++p) *p = PAINT;
     BENCH_RESET(&state);
 #if BENCH_BIDIR
+    (void)t;
     a = now();
     BENCH_RUN(&state, bench_x, BENCH_T, y);
     b = now();

@@ -1,0 +1,95 @@
+"""Benchmark a fixed set of recurrent layers on the emulated Cortex-M boards and print one table.
+
+    python bench/run.py [--quick] [--out bench/RESULTS.md]
+
+Every model is a single layer, batch 1, with seeded random weights quantised by mcu-nn's own
+quantiser (mcu_nn.quant.quantize) and exported by mcu_nn.codegen.write_export. Each row is one
+`mcu-nn bench` measurement (mcu_nn.bench.bench_export): QEMU -icount, exact instruction counts,
+steady-state step, outputs checked bit for bit against the simulator on the board.
+Columns: the SIMD kernels (Cortex-M4F, default) beside the portable C (-DMCUNN_PORTABLE) on the
+same core, then Cortex-M3 (no DSP: portable) and Cortex-M7.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mcu_nn.bench import bench_export  # noqa: E402
+from mcu_nn.codegen import write_export  # noqa: E402
+from mcu_nn.ir import GATES, DirectionWeights, Graph, Recurrent  # noqa: E402
+from mcu_nn.quant import quantize  # noqa: E402
+from mcu_nn.sim import run  # noqa: E402
+from mcu_nn.sim.float_sim import run_float  # noqa: E402
+
+SHAPES = [("lstm", 16, 32), ("lstm", 40, 64), ("gru", 16, 32), ("gru", 40, 64)]
+VARIANTS = [("int8", "packed"), ("int8", "wide"), ("int16", "packed"), ("float32", "packed")]
+TARGETS = {("lstm", 16, 32): 12000, ("lstm", 40, 64): 42000, ("gru", 16, 32): 9000, ("gru", 40, 64): 31500}
+STEPS, VECTORS = 8, 4
+
+
+def make_graph(kind: str, i: int, h: int, seed: int = 0) -> Graph:
+    rng = np.random.default_rng(seed)
+    k = 1.0 / math.sqrt(h)
+    g = GATES[kind] * h
+    u = lambda *s: rng.uniform(-k, k, s).astype(np.float32)  # noqa: E731
+    d = DirectionWeights(u(g, i), u(g, h), u(g), u(g))
+    return Graph(f"{kind}{i}x{h}", "float", i, STEPS, [Recurrent(kind, i, h, 0, False, [d], "bench")])
+
+
+def export(kind: str, i: int, h: int, precision: str, layout: str, out: Path) -> Path:
+    graph = make_graph(kind, i, h)
+    rng = np.random.default_rng(1)
+    calib = rng.normal(0, 1, (32, STEPS, i)).astype(np.float32)
+    x = rng.normal(0, 1, (VECTORS, STEPS, i)).astype(np.float32)
+    q = quantize(graph, calib, precision)
+    expected = run_float(graph, x) if precision == "float32" else run(q, x)
+    d = out / f"{kind}{i}x{h}_{precision}_{layout}"
+    write_export(q, d, x, expected, weight_layout=layout)
+    return d
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="Cortex-M4F only")
+    ap.add_argument("--out", type=Path, help="also write the table (Markdown) to this file")
+    a = ap.parse_args()
+    boards = [("qemu-mps2-an386", False, "M4F simd"), ("qemu-mps2-an386", True, "M4F portable")]
+    if not a.quick:
+        boards += [("qemu-mps2-an385", False, "M3 (portable)"), ("qemu-mps2-an500", False, "M7 simd")]
+    head = (["layer", "precision", "weights"] + [f"{b[2]} instr/step" for b in boards]
+            + ["instr/MAC (M4F)", "MACs/step", "flash B (M4F)", "RAM B (M4F)", "target"])
+    rows = []
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="mcunn-benchset-") as tmp:
+        for kind, i, h in SHAPES:
+            for precision, layout in VARIANTS:
+                d = export(kind, i, h, precision, layout, Path(tmp))
+                res = [bench_export(d, board, portable=portable) for board, portable, _ in boards]
+                r0 = res[0]
+                target = TARGETS[(kind, i, h)] if precision == "int8" else None
+                ok = "" if target is None else (f"≤ {target:,} {'met' if r0.instructions_per_step <= target else 'MISSED'}")
+                rows.append([f"{kind.upper()} I={i} H={h}", precision, "int16" if layout == "wide" or precision == "int16"
+                             else ("float" if precision == "float32" else "int8")]
+                            + [f"{r.instructions_per_step:,}" for r in res]
+                            + [f"{r0.instructions_per_mac:.2f}", f"{r0.macs_per_step:,}", f"{r0.flash_bytes:,}",
+                               f"{r0.ram_bytes:,} ({r0.state_bytes}+{r0.stack_bytes})", ok])
+                print(" | ".join(rows[-1]), flush=True)
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    text = "\n".join(table)
+    print()
+    print(text)
+    print(f"\n({time.time() - t0:.0f} s)")
+    if a.out:
+        a.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

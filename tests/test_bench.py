@@ -1,0 +1,66 @@
+"""mcu-nn bench: the CLI entry's table and --json, figures that add up, clear one-line errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import qmodels as Q
+from mcu_nn.bench import BOARDS, bench_command, bench_export, ticks_to_instructions
+from mcu_nn.codegen import write_export
+from mcu_nn.errors import McuNnError
+from mcu_nn.quant import quantize
+from mcu_nn.sim import run
+
+qemu = pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
+                          reason="needs qemu-system-arm and arm-none-eabi-gcc")
+KEYS = ["instructions_per_step", "macs_per_step", "instructions_per_mac", "flash_bytes", "ram_bytes", "board"]
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    g = Q.make_graph("lstm", input_size=8, hidden=12, seq_len=6, gain=1.0, name="bq")
+    q = quantize(g, Q.make_input(g, n=8, seed=2), "int8")
+    x = Q.make_input(g, n=3)
+    d = tmp_path_factory.mktemp("bench") / "bq"
+    write_export(q, d, x, run(q, x))
+    return d
+
+
+def test_tick_conversion_is_exact_at_shift_10():
+    # 25 MHz timer, 1024 ns per instruction: 25.6 ticks per instruction
+    assert ticks_to_instructions(256) == 10.0
+
+
+@qemu
+def test_json_has_the_issue_keys_and_consistent_figures(export_dir, capsys):
+    assert bench_command(export_dir, "qemu-mps2-an386", as_json=True) == 0
+    d = json.loads(capsys.readouterr().out.strip())
+    assert list(d)[:6] == KEYS
+    assert d["macs_per_step"] == 4 * 12 * (8 + 12)
+    assert d["instructions_per_mac"] == pytest.approx(d["instructions_per_step"] / d["macs_per_step"], abs=1e-3)
+    assert d["ram_bytes"] == d["state_bytes"] + d["stack_bytes"] and d["stack_bytes"] > 0
+    assert 0 < d["flash_bytes"] < 20000 and d["board"] == "qemu-mps2-an386"
+
+
+@qemu
+def test_table_output_and_deterministic_count(export_dir, capsys):
+    assert bench_command(export_dir, "qemu-mps2-an386") == 0
+    out = capsys.readouterr().out
+    assert "instr/step" in out and "bq" in out and "bit-exact" in out
+    a = bench_export(export_dir, "qemu-mps2-an386")
+    b = bench_export(export_dir, "qemu-mps2-an386")
+    assert a.instructions_per_step == b.instructions_per_step      # -icount: exact, repeatable
+
+
+def test_unknown_board_is_one_clear_line(export_dir):
+    with pytest.raises(McuNnError, match="emulated boards") as e:
+        bench_command(export_dir, "nucleo-f411re")
+    assert "\n" not in str(e.value) and all(b in str(e.value) for b in BOARDS)
+
+
+def test_missing_export_is_one_clear_line(tmp_path):
+    with pytest.raises(McuNnError, match="does not exist") as e:
+        bench_command(tmp_path / "nope", "qemu-mps2-an386")
+    assert "\n" not in str(e.value)

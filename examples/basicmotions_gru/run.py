@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "build")
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--qat-epochs", type=int, default=3)
+    ap.add_argument("--qat-lr", type=float, default=1e-4)
     ap.add_argument("--no-board", action="store_true", help="accuracy from the simulator (bit-exact with the chip)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 sequences per split, 2 epochs")
     a = ap.parse_args(argv)
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     fold_standardisation(model.rnn, mean, std)          # the chip takes raw sensor values
     raw_tr, raw_te = (np.where(np.isnan(v), mean, v).astype(np.float32) for v in (x_tr, x_te))
     rows = deploy_and_measure("basicmotions", model, raw_tr, y_tr, raw_te, y_te, a.out,
-                              qat_epochs=a.qat_epochs, use_board=not a.no_board)
+                              qat_epochs=a.qat_epochs, qat_lr=a.qat_lr, use_board=not a.no_board)
     save_results(a.out, rows, {"dataset": "BasicMotions", "model": f"GRU {HIDDEN}", "epochs": a.epochs,
                                "qat_epochs": a.qat_epochs, "seconds": round(time.monotonic() - start)})
     print(table(rows))

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--qat-epochs", type=int, default=3)
     ap.add_argument("--hidden", type=int, default=HIDDEN, help=f"LSTM units (default {HIDDEN})")
-    ap.add_argument("--qat-lr", type=float, default=1e-3)
+    ap.add_argument("--qat-lr", type=float, default=1e-4)
     ap.add_argument("--no-board", action="store_true", help="accuracy from the simulator (bit-exact with the chip)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 8 sequences per split, 2 epochs")
     a = ap.parse_args(argv)

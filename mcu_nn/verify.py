@@ -94,7 +94,7 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True,
     through <name>_run and (unless bidirectional) <name>_step, and compare with ``expected``."""
     from .codegen.emit import environment
 
-    export_dir = Path(export_dir)
+    export_dir = Path(export_dir).resolve()   # the compiler runs in a temp dir
     manifest, vec = _load(export_dir)
     name, fp32 = manifest["name"], manifest["precision"] == "float32"
     bidir, per_step = bool(manifest["bidirectional"]), bool(manifest["output_per_step"])

@@ -241,7 +241,7 @@ def _model_flash(build_dir: Path, elf: Path) -> int:
 def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: bool = False,
                  build_dir: Optional[Path] = None, vectors: Optional[int] = None) -> BenchResult:
     """Build, run and measure one export on an emulated board (see the module docstring)."""
-    export_dir = Path(export_dir)
+    export_dir = Path(export_dir).resolve()   # the compiler runs in a temp dir
     manifest, vec = _load(export_dir)
     with tempfile.TemporaryDirectory(prefix="mcunn-bench-") as tmp:
         bdir = Path(build_dir) if build_dir else Path(tmp)

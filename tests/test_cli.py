@@ -104,3 +104,24 @@ def test_bad_inputs_get_one_line(lstm_file, tmp_path):
     one_error_line(mcu_nn("export", model, "-o", tmp_path / "w", "--calib", empty))
     one_error_line(mcu_nn("verify", tmp_path / "not-an-export"))
     one_error_line(mcu_nn("build", tmp_path / "not-an-export", "--board", "no-such-board"))
+
+
+@pytest.mark.qemu
+def test_whole_flow_with_relative_paths_on_the_emulated_board(lstm_file, tmp_path):
+    """What the README tells a user to type, from the directory they work in."""
+    import shutil
+    if not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")):
+        pytest.skip("needs qemu-system-arm and arm-none-eabi-gcc")
+    model, calib = lstm_file
+    shutil.copy(model, tmp_path / "har.pt2")
+    shutil.copy(calib, tmp_path / "calib.npz")
+    steps = [("export", "har.pt2", "-o", "build/har", "--calib", "calib.npz", "--name", "har"),
+             ("verify", "build/har"), ("build", "build/har"), ("serial-test", "build/har"),
+             ("bench", "build/har", "--json")]
+    for args in steps:
+        r = mcu_nn(*args, cwd=tmp_path)
+        assert r.returncode == 0, f"{args}: {r.stdout}{r.stderr}"
+    assert "8/8 vectors passed" in mcu_nn("serial-test", "build/har", cwd=tmp_path).stdout
+    bench = json.loads(r.stdout.strip().splitlines()[-1])
+    assert bench["board"] == "qemu-mps2-an386" and bench["instructions_per_step"] > 0
+    assert bench["macs_per_step"] == 4 * 32 * (6 + 32) + 32 * 4

@@ -27,7 +27,8 @@ from typing import Optional
 import numpy as np
 
 from .errors import McuNnError
-from .verify import FLOAT_RTOL, _load
+from .exportdir import load_export as _load
+from .verify import FLOAT_RTOL
 
 FIRMWARE = Path(__file__).resolve().parent / "firmware" / "bench"
 ICOUNT_SHIFT = 10

@@ -5,7 +5,6 @@ The model's prefix varies per export, so the server reaches it through a generat
 ``mcunn_glue.h``, that maps ``<name>_*`` onto ``glue_*`` and carries the model hash."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Callable, Optional
 
 from .boards import Board, get_board
 from .errors import McuNnError
+from .exportdir import load_manifest  # noqa: F401  (re-exported for device.serial_test)
 
 FIRMWARE = Path(__file__).parent / "firmware"
 COMMON_SOURCES = ("frame.c", "server.c")
@@ -32,20 +32,6 @@ class BuildResult:
     hex: Optional[Path]
     flash_bytes: int
     ram_bytes: int
-
-
-def load_manifest(export_dir: Path) -> dict:
-    mf = Path(export_dir) / "model.json"
-    if not mf.is_file():
-        raise McuNnError(f"{mf} is missing; {export_dir} is not an mcu-nn export (run mcu-nn export first)")
-    try:
-        m = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise McuNnError(f"{mf} is not valid JSON (line {e.lineno}); re-run mcu-nn export") from None
-    missing = [k for k in ("name", "precision", "sha256", "in_ctype", "out_ctype") if k not in m]
-    if missing:
-        raise McuNnError(f"{mf} lacks {', '.join(missing)}; re-run mcu-nn export with this mcu-nn version")
-    return m
 
 
 def glue_header(m: dict, board: Board) -> str:

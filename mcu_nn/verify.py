@@ -3,7 +3,6 @@ vector through the C and compare with the simulator's expected outputs: zero dif
 bits for integer precisions, a stated relative tolerance for float32."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -14,6 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import McuNnError
+from .exportdir import load_export
 
 HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
               "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -54,24 +54,6 @@ def _compile(cmd: list[str], cwd: Path, what: str) -> None:
         raise McuNnError(f"{what} failed: {_first_error(r.stderr + r.stdout)}")
 
 
-def _load(export_dir: Path) -> tuple[dict, dict]:
-    if not export_dir.is_dir():
-        raise McuNnError(f"export directory {export_dir} does not exist; run mcu-nn export first")
-    mf = export_dir / "model.json"
-    if not mf.is_file():
-        raise McuNnError(f"{mf} is missing; {export_dir} is not an mcu-nn export (run mcu-nn export)")
-    try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise McuNnError(f"{mf} is not valid JSON (line {e.lineno}); re-run mcu-nn export") from None
-    for name in ("model.h", "model.c", "test_vectors.npz"):
-        if not (export_dir / name).is_file():
-            raise McuNnError(f"{export_dir / name} is missing; re-run mcu-nn export")
-    with np.load(export_dir / "test_vectors.npz") as z:
-        vectors = {k: z[k] for k in z.files}
-    return manifest, vectors
-
-
 def cross_sizes(export_dir: Path, build: Path) -> dict:
     """Section sizes of model.c compiled for Cortex-M4 (arm-none-eabi-size -A)."""
     obj = build / "model_m4.o"
@@ -95,7 +77,7 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True,
     from .codegen.emit import environment
 
     export_dir = Path(export_dir).resolve()   # the compiler runs in a temp dir
-    manifest, vec = _load(export_dir)
+    manifest, vec = load_export(export_dir)
     name, fp32 = manifest["name"], manifest["precision"] == "float32"
     bidir, per_step = bool(manifest["bidirectional"]), bool(manifest["output_per_step"])
     xq, expected = vec["input_q"], vec["expected"]

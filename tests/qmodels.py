@@ -15,7 +15,6 @@ import numpy as np
 from mcu_nn.ir import (GATES, Activation, DirectionWeights, Embedding, FinalHidden, Graph, Linear,
                        QActivation, QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent,
                        Recurrent, SelectLast)
-from mcu_nn.quant import fixedpoint as fp
 
 Q15 = 2.0 ** -15
 Q312 = 2.0 ** -12

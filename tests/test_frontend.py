@@ -141,7 +141,7 @@ def test_zoo_model_loads(case: str, fmt: str, tmp_path: Path) -> None:
     g = _load(model, cfg, fmt, tmp_path)
     _check_structure(g, model, cfg)
     _check_numbers(g, model)
-    assert g.name == f"m" and g.source_file.endswith(f"m.{fmt}")
+    assert g.name == "m" and g.source_file.endswith(f"m.{fmt}")
 
 
 def test_scripted_lstm_hn_fails_cleanly_but_traced_works(tmp_path: Path) -> None:

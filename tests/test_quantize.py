@@ -3,7 +3,6 @@ proof re-checked with exact integers, and load_calibration's one-line errors."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -76,7 +75,7 @@ def _proof(mats: list[QMatrix], biases: list[np.ndarray]) -> None:
 @pytest.mark.parametrize("precision", ["int8", "int16"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_structure_and_rules(quantised, name: str, precision: str) -> None:
-    chain, graph = CASES[name], CASES[name].graph()
+    graph = CASES[name].graph()
     q = quantised[(name, precision)]
     trace: dict = {}
     run_float(graph, _calib(name), trace=trace)

@@ -86,13 +86,12 @@ def _print_answers(export_dir: Path, outcome, log: Callable[[str], None]) -> Non
     """The board's answers next to the simulator's, one line per test sequence."""
     vectors = np.load(export_dir / "test_vectors.npz")
     expected = vectors["expected"]
-    board = getattr(outcome, "outputs", None)
+    board = outcome.outputs
     log("sequence  simulator (int16 logits)          board (int16 logits)             class")
     for i, exp in enumerate(expected):
         got = board[i] if board is not None and i < len(board) else None
         got_text = " ".join(f"{v:6d}" for v in np.ravel(got)) if got is not None else "(not returned)"
         log(f"{i:8d}  {' '.join(f'{v:6d}' for v in np.ravel(exp)):32s}  {got_text:32s} "
             f"{int(np.argmax(exp))}")
-    cycles = getattr(outcome, "mean_cycles_per_step", None)
-    if cycles is not None:
-        log(f"cycles per step on the board: mean {cycles:.0f}")
+    if outcome.mean_cycles_per_step is not None:
+        log(f"{outcome.cycle_unit} per step on the board: mean {outcome.mean_cycles_per_step:,.0f}")

@@ -733,6 +733,39 @@ static inline const int16_t *mcunn_dot_s16_32_g4(const int16_t *w, const int16_t
 /* sat16(v >> k) in one SSAT; k is a literal 0..31 (the export's shift - 32). */
 #define MCUNN_SSAT16_ASR(out, v, k) __asm__("ssat %0, #16, %1, asr #" #k : "=r"(out) : "r"(v))
 #define MCUNN_SSAT16(out, v) __asm__("ssat %0, #16, %1" : "=r"(out) : "r"(v))
+
+/* ---- DSP cell helpers: the same integer results as the portable primitives, written so the
+ * compiler keeps everything in 32-bit registers (no sign-extensions, SSAT for saturation). */
+static inline int32_t mcunn_ssat16(int32_t v)
+{
+    int32_t r;
+    __asm__("ssat %0, #16, %1" : "=r"(r) : "r"(v));
+    return r;
+}
+
+/* High word of (*q)->bias + ax * mx + ah * mh (two LDRD with write-back, two SMLAL); *q
+ * moves to the next record so consecutive rows need no address arithmetic. */
+#define MCUNN_RQ_HI(HI_, Q_, AX_, AH_) do { \
+    uint32_t lo_, mx_, mh_; \
+    __asm__("ldrd %[lo], %[hi], [%[q]], #8\n\t" \
+            "ldrd %[mx], %[mh], [%[q]], #8\n\t" \
+            "smlal %[lo], %[hi], %[ax], %[mx]\n\t" \
+            "smlal %[lo], %[hi], %[ah], %[mh]" \
+            : [lo] "=&r"(lo_), [hi] "=&r"(HI_), [mx] "=&r"(mx_), [mh] "=&r"(mh_), [q] "+r"(Q_) \
+            : [ax] "r"(AX_), [ah] "r"(AH_), "m"(*(Q_))); \
+} while (0)
+
+/* High word of bias + acc * mult (one segment, GRU n rows). */
+static inline int32_t mcunn_rq1_hi(const int64_t *bias, int32_t acc, int32_t mult)
+{
+    uint32_t lo;
+    int32_t hi;
+    __asm__("ldrd %0, %1, [%2]\n\t"
+            "smlal %0, %1, %3, %4"
+            : "=&r"(lo), "=&r"(hi) : "r"(bias), "r"(acc), "r"(mult), "m"(*bias));
+    return hi;
+}
+
 #else
 #define mcunn_dot_s8_32_g1 mcunn_dot_s8_32_g1_c
 #define mcunn_dot_s16_32_g1 mcunn_dot_s16_32_g1_c
@@ -747,6 +780,21 @@ static inline const int16_t *mcunn_dot_s16_32_g4(const int16_t *w, const int16_t
 #define mcunn_dot_s16_64_g3 mcunn_dot_s16_64_g3_c
 #define mcunn_dot_s8_64_g4 mcunn_dot_s8_64_g4_c
 #define mcunn_dot_s16_64_g4 mcunn_dot_s16_64_g4_c
+
+/* dst[0..n) = src[0..n) for int16 vectors, n a multiple of 4. DSP cores copy words (unaligned
+ * LDR/STR are allowed there): 4 instructions per 4 values instead of per value. */
+#if MCUNN_DSP
+#define MCUNN_COPY16X4(dst, src, n) do { \
+    int j_; \
+    for (j_ = 0; j_ < (n); j_ += 4) { \
+        uint32_t a_, b_; \
+        __asm__ volatile("ldr %0, [%2]\n\tldr %1, [%2, #4]\n\tstr %0, [%3]\n\tstr %1, [%3, #4]" \
+                         : "=&r"(a_), "=&r"(b_) : "r"((src) + j_), "r"((dst) + j_) : "memory"); \
+    } \
+} while (0)
+#else
+#define MCUNN_COPY16X4(dst, src, n) do { int j_; for (j_ = 0; j_ < (n); ++j_) (dst)[j_] = (src)[j_]; } while (0)
+#endif
 
 /* Requantise one gate row to Q3.12 (or the relu RNN's h scale) with the rounding folded into
  * bias. For shift >= 32 only the high word of the 64-bit sum matters (SMLAL leaves it in a

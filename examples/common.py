@@ -15,6 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+try:
+    import mcu_nn  # noqa: F401
+except ImportError:
+    raise SystemExit("the examples need mcu-nn importable: from the repository root run "
+                     "pip install -e '.[examples]'") from None
+
 from mcu_nn.build import build_firmware
 from mcu_nn.codegen import write_export
 from mcu_nn.device import DeviceClient, Emulator
@@ -107,7 +113,7 @@ def measure(variant: str, export_dir: Path, q: QModel, graph, x_test: np.ndarray
 
 def deploy_and_measure(name: str, model: nn.Module, x_train: np.ndarray, y_train: np.ndarray,
                        x_test: np.ndarray, y_test: np.ndarray, out: Path, *, qat_epochs: int = 3,
-                       qat_lr: float = 1e-3, use_board: bool = True, report: bool = True,
+                       qat_lr: float = 1e-3, qat_input_lr: Optional[float] = None, use_board: bool = True, report: bool = True,
                        log: Callable[[str], None] = print) -> list[Row]:
     """The whole flow for one trained classifier; returns the accuracy table's rows."""
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +137,7 @@ def deploy_and_measure(name: str, model: nn.Module, x_train: np.ndarray, y_train
     if qat_epochs > 0:
         log(f"== QAT: {qat_epochs} epochs of fine-tuning through the int8 arithmetic")
         qat = QATModel.from_module(model, torch.from_numpy(x_train[:1]), x_train, "int8", name=name)
-        fine_tune(qat, x_train, y_train, epochs=qat_epochs, lr=qat_lr, log=log)
+        fine_tune(qat, x_train, y_train, epochs=qat_epochs, lr=qat_lr, input_lr=qat_input_lr, log=log)
         q, graph = qat.qmodel(), qat.graph()
         vectors = x_train[:8]
         acc = measure_accuracy(graph, q, x_train)

@@ -285,12 +285,23 @@ class QATModel(nn.Module):
 
 def fine_tune(qat: QATModel, x: np.ndarray, y: np.ndarray, *, epochs: int = 5, lr: float = 1e-3,
               batch: int = 32, calib: Optional[np.ndarray] = None, seed: int = 0,
-              log=print) -> QATModel:
+              input_lr: Optional[float] = None, log=print) -> QATModel:
     """A plain QAT loop for classifiers: cross-entropy on ``qat(x)`` with Adam; ranges are
-    re-chosen from ``calib`` (default ``x``) after every epoch, so export matches training."""
+    re-chosen from ``calib`` (default ``x``) after every epoch, so export matches training.
+
+    ``input_lr`` (default ``lr``) is the learning rate of the first recurrent layer's input
+    weights. Adam moves every weight by about ``lr`` per step whatever its units, so when the
+    model takes raw values of magnitude M (e.g. ADC codes around 2048) a step of ``lr`` on
+    those weights moves the gates by ``lr * M``; pass about ``lr / M`` there."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(qat.parameters(), lr=lr)
+    first = next((m for op, m in zip(qat.template.ops, qat.layers) if isinstance(op, Recurrent)), None)
+    special = [d.wx.w for d in first.dirs] if first is not None and input_lr is not None else []
+    ids = {id(p) for p in special}
+    groups = [{"params": [p for p in qat.parameters() if id(p) not in ids], "lr": lr}]
+    if special:
+        groups.append({"params": special, "lr": input_lr})
+    opt = torch.optim.Adam(groups, lr=lr)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
     for epoch in range(epochs):
         order = rng.permutation(len(x))

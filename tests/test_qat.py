@@ -91,6 +91,23 @@ def test_fine_tune_lowers_the_loss_of_the_integer_model() -> None:
     assert ce() < start * 0.9
 
 
+def test_input_lr_applies_to_the_first_layers_input_weights_only() -> None:
+    g = make_graph(kind="gru", layers=2, readout="last", head=("linear:3",), seq_len=7, hidden=6)
+    rng = np.random.default_rng(1)
+    x = _data(g, 32, 7)
+    y = rng.integers(0, 3, 32)
+    runs = {}
+    for input_lr in (None, 0.0):
+        qat = QATModel(g, x, "int8")
+        before = {n: p.detach().clone() for n, p in qat.named_parameters()}
+        fine_tune(qat, x, y, epochs=1, lr=1e-2, batch=16, input_lr=input_lr, log=lambda s: None)
+        runs[input_lr] = {n: not torch.equal(before[n], p) for n, p in qat.named_parameters()}
+    first_wx = "layers.0.dirs.0.wx.w"
+    assert all(runs[None].values())                          # plain run: every parameter moves
+    assert runs[0.0][first_wx] is False                      # lr 0 there: not one bit changes
+    assert all(v for n, v in runs[0.0].items() if n != first_wx)   # ... and only there
+
+
 def test_from_module_reads_a_torch_model_through_the_frontend() -> None:
     torch.manual_seed(0)
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import McuNnError
-from .ir import Graph, QModel
+from .ir import Graph, QModel, QRecurrent
 
 PRECISIONS = ("int8", "int16", "float32")
 TEST_VECTORS = 8          # sequences written to test_vectors.npz (the serial test sends them all)
@@ -29,6 +29,12 @@ class Accuracy:
     def as_dict(self) -> dict:
         return {"max_abs_error": self.max_abs_error, "snr_db": self.snr_db,
                 "top1_agreement": self.top1_agreement, "sequences": self.sequences}
+
+
+def recurrent_weight_count(q: QModel) -> int:
+    """int8 weights of the recurrent layers: the bytes the "wide" layout adds to flash."""
+    return sum(int(d.wx.w.size + d.wh.w.size) for op in q.ops if isinstance(op, QRecurrent)
+               for d in op.directions)
 
 
 @dataclass
@@ -80,8 +86,9 @@ def load_data(graph: Graph, calib: Optional[str], precision: str) -> np.ndarray:
 def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str = "int8",
                  calib: Optional[str] = None, name: Optional[str] = None,
                  input_shape: Optional[tuple[int, ...]] = None, allow_pickle: bool = False,
-                 log: Callable[[str], None] = print) -> ExportResult:
-    """Export ``model_path`` into ``out_dir`` and return what was written and measured."""
+                 weight_layout: str = "packed", log: Callable[[str], None] = print) -> ExportResult:
+    """Export ``model_path`` into ``out_dir`` and return what was written and measured.
+    ``weight_layout="wide"`` stores int8 weights as int16: more flash, faster on DSP cores."""
     from .codegen import write_export
     from .frontend import load_model
     from .quant import quantize
@@ -98,5 +105,5 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     expected = run(q, vectors)
     extra = {"source_model": str(Path(model_path).name), "accuracy": accuracy.as_dict(),
              "calibration_sequences": int(data.shape[0])}
-    manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra)
+    manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra, weight_layout=weight_layout)
     return ExportResult(Path(out_dir), graph, q, manifest, accuracy)

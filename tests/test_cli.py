@@ -74,6 +74,20 @@ def test_export_then_verify(lstm_file, tmp_path, precision):
     assert v.returncode == 0, v.stdout + v.stderr
 
 
+def test_wide_weight_layout_is_a_choice_with_its_flash_cost(lstm_file, tmp_path):
+    model, calib = lstm_file
+    packed = mcu_nn("export", model, "-o", tmp_path / "p", "--calib", calib)
+    assert packed.returncode == 0, packed.stderr
+    weights = 4 * 32 * (6 + 32)                              # the LSTM's int8 weights
+    assert f"--weight-layout wide would store the recurrent weights as int16: +{weights:,} B" in packed.stdout
+    wide = mcu_nn("export", model, "-o", tmp_path / "w", "--calib", calib, "--weight-layout", "wide")
+    assert wide.returncode == 0, wide.stderr
+    m_p = json.loads((tmp_path / "p" / "model.json").read_text())
+    m_w = json.loads((tmp_path / "w" / "model.json").read_text())
+    assert m_w["weight_layout"] == "wide" and m_w["flash_bytes"] > m_p["flash_bytes"]
+    assert mcu_nn("verify", tmp_path / "w", "--no-cross").returncode == 0
+
+
 def test_integer_export_without_calibration_is_refused(lstm_file, tmp_path):
     line = one_error_line(mcu_nn("export", lstm_file[0], "-o", tmp_path / "x", "--precision", "int8"))
     assert "--calib" in line

@@ -46,6 +46,10 @@ def f32_literal(v: float) -> str:
     return "%.9ef" % float(np.float32(v))
 
 
+# requantisation record types: {int64 bias; int32 mx, mh} = 16 bytes; a GRU unit = 3 records + int64
+_RQ_BYTES = {"mcunn_rq_t": 16, "mcunn_rq_gru_t": 56}
+
+
 @dataclass
 class Array:
     ctype: str
@@ -55,7 +59,7 @@ class Array:
 
     @property
     def dims(self) -> str:
-        shape = self.values.shape[:1] if self.ctype == "mcunn_rq_t" else self.values.shape
+        shape = self.values.shape[:1] if self.ctype in _RQ_BYTES else self.values.shape
         return "".join(f"[{n}]" for n in shape)
 
     @property
@@ -64,8 +68,8 @@ class Array:
 
     @property
     def nbytes(self) -> int:
-        if self.ctype == "mcunn_rq_t":    # {int64 bias; int32 mx, mh}: 16 bytes a row
-            return 16 * int(self.values.shape[0])
+        if self.ctype in _RQ_BYTES:
+            return _RQ_BYTES[self.ctype] * int(self.values.shape[0])
         size = {"int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "float": 4}[self.ctype]
         return size * int(self.values.size)
 
@@ -76,6 +80,11 @@ class Array:
             items = [f32_literal(v) for v in flat]
         else:
             items = [str(int(v)) for v in flat]
+        if self.ctype == "mcunn_rq_gru_t":   # {r, z, n records; bias_h}
+            recs = [items[i:i + 10] for i in range(0, len(items), 10)]
+            return "{\n    " + ",\n    ".join(
+                "{{%s}, {%s}, {%s}, %s}" % (", ".join(r[0:3]), ", ".join(r[3:6]), ", ".join(r[6:9]), r[9])
+                for r in recs) + "\n}"
         if self.values.ndim == 2:
             cols = self.values.shape[1]
             rows = [", ".join(items[r * cols:(r + 1) * cols]) for r in range(self.values.shape[0])]
@@ -240,9 +249,11 @@ class _Builder:
             _check_int(np.asarray(m, np.int64), -(1 << 31) + 1, (1 << 31) - 1, what + " multipliers")
         rq = np.stack([_round_bias(qd.bias, shift), np.asarray(qd.wx.mult, np.int64),
                        np.asarray(qd.wh.mult, np.int64)], axis=1)[order]
-        D["rq"] = self.arr("mcunn_rq_t", name + "_rq", rq, what + " requantisation")
-        if op.kind == "gru":
-            D["bias_h"] = self.arr("int64_t", name + "_bias_h", _round_bias(qd.bias_h, shift), what)
+        if op.kind == "gru":   # one record block per unit: r, z, n, then the n row's bias_h
+            rq = np.concatenate([rq.reshape(H, 9), _round_bias(qd.bias_h, shift).reshape(H, 1)], axis=1)
+            D["rq"] = self.arr("mcunn_rq_gru_t", name + "_rq", rq, what + " requantisation")
+        else:
+            D["rq"] = self.arr("mcunn_rq_t", name + "_rq", rq, what + " requantisation")
 
     def linear(self, k: int, op) -> dict:
         src = op.source or f"op {k}"

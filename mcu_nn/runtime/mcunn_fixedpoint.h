@@ -298,6 +298,12 @@ typedef struct {
     int32_t mh;
 } mcunn_rq_t;
 
+/* A GRU unit's records: r, z, n rows, then the n row's recurrent bias (n_h has its own). */
+typedef struct {
+    mcunn_rq_t r, z, n;
+    int64_t bias_h;
+} mcunn_rq_gru_t;
+
 #if defined(__GNUC__)
 #define MCUNN_ALIGN4 __attribute__((aligned(4)))
 #else
@@ -752,6 +758,20 @@ static inline int32_t mcunn_ssat16(int32_t v)
             "smlal %[lo], %[hi], %[ax], %[mx]\n\t" \
             "smlal %[lo], %[hi], %[ah], %[mh]" \
             : [lo] "=&r"(lo_), [hi] "=&r"(HI_), [mx] "=&r"(mx_), [mh] "=&r"(mh_), [q] "+r"(Q_) \
+            : [ax] "r"(AX_), [ah] "r"(AH_), "m"(*(Q_))); \
+} while (0)
+
+/* GRU n row: NX_ = high word of n.bias + ax * n.mx, NH_ = of bias_h + ah * n.mh (three LDRD with
+ * write-back); Q_ then points at the next unit's records. */
+#define MCUNN_RQ_N_HI(NX_, NH_, Q_, AX_, AH_) do { \
+    uint32_t xl_, hl_, mx_, mh_; \
+    __asm__("ldrd %[xl], %[xh], [%[q]], #8\n\t" \
+            "ldrd %[mx], %[mh], [%[q]], #8\n\t" \
+            "ldrd %[hl], %[hh], [%[q]], #8\n\t" \
+            "smlal %[xl], %[xh], %[ax], %[mx]\n\t" \
+            "smlal %[hl], %[hh], %[ah], %[mh]" \
+            : [xl] "=&r"(xl_), [xh] "=&r"(NX_), [hl] "=&r"(hl_), [hh] "=&r"(NH_), [mx] "=&r"(mx_), \
+              [mh] "=&r"(mh_), [q] "+r"(Q_) \
             : [ax] "r"(AX_), [ah] "r"(AH_), "m"(*(Q_))); \
 } while (0)
 

@@ -26,32 +26,21 @@ from typing import Optional
 
 import numpy as np
 
+from .boards import BOARDS as ALL_BOARDS, Board
+from .build import linker_script
 from .errors import McuNnError
 from .exportdir import load_export as _load
 from .verify import FLOAT_RTOL
 
 FIRMWARE = Path(__file__).resolve().parent / "firmware" / "bench"
+STARTUP = FIRMWARE.parent / "common" / "cortexm_startup.c"    # the boards' own start-up
 ICOUNT_SHIFT = 10
 TICK_NS = 40                      # TIMER0 runs at 25 MHz on every mps2 machine
 
 
-@dataclass(frozen=True)
-class BenchBoard:
-    name: str
-    machine: str                  # qemu-system-arm -M
-    cpu_flags: tuple[str, ...]
-    core: str
-
-
-BOARDS = {
-    "qemu-mps2-an386": BenchBoard("qemu-mps2-an386", "mps2-an386",
-                                  ("-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"), "Cortex-M4F"),
-    "qemu-mps2-an385": BenchBoard("qemu-mps2-an385", "mps2-an385", ("-mcpu=cortex-m3", "-mfloat-abi=soft"),
-                                  "Cortex-M3"),
-    "qemu-mps2-an500": BenchBoard("qemu-mps2-an500", "mps2-an500",
-                                  ("-mcpu=cortex-m7", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"), "Cortex-M7"),
-}
-CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-mthumb",
+# The emulated rows of the board table: the bench runs where QEMU can count instructions.
+BOARDS = {name: b for name, b in ALL_BOARDS.items() if b.emulated}
+CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
           "-ffunction-sections", "-fdata-sections"]
 
 
@@ -83,7 +72,7 @@ def _tool(name: str) -> str:
     return path
 
 
-def _board(board: str) -> BenchBoard:
+def _board(board: str) -> Board:
     if board not in BOARDS:
         raise McuNnError(f"mcu-nn bench runs on the emulated boards ({', '.join(BOARDS)}); for {board!r} use "
                          "mcu-nn serial-test, whose summary reports the chip's cycles per step")
@@ -145,13 +134,14 @@ def build_bench(export_dir: Path, board: str, build_dir: Path, *, portable: bool
                          "(steady state excludes the first step) — re-export with a longer --input-shape")
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "bench_vectors.h").write_text(_vectors_header(manifest, xq))
-    flags = [*CFLAGS, *b.cpu_flags, *(["-DMCUNN_PORTABLE"] if portable else [])]
+    flags = [*CFLAGS, *b.arch_flags, *(["-DMCUNN_PORTABLE"] if portable else [])]
     inc = ["-I", str(export_dir), "-I", str(FIRMWARE), "-I", str(build_dir)]
     _run([gcc, *flags, *inc, "-c", str(Path(export_dir) / "model.c"), "-o", str(build_dir / "model.o")],
-         f"arm-none-eabi-gcc ({b.core}) of {export_dir}/model.c", build_dir)
+         f"arm-none-eabi-gcc ({b.cpu}) of {export_dir}/model.c", build_dir)
     elf = build_dir / "bench.elf"
-    _run([gcc, *flags, *inc, "-nostartfiles", "--specs=nosys.specs", "-T", str(FIRMWARE / "bench.ld"),
-          "-Wl,--gc-sections", str(FIRMWARE / "startup.c"), str(FIRMWARE / "bench_main.c"),
+    (build_dir / "bench.ld").write_text(linker_script(b))
+    _run([gcc, *flags, *inc, "-nostartfiles", "--specs=nosys.specs", "-T", str(build_dir / "bench.ld"),
+          "-Wl,--gc-sections", str(STARTUP), str(FIRMWARE / "semihost.c"), str(FIRMWARE / "bench_main.c"),
           str(build_dir / "model.o"), "-lm", "-o", str(elf)], f"linking the bench firmware for {board}", build_dir)
     return elf
 
@@ -160,9 +150,9 @@ def run_bench(elf: Path, board: str, timeout: float = 300) -> str:
     """Boot ``elf`` in QEMU under -icount; returns what the firmware printed."""
     b = _board(board)
     qemu = _tool("qemu-system-arm")
-    return _run([qemu, "-M", b.machine, "-display", "none", "-serial", "null", "-monitor", "none",
+    return _run([qemu, "-M", b.qemu_machine, "-display", "none", "-serial", "null", "-monitor", "none",
                  "-semihosting-config", "enable=on,target=native", "-icount", f"shift={ICOUNT_SHIFT}",
-                 "-kernel", str(elf)], f"QEMU ({b.machine}) running {elf.name}", timeout=timeout)
+                 "-kernel", str(elf)], f"QEMU ({b.qemu_machine}) running {elf.name}", timeout=timeout)
 
 
 def ticks_to_instructions(ticks: float) -> float:

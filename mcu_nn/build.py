@@ -74,7 +74,8 @@ static const uint8_t glue_hash[32] = {{{hash_bytes}}};
 """
 
 
-def _linker_script(board: Board) -> str:
+def linker_script(board: Board) -> str:
+    """The linker script of a Cortex-M board, from the board table (shared with the bench)."""
     text = (FIRMWARE / "common" / "cortexm.ld.in").read_text()
     for key, val in {"BOARD": board.name, "FLASH_ORIGIN": hex(board.flash.origin),
                      "FLASH_SIZE": hex(board.flash.size), "RAM_ORIGIN": hex(board.ram.origin),
@@ -157,7 +158,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
     srcs = [str(s) for s in sources(export_dir, b)]
     if b.cross:
         _need_cross_toolchain()
-        (out / "firmware.ld").write_text(_linker_script(b))
+        (out / "firmware.ld").write_text(linker_script(b))
         _run([CROSS_CC, *common, *b.arch_flags, "-ffunction-sections", "-fdata-sections",
               "-nostartfiles", "-specs=nano.specs", "-specs=nosys.specs", "-T", str(out / "firmware.ld"),
               "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}", *srcs, "-lm", "-o", str(elf)],

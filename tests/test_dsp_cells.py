@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, run_bench
+from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, run_bench
+from mcu_nn.build import linker_script
 from mcu_nn.codegen import render_runtime_header
 from mcu_nn.codegen.emit import environment
 from mcu_nn.quant import fixedpoint as fx
@@ -108,9 +109,12 @@ def test_dsp_cells_bit_exact_on_cortex_m4(tmp_path: Path) -> None:
     (tmp_path / "mcunn_fixedpoint.h").write_text(render_runtime_header())
     b = BOARDS["qemu-mps2-an386"]
     elf = tmp_path / "cells.elf"
-    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, *b.cpu_flags, "-I", str(tmp_path), "-I", str(FIRMWARE),
-                    "-nostartfiles", "--specs=nosys.specs", "-T", str(FIRMWARE / "bench.ld"),
-                    str(FIRMWARE / "startup.c"), str(tmp_path / "cells.c"), "-o", str(elf)], check=True)
+    ld = tmp_path / "cells.ld"
+    ld.write_text(linker_script(b))
+    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, *b.arch_flags, "-I", str(tmp_path), "-I", str(FIRMWARE),
+                    "-nostartfiles", "--specs=nosys.specs", "-T", str(ld),
+                    str(STARTUP), str(FIRMWARE / "semihost.c"), str(tmp_path / "cells.c"), "-o", str(elf)],
+                   check=True)
     text = run_bench(elf, "qemu-mps2-an386", timeout=120)
     assert "END" in text and "FAULT" not in text
     got: dict[str, list[int]] = {}

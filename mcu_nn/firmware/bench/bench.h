@@ -1,4 +1,4 @@
-/* Bench firmware helpers (startup.c). */
+/* Bench firmware helpers (semihost.c). */
 #ifndef MCUNN_BENCH_H
 #define MCUNN_BENCH_H
 void bench_puts(const char *s);

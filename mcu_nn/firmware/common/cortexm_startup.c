@@ -8,6 +8,8 @@ int main(void);
 void Reset_Handler(void);
 void Default_Handler(void);
 void SysTick_Handler(void);
+void mcunn_exit(int code);
+void mcunn_fault(void);
 
 volatile uint32_t mcunn_ticks;
 
@@ -18,10 +20,25 @@ void SysTick_Handler(void)
     ++mcunn_ticks;
 }
 
-void Default_Handler(void)
+/* What happens when main returns or a fault/unexpected interrupt fires. The inference
+ * server never returns and halts on a fault; firmware that runs to an end (the bench,
+ * mcu_nn/firmware/bench/semihost.c) overrides these to report and exit the emulator. */
+__attribute__((weak)) void mcunn_exit(int code)
+{
+    (void)code;
+    for (;;) {
+    }
+}
+
+__attribute__((weak)) void mcunn_fault(void)
 {
     for (;;) {
     }
+}
+
+void Default_Handler(void)
+{
+    mcunn_fault();
 }
 
 __attribute__((section(".isr_vector"), used))
@@ -58,7 +75,5 @@ void Reset_Handler(void)
     *(volatile uint32_t *)0xE000ED88u |= 0xFu << 20;
     __asm volatile("dsb\n\tisb");
 #endif
-    main();
-    for (;;) {
-    }
+    mcunn_exit(main());
 }

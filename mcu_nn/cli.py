@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-layout", choices=["packed", "wide"], default="packed",
                    help="int8 only: 'packed' keeps weights as bytes (smallest); 'wide' stores them as "
                         "int16, which costs one extra byte of flash per recurrent weight and saves "
-                        "typically 15-25%% of the instructions on Cortex-M4/M7 (export prints the flash cost)")
+                        "18-26%% of the instructions (measured) on Cortex-M4/M7 (export prints the flash cost)")
     p.add_argument("--report", metavar="FILE", help="also write a quantisation report (.html or .md): "
                                                     "error per layer and gate, calibration ranges, plots")
 

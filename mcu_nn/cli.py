@@ -158,10 +158,10 @@ def _export(a: argparse.Namespace) -> int:
                           weight_layout=a.weight_layout)
     print(export_summary(result))
     if a.report:
-        from .quant import load_calibration
         from .report_html import write_report
-        data = load_calibration(a.calib or "random", result.graph)
-        print(f"wrote {write_report(a.report, result.graph, result.qmodel, calib=data, manifest=result.manifest, export_dir=Path(a.out))}")
+        path = write_report(a.report, result.graph, result.qmodel, calib=result.calibration,
+                            manifest=result.manifest, export_dir=Path(a.out))
+        print(f"wrote {path}")
     return 0
 
 

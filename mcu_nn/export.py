@@ -5,7 +5,7 @@ only strings them together and measures how much accuracy quantisation costs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -44,7 +44,7 @@ class ExportResult:
     qmodel: QModel
     manifest: dict
     accuracy: Accuracy
-    warnings: list[str] = field(default_factory=list)
+    calibration: np.ndarray               # the inputs the ranges were chosen on (for reports)
 
 
 def quantised_outputs(q: QModel, x: np.ndarray) -> np.ndarray:
@@ -106,4 +106,4 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     extra = {"source_model": str(Path(model_path).name), "accuracy": accuracy.as_dict(),
              "calibration_sequences": int(data.shape[0])}
     manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra, weight_layout=weight_layout)
-    return ExportResult(Path(out_dir), graph, q, manifest, accuracy)
+    return ExportResult(Path(out_dir), graph, q, manifest, accuracy, data)

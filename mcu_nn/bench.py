@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from .boards import BOARDS as ALL_BOARDS, Board
 from .build import linker_script
 from .errors import McuNnError
 from .exportdir import load_export as _load
+from .toolchain import require, run_tool
 from .verify import FLOAT_RTOL
 
 FIRMWARE = Path(__file__).resolve().parent / "firmware" / "bench"
@@ -62,14 +61,6 @@ class BenchResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if not path:
-        raise McuNnError(f"{name} not found; install it (scripts/install-deps.sh installs the ARM toolchain "
-                         "and qemu-system-arm)")
-    return path
 
 
 def _board(board: str) -> Board:
@@ -107,24 +98,12 @@ def _vectors_header(manifest: dict, xq: np.ndarray) -> str:
             f"static const BENCH_IN_T bench_x[] = {_c_array(xq, ctype)};\n")
 
 
-def _run(cmd: list[str], what: str, cwd: Optional[Path] = None, timeout: float = 300) -> str:
-    try:
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, errors="replace", timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise McuNnError(f"{what} did not finish within {timeout:.0f} s") from None
-    if r.returncode != 0:
-        lines = [ln for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "(no output)")
-        raise McuNnError(f"{what} failed (exit {r.returncode}): {first.strip()}")
-    return r.stdout + r.stderr          # QEMU prints semihosting output on stderr
-
-
 def build_bench(export_dir: Path, board: str, build_dir: Path, *, portable: bool = False,
                 vectors: Optional[int] = None) -> Path:
     """Link the export with the bench firmware for ``board``; returns the ELF. ``portable``
     compiles the portable C kernels (MCUNN_PORTABLE) instead of the SIMD ones."""
     b = _board(board)
-    gcc = _tool("arm-none-eabi-gcc")
+    gcc = require("arm-none-eabi-gcc")
     manifest, vec = _load(Path(export_dir))
     xq = vec["input_q"]
     if vectors is not None:
@@ -136,23 +115,24 @@ def build_bench(export_dir: Path, board: str, build_dir: Path, *, portable: bool
     (build_dir / "bench_vectors.h").write_text(_vectors_header(manifest, xq))
     flags = [*CFLAGS, *b.arch_flags, *(["-DMCUNN_PORTABLE"] if portable else [])]
     inc = ["-I", str(export_dir), "-I", str(FIRMWARE), "-I", str(build_dir)]
-    _run([gcc, *flags, *inc, "-c", str(Path(export_dir) / "model.c"), "-o", str(build_dir / "model.o")],
-         f"arm-none-eabi-gcc ({b.cpu}) of {export_dir}/model.c", build_dir)
+    run_tool([gcc, *flags, *inc, "-c", str(Path(export_dir) / "model.c"), "-o", str(build_dir / "model.o")],
+             f"arm-none-eabi-gcc ({b.cpu}) of {export_dir}/model.c", cwd=build_dir)
     elf = build_dir / "bench.elf"
     (build_dir / "bench.ld").write_text(linker_script(b))
-    _run([gcc, *flags, *inc, "-nostartfiles", "--specs=nosys.specs", "-T", str(build_dir / "bench.ld"),
-          "-Wl,--gc-sections", str(STARTUP), str(FIRMWARE / "semihost.c"), str(FIRMWARE / "bench_main.c"),
-          str(build_dir / "model.o"), "-lm", "-o", str(elf)], f"linking the bench firmware for {board}", build_dir)
+    run_tool([gcc, *flags, *inc, "-nostartfiles", "--specs=nosys.specs", "-T", str(build_dir / "bench.ld"),
+              "-Wl,--gc-sections", str(STARTUP), str(FIRMWARE / "semihost.c"), str(FIRMWARE / "bench_main.c"),
+              str(build_dir / "model.o"), "-lm", "-o", str(elf)], f"linking the bench firmware for {board}",
+             cwd=build_dir)
     return elf
 
 
 def run_bench(elf: Path, board: str, timeout: float = 300) -> str:
     """Boot ``elf`` in QEMU under -icount; returns what the firmware printed."""
     b = _board(board)
-    qemu = _tool("qemu-system-arm")
-    return _run([qemu, "-M", b.qemu_machine, "-display", "none", "-serial", "null", "-monitor", "none",
-                 "-semihosting-config", "enable=on,target=native", "-icount", f"shift={ICOUNT_SHIFT}",
-                 "-kernel", str(elf)], f"QEMU ({b.qemu_machine}) running {elf.name}", timeout=timeout)
+    qemu = require("qemu-system-arm")
+    return run_tool([qemu, "-M", b.qemu_machine, "-display", "none", "-serial", "null", "-monitor", "none",
+                     "-semihosting-config", "enable=on,target=native", "-icount", f"shift={ICOUNT_SHIFT}",
+                     "-kernel", str(elf)], f"QEMU ({b.qemu_machine}) running {elf.name}", timeout=timeout)
 
 
 def ticks_to_instructions(ticks: float) -> float:
@@ -215,14 +195,14 @@ def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int) -> 
 
 def _model_flash(build_dir: Path, elf: Path) -> int:
     """.text + .rodata bytes of the symbols model.o defines that survive in the linked ELF."""
-    nm = _tool("arm-none-eabi-nm")
+    nm = require("arm-none-eabi-nm")
     names = set()
-    for line in _run([nm, "--defined-only", str(build_dir / "model.o")], "arm-none-eabi-nm").splitlines():
+    for line in run_tool([nm, "--defined-only", str(build_dir / "model.o")], "arm-none-eabi-nm").splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] in "tTrR":
             names.add(parts[2])
     total = 0
-    for line in _run([nm, "-S", "--defined-only", str(elf)], "arm-none-eabi-nm").splitlines():
+    for line in run_tool([nm, "-S", "--defined-only", str(elf)], "arm-none-eabi-nm").splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[2] in "tTrR" and parts[3] in names:
             total += int(parts[1], 16)

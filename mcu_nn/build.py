@@ -5,7 +5,6 @@ The model's prefix varies per export, so the server reaches it through a generat
 ``mcunn_glue.h``, that maps ``<name>_*`` onto ``glue_*`` and carries the model hash."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,8 @@ from typing import Callable, Optional
 
 from .boards import Board, get_board
 from .errors import McuNnError
-from .exportdir import load_manifest  # noqa: F401  (re-exported for device.serial_test)
+from .exportdir import load_manifest
+from .toolchain import find_cc, require, run_tool, section_sizes
 
 FIRMWARE = Path(__file__).parent / "firmware"
 COMMON_SOURCES = ("frame.c", "server.c")
@@ -85,25 +85,10 @@ def linker_script(board: Board) -> str:
 
 
 def _need_cross_toolchain() -> None:
-    if not shutil.which(CROSS_CC):
-        raise McuNnError(f"{CROSS_CC} not found: install the Arm cross compiler "
-                         "(apt install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
+    require(CROSS_CC, "install the Arm cross compiler (apt install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
     r = subprocess.run([CROSS_CC, "-print-file-name=libc_nano.a"], capture_output=True, text=True)
     if "/" not in r.stdout:
         raise McuNnError("newlib for arm-none-eabi is missing: apt install libnewlib-arm-none-eabi")
-
-
-def _run(cmd: list[str], what: str) -> None:
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
-        # the linker's own words (our RAM assert, "region overflowed") beat collect2's summary
-        first = next((ln for ln in lines if "mcu-nn:" in ln or "overflow" in ln),
-                     next((ln for ln in lines if "error" in ln and "collect2" not in ln),
-                          lines[0] if lines else "(no output)"))
-        if "mcu-nn:" in first:
-            first = first.split("mcu-nn:", 1)[1].strip()
-        raise McuNnError(f"{what} failed: {first}")
 
 
 def sources(export_dir: Path, board: Board) -> list[Path]:
@@ -131,12 +116,7 @@ def is_up_to_date(export_dir: Path, board: str) -> bool:
 
 def elf_sizes(elf: Path) -> tuple[int, int]:
     """(flash, RAM) bytes of a linked Cortex-M ELF: flash = code + constants + .data's image."""
-    r = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True)
-    sec = {}
-    for ln in r.stdout.splitlines():
-        parts = ln.split()
-        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
-            sec[parts[0]] = int(parts[1])
+    sec = section_sizes(elf)
     flash = sum(sec.get(s, 0) for s in (".isr_vector", ".text", ".ARM.exidx", ".data"))
     ram = sec.get(".data", 0) + sec.get(".bss", 0)
     return flash, ram
@@ -159,7 +139,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
     if b.cross:
         _need_cross_toolchain()
         (out / "firmware.ld").write_text(linker_script(b))
-        _run([CROSS_CC, *common, *b.arch_flags, "-ffunction-sections", "-fdata-sections",
+        run_tool([CROSS_CC, *common, *b.arch_flags, "-ffunction-sections", "-fdata-sections",
               "-nostartfiles", "-specs=nano.specs", "-specs=nosys.specs", "-T", str(out / "firmware.ld"),
               "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}", *srcs, "-lm", "-o", str(elf)],
              f"{CROSS_CC} ({b.name})")
@@ -167,16 +147,14 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
         binf = hexf = None
         if not b.emulated:
             binf, hexf = out / "firmware.bin", out / "firmware.hex"
-            _run(["arm-none-eabi-objcopy", "-O", "binary", str(elf), str(binf)], "objcopy")
-            _run(["arm-none-eabi-objcopy", "-O", "ihex", str(elf), str(hexf)], "objcopy")
+            run_tool(["arm-none-eabi-objcopy", "-O", "binary", str(elf), str(binf)], "objcopy")
+            run_tool(["arm-none-eabi-objcopy", "-O", "ihex", str(elf), str(hexf)], "objcopy")
         log(f"built {elf} for {b.name}: flash {flash:,} B of {b.flash.size >> 10} KiB "
             f"({100 * flash / b.flash.size:.1f}%), RAM {ram:,} B + {b.stack_bytes:,} B stack of "
             f"{b.ram.size >> 10} KiB ({100 * (ram + b.stack_bytes) / b.ram.size:.1f}%)")
         return BuildResult(b.name, elf, binf, hexf, flash, ram)
-    cc = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if cc is None:
-        raise McuNnError("no host C compiler found: apt install gcc")
+    cc = find_cc()
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-O1"] if sanitize else []
-    _run([cc, *common, *san, "-D_DEFAULT_SOURCE", *srcs, "-lm", "-o", str(elf)], f"{cc} (host board)")
+    run_tool([cc, *common, *san, "-D_DEFAULT_SOURCE", *srcs, "-lm", "-o", str(elf)], f"{cc} (host board)")
     log(f"built {elf} for the host board")
     return BuildResult(b.name, elf, None, None, elf.stat().st_size, 0)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import McuNnError
 from .exportdir import load_export
+from .toolchain import find_cc, first_error_line, run_tool, section_sizes
 
 HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
               "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -32,41 +33,16 @@ class VerifyResult:
     sizes: dict = field(default_factory=dict)
 
 
-def find_cc(cc: Optional[str] = None) -> str:
-    for cand in ([cc] if cc else ["cc", "gcc", "clang"]):
-        if cand and shutil.which(cand):
-            return cand
-    raise McuNnError(f"no C compiler found ({cc or 'cc, gcc, clang'}); install gcc or pass cc=")
-
-
-def _first_error(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for key in ("error:", "ERROR:", "error"):   # compiler diagnostics, ASan, UBSan/others
-        for ln in lines:
-            if key in ln:
-                return ln
-    return lines[0] if lines else "(no output)"
-
-
-def _compile(cmd: list[str], cwd: Path, what: str) -> None:
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise McuNnError(f"{what} failed: {_first_error(r.stderr + r.stdout)}")
-
-
 def cross_sizes(export_dir: Path, build: Path) -> dict:
-    """Section sizes of model.c compiled for Cortex-M4 (arm-none-eabi-size -A)."""
+    """Section sizes of model.c compiled for Cortex-M4 (.text.* counted as .text, etc.)."""
     obj = build / "model_m4.o"
-    _compile(["arm-none-eabi-gcc", *CROSS_FLAGS, "-I", str(export_dir), "-c",
-              str(export_dir / "model.c"), "-o", str(obj)], build, "arm-none-eabi-gcc (cortex-m4)")
-    out = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], capture_output=True, text=True).stdout
+    run_tool(["arm-none-eabi-gcc", *CROSS_FLAGS, "-I", str(export_dir), "-c",
+              str(export_dir / "model.c"), "-o", str(obj)], "arm-none-eabi-gcc (cortex-m4)", cwd=build)
     sizes = {".text": 0, ".rodata": 0, ".bss": 0, ".data": 0}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            for sec in sizes:
-                if parts[0] == sec or parts[0].startswith(sec + "."):
-                    sizes[sec] += int(parts[1])
+    for name, size in section_sizes(obj).items():
+        for sec in sizes:
+            if name == sec or name.startswith(sec + "."):
+                sizes[sec] += size
     return {k.lstrip("."): v for k, v in sizes.items()}
 
 
@@ -93,15 +69,16 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True,
             p=name, P=name.upper(), bidirectional=bidir)
         (build / "harness.c").write_text(harness)
         exe = build / "harness"
-        _compile([compiler, *HOST_FLAGS, "-I", str(export_dir), str(build / "harness.c"),
-                  str(export_dir / "model.c"), "-o", str(exe), "-lm"], build, f"{compiler} (host build of {name})")
+        run_tool([compiler, *HOST_FLAGS, "-I", str(export_dir), str(build / "harness.c"),
+                  str(export_dir / "model.c"), "-o", str(exe), "-lm"], f"{compiler} (host build of {name})",
+                 cwd=build)
         with open(build / "vectors.bin", "wb") as f:
             f.write(np.array([n, steps, fin, fout], np.uint32).tobytes())
             f.write(np.ascontiguousarray(xq.astype(in_dt)).tobytes())
         r = subprocess.run([str(exe), str(build / "vectors.bin"), str(build / "out.bin")],
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            raise McuNnError(f"C harness of {name} failed (exit {r.returncode}): {_first_error(r.stderr)}")
+            raise McuNnError(f"C harness of {name} failed (exit {r.returncode}): {first_error_line(r.stderr)}")
         got = np.fromfile(build / "out.bin", dtype=out_dt)
         if cross and shutil.which("arm-none-eabi-gcc") and shutil.which("arm-none-eabi-size"):
             sizes = cross_sizes(export_dir, build)

@@ -12,7 +12,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..boards import BOARDS, DEFAULT_BOARD, get_board
-from ..build import build_firmware, firmware_path, is_up_to_date, load_manifest
+from ..build import build_firmware, firmware_path, is_up_to_date
+from ..exportdir import load_manifest
 from ..errors import McuNnError
 from .client import DeviceClient
 from .emulator import Emulator

@@ -20,99 +20,20 @@ from typing import Optional
 import numpy as np
 
 from .errors import McuNnError
-from .ir import FinalHidden, Graph, QActivation, QEmbedding, QLinear, QModel, QRecurrent, SelectLast
-from .quant import fixedpoint as fp
+from .ir import Graph, QModel
 from .quant.metrics import snr_db, top1_agreement
 from .sim import run_float
-from .sim.int_sim import quantize_model_input
+from .sim.int_sim import quantize_model_input, run_quant
 
-GATE_SCALE = 2.0 ** -12
-Q15_SCALE = 2.0 ** -15
 GATE_NAMES = {"lstm": "ifgo", "gru": "rzn", "rnn_tanh": "a", "rnn_relu": "a"}
 
 
 # ----------------------------------------------------------------------------- integer traces
-def _direction_trace(layer: QRecurrent, d: int, x: np.ndarray, rec: dict, key: str) -> np.ndarray:
-    """int_sim's recurrence, recording dequantised gates, c and h (same names as run_float)."""
-    qd = layer.directions[d]
-    n, t_len, _ = x.shape
-    hid, kind = layer.hidden_size, layer.kind
-    acc_x = fp.matvec(qd.wx.w, x)
-    mx, mh = fp._i64(qd.wx.mult), fp._i64(qd.wh.mult)
-    h = np.zeros((n, layer.state_size), np.int64)
-    c = np.zeros((n, hid), np.int64)
-    gates = np.zeros((n, t_len, acc_x.shape[-1]))
-    cs = np.zeros((n, t_len, hid))
-    out = np.zeros((n, t_len, layer.state_size), np.int64)
-    for t in (range(t_len) if d == 0 else range(t_len - 1, -1, -1)):
-        ax, ah = acc_x[:, t], fp.matvec(qd.wh.w, h)
-        if kind == "gru":
-            rz, nr = slice(0, 2 * hid), slice(2 * hid, 3 * hid)
-            pre = fp.sat16(fp.requant([(ax[:, rz], mx[rz]), (ah[:, rz], mh[rz])], qd.bias[rz], qd.shift))
-            n_x = fp.sat32(fp.requant([(ax[:, nr], mx[nr])], qd.bias[nr], qd.shift))
-            n_h = fp.sat32(fp.requant([(ah[:, nr], mh[nr])], qd.bias_h, qd.shift))
-            r = fp.sigmoid_q15(pre[:, :hid])
-            npre = fp.sat16(n_x + fp.rshift_round(r * n_h, 15))
-            gates[:, t] = np.concatenate([pre, npre], axis=1) * GATE_SCALE
-            h = fp.gru_cell(pre[:, :hid], pre[:, hid:], n_x, n_h, h)
-        else:
-            pre = fp.sat16(fp.requant([(ax, mx), (ah, mh)], qd.bias, qd.shift))
-            gates[:, t] = pre * (layer.h_scale if kind == "rnn_relu" else GATE_SCALE)
-            if kind == "lstm":
-                g = [pre[:, k * hid:(k + 1) * hid] for k in range(4)]
-                c, hfull = fp.lstm_cell(g[0], g[1], g[2], g[3], c, layer.cell_frac)
-                cs[:, t] = c * 2.0 ** -layer.cell_frac
-                h = hfull if qd.proj is None else fp.sat16(
-                    fp.requant([(fp.matvec(qd.proj.w, hfull), qd.proj.mult)], 0, qd.proj_shift))
-            elif kind == "rnn_tanh":
-                h = fp.tanh_q15(pre)
-            else:
-                h = fp.relu(pre)
-        out[:, t] = h
-    rec[f"{key}.d{d}.gates"] = gates
-    if kind == "lstm":
-        rec[f"{key}.d{d}.c"] = cs
-    rec[f"{key}.d{d}.h"] = out * layer.h_scale
-    return out
-
-
 def trace_quant(q: QModel, x: np.ndarray) -> tuple[np.ndarray, dict]:
     """Run ``q`` on float inputs as the chip does; returns (int outputs, {name: dequantised
     float64 array}) with run_float's trace names ("input", "op{i}.out", "op{i}.d{d}.gates", ...)."""
-    cur = quantize_model_input(q, x)
     rec: dict = {}
-    if q.input_kind != "tokens":
-        rec["input"] = cur * q.input_scale
-    finals: list = []
-    scale = q.input_scale
-    for i, op in enumerate(q.ops):
-        key = f"op{i}"
-        if isinstance(op, QEmbedding):
-            table = fp._i64(op.table)
-            ok = (cur >= 0) & (cur < table.shape[0])
-            cur, scale = np.where(ok[..., None], table[np.where(ok, cur, 0)], 0), op.out_scale
-        elif isinstance(op, QRecurrent):
-            outs = [_direction_trace(op, d, cur, rec, key) for d in range(len(op.directions))]
-            finals = [outs[0][:, -1]] + ([outs[1][:, 0]] if len(outs) > 1 else [])
-            cur, scale = np.concatenate(outs, axis=-1), op.h_scale
-        elif isinstance(op, QLinear):
-            cur = fp.sat16(fp.requant([(fp.matvec(op.mat.w, cur), op.mat.mult)], op.bias, op.shift))
-            scale = op.out_scale
-        elif isinstance(op, QActivation):
-            if op.kind == "relu":
-                cur = fp.relu(cur)
-            else:
-                x312 = fp.sat16(fp.rshift_round(fp._i64(cur) * op.mult, op.shift))
-                cur = fp.tanh_q15(x312) if op.kind == "tanh" else fp.sigmoid_q15(x312)
-            scale = op.out_scale
-        elif isinstance(op, SelectLast):
-            cur = cur[:, -1]
-        elif isinstance(op, FinalHidden):
-            cur = np.concatenate([finals[d] for d in op.directions], axis=-1)
-        else:
-            raise McuNnError(f"report: unsupported op {type(op).__name__} in model {q.name!r}")
-        rec[f"{key}.out"] = cur * scale
-    return cur, rec
+    return run_quant(q, quantize_model_input(q, x), trace=rec), rec
 
 
 # ----------------------------------------------------------------------------- measurements

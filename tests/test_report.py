@@ -9,6 +9,8 @@ import re
 import numpy as np
 import pytest
 
+from mcu_nn.ir import QRecurrent
+
 from mcu_nn.errors import McuNnError
 from mcu_nn.quant import quantize
 from mcu_nn.report_html import measure, trace_quant, write_report
@@ -30,6 +32,9 @@ def test_integer_trace_is_the_simulator(case: str) -> None:
     q = quantize(g, x, "int8")
     ints, rec = trace_quant(q, x)
     assert np.array_equal(ints, run(q, x))
+    recurrent = [i for i, op in enumerate(q.ops) if isinstance(op, QRecurrent)]
+    assert {f"op{i}.out" for i in range(len(q.ops))} <= rec.keys() and "input" in rec
+    assert all(f"op{i}.d0.gates" in rec and f"op{i}.d0.h" in rec for i in recurrent) and recurrent
     ref: dict = {}
     run_float(g, x, trace=ref)
     for name, arr in rec.items():          # same names and shapes as the float trace, close values

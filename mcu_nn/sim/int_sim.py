@@ -5,6 +5,8 @@ Vectorised over the batch with numpy; every arithmetic step is a primitive of
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from ..errors import McuNnError
@@ -13,8 +15,14 @@ from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation
 from ..quant import fixedpoint as fp
 
 
-def _direction(layer: QRecurrent, d: int, x: np.ndarray) -> np.ndarray:
-    """Run direction ``d`` of ``layer`` over x (N,T,I) int; returns h per step (N,T,S)."""
+GATE_SCALE = 2.0 ** -fp.GATE_FRAC
+
+
+def _direction(layer: QRecurrent, d: int, x: np.ndarray, trace: Optional[dict] = None,
+               key: str = "") -> np.ndarray:
+    """Run direction ``d`` of ``layer`` over x (N,T,I) int; returns h per step (N,T,S).
+    With ``trace``, also records the dequantised gate pre-activations, c and h under
+    run_float's names (f"{key}.d{d}.gates" / ".c" / ".h") for the quantisation report."""
     qd = layer.directions[d]
     n, t_len, _ = x.shape
     hid, s = layer.hidden_size, layer.state_size
@@ -23,6 +31,9 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray) -> np.ndarray:
     h = np.zeros((n, s), dtype=np.int64)
     c = np.zeros((n, hid), dtype=np.int64)
     out = np.zeros((n, t_len, s), dtype=np.int64)
+    if trace is not None:
+        gates = np.zeros((n, t_len, acc_x.shape[-1]))
+        cells = np.zeros((n, t_len, hid))
     steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
     for t in steps:
         ax = acc_x[:, t]
@@ -33,12 +44,19 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray) -> np.ndarray:
             pre = fp.sat16(fp.requant([(ax[:, rz], mx[rz]), (ah[:, rz], mh[rz])], qd.bias[rz], qd.shift))
             n_x = fp.sat32(fp.requant([(ax[:, nr], mx[nr])], qd.bias[nr], qd.shift))
             n_h = fp.sat32(fp.requant([(ah[:, nr], mh[nr])], qd.bias_h, qd.shift))
+            if trace is not None:       # the n gate's pre-activation, as gru_cell forms it
+                n_pre = fp.sat16(n_x + fp.rshift_round(fp.sigmoid_q15(pre[:, :hid]) * n_h, 15))
+                gates[:, t] = np.concatenate([pre, n_pre], axis=1) * GATE_SCALE
             h = fp.gru_cell(pre[:, :hid], pre[:, hid:], n_x, n_h, h)
         else:
             pre = fp.sat16(fp.requant([(ax, mx), (ah, mh)], qd.bias, qd.shift))
+            if trace is not None:
+                gates[:, t] = pre * (layer.h_scale if layer.kind == "rnn_relu" else GATE_SCALE)
             if layer.kind == "lstm":
                 g = [pre[:, k * hid:(k + 1) * hid] for k in range(4)]
                 c, hfull = fp.lstm_cell(g[0], g[1], g[2], g[3], c, layer.cell_frac)
+                if trace is not None:
+                    cells[:, t] = c * 2.0 ** -layer.cell_frac
                 if qd.proj is not None:
                     h = fp.sat16(fp.requant([(fp.matvec(qd.proj.w, hfull), qd.proj.mult)], 0, qd.proj_shift))
                 else:
@@ -50,6 +68,11 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray) -> np.ndarray:
             else:
                 raise McuNnError(f"unknown recurrent kind {layer.kind!r} in {layer.source or 'QRecurrent'}")
         out[:, t] = h
+    if trace is not None:
+        trace[f"{key}.d{d}.gates"] = gates
+        if layer.kind == "lstm":
+            trace[f"{key}.d{d}.c"] = cells
+        trace[f"{key}.d{d}.h"] = out * layer.h_scale
     return out
 
 
@@ -64,10 +87,12 @@ def _activation(op: QActivation, x: np.ndarray) -> np.ndarray:
     return fp.tanh_q15(x312) if op.kind == "tanh" else fp.sigmoid_q15(x312)
 
 
-def run_quant(q: QModel, xq: np.ndarray) -> np.ndarray:
+def run_quant(q: QModel, xq: np.ndarray, trace: Optional[dict] = None) -> np.ndarray:
     """Run ``q`` on quantised inputs: (N,T,F) int16 values, or (N,T) token ids.
 
     Returns int64 holding int16 values: (N,T,O) if ``q.output_per_step`` else (N,O).
+    With ``trace``, fills it with dequantised float arrays under run_float's trace names
+    ("input", f"op{i}.out", f"op{i}.d{d}.gates" / ".c" / ".h"), so the two can be compared.
     """
     if q.precision == "float32":
         raise McuNnError(f"run_quant: model {q.name!r} is float32; use mcu_nn.sim.run for float models")
@@ -78,21 +103,28 @@ def run_quant(q: QModel, xq: np.ndarray) -> np.ndarray:
                          f"({'N,T token ids' if want == 2 else 'N,T,F'}), got shape {tuple(x.shape)}")
     per_step = True                  # False once a sequence -> vector op has run
     finals: list[np.ndarray] = []    # final h of each direction of the last recurrent layer
-    for op in q.ops:
+    scale = q.input_scale            # of x, for the trace only
+    if trace is not None and q.input_kind != "tokens":
+        trace["input"] = x * scale
+    for i, op in enumerate(q.ops):
         if isinstance(op, QEmbedding):
             table = fp._i64(op.table)
             v = table.shape[0]
             ok = (x >= 0) & (x < v)
             x = np.where(ok[..., None], table[np.where(ok, x, 0)], 0)
+            scale = op.out_scale
         elif isinstance(op, QRecurrent):
-            outs = [_direction(op, d, x) for d in range(len(op.directions))]
+            outs = [_direction(op, d, x, trace, f"op{i}") for d in range(len(op.directions))]
             # forward final = after t=T-1; reverse final = after its last step, t=0
             finals = [outs[0][:, -1]] + ([outs[1][:, 0]] if len(outs) > 1 else [])
             x = np.concatenate(outs, axis=-1)
+            scale = op.h_scale
         elif isinstance(op, QLinear):
             x = _linear(op, x)
+            scale = op.out_scale
         elif isinstance(op, QActivation):
             x = _activation(op, x)
+            scale = op.out_scale
         elif isinstance(op, SelectLast):
             x = x[:, -1]
             per_step = False
@@ -101,6 +133,8 @@ def run_quant(q: QModel, xq: np.ndarray) -> np.ndarray:
             per_step = False
         else:
             raise McuNnError(f"run_quant: unsupported op {type(op).__name__} in model {q.name!r}")
+        if trace is not None:
+            trace[f"op{i}.out"] = x * scale
     assert per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
     return x
 

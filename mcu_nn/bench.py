@@ -27,7 +27,7 @@ import numpy as np
 from .boards import BOARDS as ALL_BOARDS, Board
 from .build import linker_script
 from .errors import McuNnError
-from .exportdir import load_export as _load
+from .exportdir import Export, open_export, stage_sources
 from .toolchain import require, run_tool
 from .verify import FLOAT_RTOL
 
@@ -98,13 +98,15 @@ def _vectors_header(manifest: dict, xq: np.ndarray) -> str:
             f"static const BENCH_IN_T bench_x[] = {_c_array(xq, ctype)};\n")
 
 
-def build_bench(export_dir: Path, board: str, build_dir: Path, *, portable: bool = False,
+def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, portable: bool = False,
                 vectors: Optional[int] = None) -> Path:
     """Link the export with the bench firmware for ``board``; returns the ELF. ``portable``
     compiles the portable C kernels (MCUNN_PORTABLE) instead of the SIMD ones."""
     b = _board(board)
     gcc = require("arm-none-eabi-gcc")
-    manifest, vec = _load(Path(export_dir))
+    ex = export_dir if isinstance(export_dir, Export) else open_export(Path(export_dir))
+    export_dir = ex.dir
+    manifest, vec = ex.manifest, ex.vectors
     xq = vec["input_q"]
     if vectors is not None:
         xq = xq[:vectors]
@@ -114,14 +116,17 @@ def build_bench(export_dir: Path, board: str, build_dir: Path, *, portable: bool
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "bench_vectors.h").write_text(_vectors_header(manifest, xq))
     flags = [*CFLAGS, *b.arch_flags, *(["-DMCUNN_PORTABLE"] if portable else [])]
-    inc = ["-I", str(export_dir), "-I", str(FIRMWARE), "-I", str(build_dir)]
-    run_tool([gcc, *flags, *inc, "-c", str(Path(export_dir) / "model.c"), "-o", str(build_dir / "model.o")],
-             f"arm-none-eabi-gcc ({b.cpu}) of {export_dir}/model.c", cwd=build_dir)
+    c_files = stage_sources(ex, build_dir / "model")
+    inc = ["-I", str(build_dir / "model"), "-I", str(FIRMWARE), "-I", str(build_dir)]
+    for c in c_files:
+        run_tool([gcc, *flags, *inc, "-c", str(c), "-o", str(build_dir / f"{c.stem}.o")],
+                 f"arm-none-eabi-gcc ({b.cpu}) of {export_dir}/{c.name}", cwd=build_dir)
     elf = build_dir / "bench.elf"
     (build_dir / "bench.ld").write_text(linker_script(b))
     run_tool([gcc, *flags, *inc, "-nostartfiles", "--specs=nosys.specs", "-T", str(build_dir / "bench.ld"),
               "-Wl,--gc-sections", str(STARTUP), str(FIRMWARE / "semihost.c"), str(FIRMWARE / "bench_main.c"),
-              str(build_dir / "model.o"), "-lm", "-o", str(elf)], f"linking the bench firmware for {board}",
+              *(str(build_dir / f"{c.stem}.o") for c in c_files), "-lm", "-o", str(elf)],
+             f"linking the bench firmware for {board}",
              cwd=build_dir)
     return elf
 
@@ -210,13 +215,15 @@ def _model_flash(build_dir: Path, elf: Path) -> int:
 
 
 def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: bool = False,
-                 build_dir: Optional[Path] = None, vectors: Optional[int] = None) -> BenchResult:
+                 build_dir: Optional[Path] = None, vectors: Optional[int] = None,
+                 allow_modified: bool = False) -> BenchResult:
     """Build, run and measure one export on an emulated board (see the module docstring)."""
     export_dir = Path(export_dir).resolve()   # the compiler runs in a temp dir
-    manifest, vec = _load(export_dir)
+    ex = open_export(export_dir, allow_modified=allow_modified)
+    manifest, vec = ex.manifest, ex.vectors
     with tempfile.TemporaryDirectory(prefix="mcunn-bench-") as tmp:
         bdir = Path(build_dir) if build_dir else Path(tmp)
-        elf = build_bench(export_dir, board, bdir, portable=portable, vectors=vectors)
+        elf = build_bench(ex, board, bdir, portable=portable, vectors=vectors)
         p = _parse(run_bench(elf, board))
         flash = _model_flash(bdir, elf)
     n = vec["input_q"].shape[0] if vectors is None else min(vectors, vec["input_q"].shape[0])
@@ -250,9 +257,9 @@ def format_table(results: list[BenchResult]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def bench_command(export_dir: Path, board: str, *, as_json: bool = False) -> int:
+def bench_command(export_dir: Path, board: str, *, as_json: bool = False, allow_modified: bool = False) -> int:
     """The CLI's ``mcu-nn bench DIR --board B [--json]``."""
-    r = bench_export(Path(export_dir), board)
+    r = bench_export(Path(export_dir), board, allow_modified=allow_modified)
     if as_json:
         d = r.as_dict()
         keys = ["instructions_per_step", "macs_per_step", "instructions_per_mac", "flash_bytes", "ram_bytes", "board"]

@@ -37,6 +37,12 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _add_allow_modified(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-modified", action="store_true",
+                   help="accept export files that differ from the sha256 in model.json (you edited them on "
+                        "purpose); the output says so, and firmware built from them reports it in HELLO")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a torch.export archive (.pt2), a TorchScript file (torch.jit.save), "
                                  "or a pickled module (torch.save(model), needs --allow-pickle)")
@@ -95,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
             "mcu-nn verify build/har")
     p.add_argument("dir", metavar="DIR", help="an export directory")
     p.add_argument("--no-cross", action="store_true", help="skip the Cortex-M4 cross-compile")
+    _add_allow_modified(p)
 
     p = cmd("build", "build firmware (inference server + model) for a board",
             "Build the serial inference server around an exported model for a board. "
@@ -103,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="an export directory")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD}); "
                                                           "`mcu-nn boards` lists them")
+    _add_allow_modified(p)
 
     p = cmd("flash", "flash firmware to a board (or boot it in the emulator)",
             "Flash a firmware image. For an emulated board this boots the image in QEMU and serves its "
@@ -123,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://...")
     p.add_argument("--board", help=f"board to boot when no --port is given (default {DEFAULT_BOARD})")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
+    _add_allow_modified(p)
 
     p = cmd("bench", "count instructions per step on a board (emulated: exact under -icount)",
             "Build the export for a board, run it, and report instructions (or cycles) per time step, "
@@ -130,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="an export directory")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
     p.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
+    _add_allow_modified(p)
 
     cmd("boards", "list the boards mcu-nn knows", "List the known boards with their CPU, memory and "
         "how they are flashed or emulated.", "mcu-nn boards")
@@ -167,13 +177,13 @@ def _export(a: argparse.Namespace) -> int:
 
 def _verify(a: argparse.Namespace) -> int:
     from .verify import verify
-    result = verify(Path(a.dir), cross=not a.no_cross)
+    result = verify(Path(a.dir), cross=not a.no_cross, allow_modified=a.allow_modified)
     return 0 if result.ok else 1
 
 
 def _build(a: argparse.Namespace) -> int:
     from .build import build_firmware
-    build_firmware(Path(a.dir), a.board)
+    build_firmware(Path(a.dir), a.board, allow_modified=a.allow_modified)
     return 0
 
 
@@ -185,13 +195,14 @@ def _flash(a: argparse.Namespace) -> int:
 def _serial_test(a: argparse.Namespace) -> int:
     from .device import serial_test
     board = a.board or (None if a.port else DEFAULT_BOARD)
-    result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout)
+    result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout,
+                         allow_modified=a.allow_modified)
     return 0 if result.ok else 1
 
 
 def _bench(a: argparse.Namespace) -> int:
     from .bench import bench_command
-    return bench_command(Path(a.dir), a.board, as_json=a.json)
+    return bench_command(Path(a.dir), a.board, as_json=a.json, allow_modified=a.allow_modified)
 
 
 def _boards(a: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -256,8 +255,6 @@ def write_report(path: str | Path, graph: Graph, q: QModel, *, calib: np.ndarray
     else:
         path.write_text(render_html(m, pngs, title, manifest))
     if export_dir is not None and (Path(export_dir) / "model.json").is_file():
-        mf = Path(export_dir) / "model.json"
-        data = json.loads(mf.read_text())
-        data["quantisation_report"] = {k: v for k, v in m.items() if k != "calibration"}
-        mf.write_text(json.dumps(data, indent=1))
+        from .exportdir import update_manifest
+        update_manifest(export_dir, {"quantisation_report": {k: v for k, v in m.items() if k != "calibration"}})
     return path

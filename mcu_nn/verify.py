@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import McuNnError
-from .exportdir import load_export
+from .exportdir import open_export, stage_sources
 from .toolchain import find_cc, first_error_line, run_tool, section_sizes
 
 HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
@@ -33,27 +33,32 @@ class VerifyResult:
     sizes: dict = field(default_factory=dict)
 
 
-def cross_sizes(export_dir: Path, build: Path) -> dict:
-    """Section sizes of model.c compiled for Cortex-M4 (.text.* counted as .text, etc.)."""
-    obj = build / "model_m4.o"
-    run_tool(["arm-none-eabi-gcc", *CROSS_FLAGS, "-I", str(export_dir), "-c",
-              str(export_dir / "model.c"), "-o", str(obj)], "arm-none-eabi-gcc (cortex-m4)", cwd=build)
+def cross_sizes(c_files: list[Path], build: Path) -> dict:
+    """Section sizes of the model's C compiled for Cortex-M4 (.text.* counted as .text, etc.)."""
     sizes = {".text": 0, ".rodata": 0, ".bss": 0, ".data": 0}
-    for name, size in section_sizes(obj).items():
-        for sec in sizes:
-            if name == sec or name.startswith(sec + "."):
-                sizes[sec] += size
+    for c in c_files:
+        obj = build / f"{c.stem}_m4.o"
+        run_tool(["arm-none-eabi-gcc", *CROSS_FLAGS, "-I", str(c.parent), "-c", str(c), "-o", str(obj)],
+                 "arm-none-eabi-gcc (cortex-m4)", cwd=build)
+        for name, size in section_sizes(obj).items():
+            for sec in sizes:
+                if name == sec or name.startswith(sec + "."):
+                    sizes[sec] += size
     return {k.lstrip("."): v for k, v in sizes.items()}
 
 
-def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True,
+def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True, allow_modified: bool = False,
            log: Callable[[str], None] = print) -> VerifyResult:
     """Compile ``export_dir`` with the host compiler under sanitizers, run all test vectors
-    through <name>_run and (unless bidirectional) <name>_step, and compare with ``expected``."""
+    through <name>_run and (unless bidirectional) <name>_step, and compare with ``expected``.
+    The export's files must match their sha256 in model.json unless ``allow_modified``."""
     from .codegen.emit import environment
 
     export_dir = Path(export_dir).resolve()   # the compiler runs in a temp dir
-    manifest, vec = load_export(export_dir)
+    ex = open_export(export_dir, allow_modified=allow_modified)
+    if ex.modified:
+        log(f"warning: verifying modified files ({', '.join(ex.modified)}), as --allow-modified asks")
+    manifest, vec = ex.manifest, ex.vectors
     name, fp32 = manifest["name"], manifest["precision"] == "float32"
     bidir, per_step = bool(manifest["bidirectional"]), bool(manifest["output_per_step"])
     xq, expected = vec["input_q"], vec["expected"]
@@ -65,12 +70,13 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True,
     sizes: dict = {}
     with tempfile.TemporaryDirectory(prefix="mcunn-verify-") as tmp:
         build = Path(tmp)
+        c_files = stage_sources(ex, build / "model")
         harness = environment().get_template("harness.c.j2").render(
-            p=name, P=name.upper(), bidirectional=bidir)
+            p=name, P=name.upper(), bidirectional=bidir, header=manifest["header"])
         (build / "harness.c").write_text(harness)
         exe = build / "harness"
-        run_tool([compiler, *HOST_FLAGS, "-I", str(export_dir), str(build / "harness.c"),
-                  str(export_dir / "model.c"), "-o", str(exe), "-lm"], f"{compiler} (host build of {name})",
+        run_tool([compiler, *HOST_FLAGS, "-I", str(build / "model"), str(build / "harness.c"),
+                  *map(str, c_files), "-o", str(exe), "-lm"], f"{compiler} (host build of {name})",
                  cwd=build)
         with open(build / "vectors.bin", "wb") as f:
             f.write(np.array([n, steps, fin, fout], np.uint32).tobytes())
@@ -81,7 +87,7 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True,
             raise McuNnError(f"C harness of {name} failed (exit {r.returncode}): {first_error_line(r.stderr)}")
         got = np.fromfile(build / "out.bin", dtype=out_dt)
         if cross and shutil.which("arm-none-eabi-gcc") and shutil.which("arm-none-eabi-size"):
-            sizes = cross_sizes(export_dir, build)
+            sizes = cross_sizes(c_files, build)
     shape = expected.shape
     runs = [("run", got[:expected.size].reshape(shape))]
     if not bidir:

@@ -76,7 +76,7 @@ def test_a_wrong_board_answer_is_reported_in_full(tmp_path):
     z["expected"][2, 3, 1] += 1                          # one bit of one value of one vector
     np.savez(tmp_path / "test_vectors.npz", **z)
     lines = []
-    r = serial_test(tmp_path, board="host", log=lines.append, progress=False)
+    r = serial_test(tmp_path, board="host", log=lines.append, progress=False, allow_modified=True)
     assert not r.ok and r.passed == 3
     assert r.first_mismatch.startswith("vector 2 via RUN: 1 of 12 values differ at index (3, 1)")
     assert "board:" in r.first_mismatch and "simulator:" in r.first_mismatch

@@ -127,5 +127,7 @@ def test_a_wrong_expected_output_is_caught(tmp_path):
         v = {k: z[k] for k in z.files}
     v["expected"][2, 3, 1] ^= 1                      # one bit of one output of vector 2
     np.savez(d / "test_vectors.npz", **v)
+    with pytest.raises(McuNnError, match="differ.*model.json"):
+        bench_export(d, "qemu-mps2-an386")          # an edited export is refused by its hashes ...
     with pytest.raises(McuNnError, match="vector 2"):
-        bench_export(d, "qemu-mps2-an386")
+        bench_export(d, "qemu-mps2-an386", allow_modified=True)   # ... and, if accepted, caught

@@ -1,8 +1,11 @@
 """write_export: the export directory (C sources, runtime header, manifest, test vectors)."""
 from __future__ import annotations
 
-import hashlib
+import io
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +13,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import McuNnError
+from ..exportdir import (MANIFEST, SCHEMA_VERSION, VECTORS, file_sha256, is_source, manifest_bytes,
+                         source_digest)
 from ..ir import QModel
 from .emit import emit, render_runtime_header
 
@@ -28,20 +33,101 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
                  extra: Optional[dict] = None, weight_layout: str = "packed") -> dict:
     """Write model.h, model.c, mcunn_fixedpoint.h, model.json and test_vectors.npz into
     ``out_dir``; returns the manifest. ``expected`` are the simulator's outputs on ``test_input``.
-    ``weight_layout`` ("packed" or "wide", see codegen.emit) trades flash for speed on int8."""
+    ``weight_layout`` ("packed" or "wide", see codegen.emit) trades flash for speed on int8.
+
+    The files are written into a temporary directory beside ``out_dir`` and renamed into place
+    only when all are complete, so an interrupted export leaves no directory a later stage
+    accepts. ``out_dir`` may be missing, empty, or an earlier export of the same model name
+    (replaced whole); anything else is refused rather than overwritten."""
     out_dir = Path(out_dir)
+    _check_target(out_dir, q.name.lower())
+    e = emit(q, weight_layout=weight_layout)
+    sources = {"model.h": e.header, "model.c": e.source, RUNTIME_HEADER: render_runtime_header()}
+    vectors = _test_vectors(q, test_input, expected)
+    blobs = {name: text.encode() for name, text in sources.items()}
+    blobs[VECTORS] = vectors
+    flash = sum(a.nbytes for a in e.arrays)
+    bidir = any(getattr(o, "bidirectional", False) for o in q.ops)
+    tokens = q.input_kind == "tokens"
+    fp32 = q.precision == "float32"
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": q.name.lower(), "precision": q.precision, "input_kind": q.input_kind,
+        "input_size": q.input_size, "input_values_per_step": 1 if tokens else q.input_size,
+        "output_size": q.output_size, "output_per_step": q.output_per_step,
+        "max_steps": q.max_steps if bidir else 0, "seq_len": q.seq_len, "bidirectional": bidir,
+        "input_scale": q.input_scale, "output_scale": q.output_scale,
+        "in_ctype": "float" if fp32 else ("int32_t" if tokens else "int16_t"),
+        "out_ctype": "float" if fp32 else "int16_t", "postprocess": q.postprocess,
+        "layers": e.layers, "flash_bytes": flash, "ram_bytes": e.state_bytes, "weight_layout": weight_layout,
+        "macs_per_step": sum(layer["macs_per_step"] for layer in e.layers),
+        "header": "model.h", "c_sources": ["model.c"],
+        "files": {name: file_sha256(data) for name, data in sorted(blobs.items())},
+        "sha256": source_digest({n: b for n, b in blobs.items() if is_source(n)}),
+        "mcu_nn_version": __version__,
+        "test_vectors": int(np.asarray(test_input).shape[0]),
+    }
+    for layer, arrs in zip(manifest["layers"], _arrays_by_op(e)):
+        layer["flash_bytes"] = arrs
+    manifest.update(extra or {})
+    blobs[MANIFEST] = manifest_bytes(manifest)
+    _write_atomically(out_dir, blobs)
+    return manifest
+
+
+def _check_target(out_dir: Path, name: str) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise McuNnError(f"-o {out_dir} is a file; pass a directory for the export")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        previous = json.loads((out_dir / MANIFEST).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous != name:
+        what = f"an export of {previous!r}" if isinstance(previous, str) else "not an mcu-nn export"
+        raise McuNnError(f"-o {out_dir} is not empty and is {what}, not of {name!r}; choose another "
+                         "directory or remove it (mcu-nn only replaces an earlier export of the same name)")
+
+
+def _write_atomically(out_dir: Path, blobs: dict[str, bytes]) -> None:
+    """All files into a fresh sibling directory, then one rename into place (the previous
+    export of the same name, if any, is moved aside first and removed after)."""
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
     except OSError as e:
         raise McuNnError(f"cannot create export directory {out_dir}: {e.strerror}") from None
-    e = emit(q, weight_layout=weight_layout)
-    files = {"model.h": e.header, "model.c": e.source, RUNTIME_HEADER: render_runtime_header()}
-    for name, text in files.items():
-        (out_dir / name).write_text(text)
+    old: Optional[Path] = None
+    try:
+        for name, data in blobs.items():
+            with open(tmp / name, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)                       # mkdtemp makes it private; an export is not
+        if out_dir.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
+            os.rename(out_dir, old / "export")
+        os.rename(tmp, out_dir)
+    except OSError as e:
+        raise McuNnError(f"cannot write export directory {out_dir}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            if not out_dir.exists():               # the rename in failed: put the old export back
+                os.rename(old / "export", out_dir)
+            shutil.rmtree(old, ignore_errors=True)
 
+
+def _test_vectors(q: QModel, test_input: np.ndarray, expected: np.ndarray) -> bytes:
+    """test_vectors.npz: float inputs, the chip's inputs and the simulator's expected outputs."""
     x = np.asarray(test_input)
     fp32 = q.precision == "float32"
     tokens = q.input_kind == "tokens"
+    if x.ndim < 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise McuNnError(f"write_export: test inputs have shape {x.shape}; need at least one vector of one step")
     input_arr = x.astype(np.int64) if tokens else x.astype(np.float32)
     exp = np.asarray(expected)
     if not fp32:
@@ -55,32 +141,9 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
         raise McuNnError(f"write_export: expected outputs have shape {exp.shape}, the model gives {want}")
     in_q = chip_input(q, input_arr)
     in_q = in_q.astype(np.float32 if fp32 else (np.int32 if tokens else np.int16))
-    np.savez(out_dir / "test_vectors.npz", input=input_arr, input_q=in_q, expected=exp)
-
-    sha = hashlib.sha256()
-    for name in sorted(files):
-        sha.update(name.encode() + b"\0" + files[name].encode() + b"\0")
-    flash = sum(a.nbytes for a in e.arrays)
-    bidir = any(getattr(o, "bidirectional", False) for o in q.ops)
-    manifest = {
-        "name": q.name.lower(), "precision": q.precision, "input_kind": q.input_kind,
-        "input_size": q.input_size, "input_values_per_step": 1 if tokens else q.input_size,
-        "output_size": q.output_size, "output_per_step": q.output_per_step,
-        "max_steps": q.max_steps if bidir else 0, "seq_len": q.seq_len, "bidirectional": bidir,
-        "input_scale": q.input_scale, "output_scale": q.output_scale,
-        "in_ctype": "float" if fp32 else ("int32_t" if tokens else "int16_t"),
-        "out_ctype": "float" if fp32 else "int16_t", "postprocess": q.postprocess,
-        "layers": e.layers, "flash_bytes": flash, "ram_bytes": e.state_bytes, "weight_layout": weight_layout,
-        "macs_per_step": sum(layer["macs_per_step"] for layer in e.layers),
-        "files": sorted(files) + ["model.json", "test_vectors.npz"],
-        "sha256": sha.hexdigest(), "mcu_nn_version": __version__,
-        "test_vectors": int(x.shape[0]),
-    }
-    for layer, arrs in zip(manifest["layers"], _arrays_by_op(e)):
-        layer["flash_bytes"] = arrs
-    manifest.update(extra or {})
-    (out_dir / "model.json").write_text(json.dumps(manifest, indent=2, default=_jsonable) + "\n")
-    return manifest
+    buf = io.BytesIO()
+    np.savez(buf, input=input_arr, input_q=in_q, expected=exp)
+    return buf.getvalue()
 
 
 def _arrays_by_op(e) -> list[int]:
@@ -89,11 +152,3 @@ def _arrays_by_op(e) -> list[int]:
         k = int(a.name.split("_op", 1)[1].split("_")[0])
         sizes[k] = sizes.get(k, 0) + a.nbytes
     return [sizes.get(layer["index"], 0) for layer in e.layers]
-
-
-def _jsonable(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)

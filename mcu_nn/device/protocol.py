@@ -107,6 +107,7 @@ class DeviceInfo:
     sha256: str
     name: str
     board: str
+    modified: bool = False          # built from files that differ from the export's model.json
 
     @classmethod
     def parse(cls, p: bytes) -> "DeviceInfo":
@@ -121,7 +122,8 @@ class DeviceInfo:
         board = p[k + 1:k + 1 + p[k]].decode("ascii", "replace") if k < len(p) else "?"
         return cls(ver, PRECISIONS.get(prec, f"?{prec}"), VALUE_TYPES.get(tin, "<i2"),
                    VALUE_TYPES.get(tout, "<i2"), bool(flags & 1), bool(flags & 2),
-                   COUNTERS.get(counter, "none"), nin, nout, maxs, pmax, clock, chz, digest, name, board)
+                   COUNTERS.get(counter, "none"), nin, nout, maxs, pmax, clock, chz, digest, name, board,
+                   bool(flags & 4))
 
 
 def parse_error(p: bytes) -> tuple[int, int, str]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..boards import BOARDS, DEFAULT_BOARD, get_board
 from ..build import build_firmware, firmware_path, is_up_to_date
-from ..exportdir import load_manifest
+from ..exportdir import Export, open_export
 from ..errors import McuNnError
 from .client import DeviceClient
 from .emulator import Emulator
@@ -68,41 +68,45 @@ def _cycles(ticks: int, info: DeviceInfo) -> tuple[float, str]:
     return float(ticks), {"cycles": "cycles", "ns": "ns"}.get(info.counter, "ticks")
 
 
-def check_device(info: DeviceInfo, manifest: dict, export_dir: Path, port: str) -> None:
-    if info.sha256 != manifest["sha256"][:64]:
+def check_device(info: DeviceInfo, ex: Export, port: str) -> None:
+    """The board must run firmware built from exactly the export's files as they are now: the
+    hash it reports is computed at build time from the sources it compiled."""
+    if info.sha256 != ex.digest:
         raise McuNnError(
             f"the board on {port} runs model {info.name!r} (sha256 {info.sha256[:16]}…, built for "
-            f"{info.board}), not the export {export_dir} (sha256 {manifest['sha256'][:16]}…); "
-            f"run mcu-nn build {export_dir} and flash it")
+            f"{info.board}{', from modified files' if info.modified else ''}), not the export {ex.dir} "
+            f"(sha256 {ex.digest[:16]}…); run mcu-nn build {ex.dir} and flash it")
 
 
 def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional[str] = None,
                 timeout: float = 5.0, retries: int = 5, log: Callable[[str], None] = print,
-                progress: bool = True) -> SerialTestResult:
+                progress: bool = True, allow_modified: bool = False) -> SerialTestResult:
     """Compare the board's outputs with the simulator's for every test vector. With no
-    ``port``, builds the firmware for ``board`` (an emulated one) if needed and boots it."""
+    ``port``, builds the firmware for ``board`` (an emulated one) if needed and boots it.
+    The export's files must match model.json (unless ``allow_modified``) and the board's
+    firmware must have been built from them."""
     export_dir = Path(export_dir)
-    manifest = load_manifest(export_dir)
-    vec_file = export_dir / "test_vectors.npz"
-    if not vec_file.is_file():
-        raise McuNnError(f"{vec_file} is missing; re-run mcu-nn export")
-    with np.load(vec_file) as z:
-        inputs, expected = z["input_q"], z["expected"]
+    ex = open_export(export_dir, allow_modified=allow_modified)
+    if ex.modified:
+        log(f"warning: testing modified files ({', '.join(ex.modified)}), as --allow-modified asks")
+    manifest = ex.manifest
+    inputs, expected = ex.vectors["input_q"], ex.vectors["expected"]
     with contextlib.ExitStack() as stack:
         if port is None:
             b = get_board(board or DEFAULT_BOARD)
             if not b.emulated and b.flash_method != "host":
                 raise McuNnError(f"{b.name} is a real board: flash it (mcu-nn flash) and pass --port")
-            if not is_up_to_date(export_dir, b.name):
-                build_firmware(export_dir, b.name, log=log)
+            if not is_up_to_date(export_dir, b.name, allow_modified=allow_modified):
+                build_firmware(export_dir, b.name, log=log, allow_modified=allow_modified)
             emu = stack.enter_context(Emulator(firmware_path(export_dir, b.name), b.name, log=log))
             port = emu.url
             log(f"booted {b.name} ({'QEMU -M ' + b.qemu_machine if b.emulated else 'host'}), serial on {port}")
         client = stack.enter_context(DeviceClient(port, timeout=timeout, retries=retries))
         info = client.hello()
-        check_device(info, manifest, export_dir, port)
+        check_device(info, ex, port)
         log(f"board {info.board}: model {info.name} ({info.precision}), sha256 {info.sha256[:16]}… matches "
-            f"the export; {info.input_size} in / {info.output_size} out per step")
+            f"the export{' (modified on purpose: --allow-modified)' if info.modified else ''}; "
+            f"{info.input_size} in / {info.output_size} out per step")
         return _compare(client, info, inputs, expected, manifest, log, progress)
 
 

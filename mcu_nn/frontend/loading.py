@@ -113,9 +113,11 @@ def _looks_like_text(head: bytes) -> bool:
 def load_exported(path: Path, fmt: str, *, allow_pickle: bool,
                   input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:
     if fmt == "pt2":
+        from .safe_archive import read_checked_pt2
+        checked = read_checked_pt2(str(path), path.read_bytes())   # refuses members that would run code
         try:
             with quiet():
-                return torch.export.load(str(path))
+                return torch.export.load(checked)
         except Exception as e:
             raise McuNnError(f"{path}: cannot read the torch.export archive ({first_line(e)}); "
                              "it may be corrupt or from an incompatible torch version: save it again") from None

@@ -83,7 +83,7 @@ static uint16_t do_hello(void)
     p[1] = GLUE_PRECISION;
     p[2] = GLUE_IN_TYPE;
     p[3] = GLUE_OUT_TYPE;
-    p[4] = (uint8_t)((GLUE_OUTPUT_PER_STEP ? 1 : 0) | (GLUE_HAS_STEP ? 2 : 0));
+    p[4] = (uint8_t)((GLUE_OUTPUT_PER_STEP ? 1 : 0) | (GLUE_HAS_STEP ? 2 : 0) | (GLUE_MODIFIED ? 4 : 0));
     p[5] = GLUE_COUNTER_KIND;
     put16(p + 6, GLUE_INPUT_SIZE);
     put16(p + 8, GLUE_OUTPUT_SIZE);

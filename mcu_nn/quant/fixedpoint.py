@@ -183,10 +183,13 @@ def rshift_round_each(x, n) -> np.ndarray:
 
 
 def div_round(num, den) -> np.ndarray:
-    """num / den rounded to nearest, ties away from zero (den > 0; |num|, den < 2^62).
-    C: ``mcunn_div_round64``, in uint64 so 2|num| + den cannot overflow."""
+    """num / den rounded to nearest, ties away from zero (den > 0; |num|, den < 2^62):
+    q = |num| // den, plus 1 when the remainder r has r >= den - r (i.e. 2r >= den without
+    forming 2r + ... that could overflow). C: ``mcunn_div_round64`` in uint64."""
     num, den = _i64(num), _i64(den)
-    q = (2 * np.abs(num) + den) // (2 * den)
+    a = np.abs(num)
+    q, r = a // den, a % den
+    q = q + (r >= den - r)
     return np.where(num < 0, -q, q)
 
 

@@ -908,12 +908,14 @@ static const int16_t mcunn_exp2_table[MCUNN_EXP2_TABLE_LEN] = {
     15659, 15843, 16025, 16206, 16384
 };
 
-/* num / den to nearest, ties away from zero; den > 0, |num| < 2^62, den < 2^62: in uint64 the
- * numerator 2|num| + den < 2^63 + 2^62 cannot wrap, and the quotient (<= 2^62) negates safely. */
+/* num / den to nearest, ties away from zero; den > 0, |num| < 2^62, den < 2^62: in uint64,
+ * rounding up when the remainder r >= den - r, and the quotient (< 2^62) negates safely. */
 static inline int64_t mcunn_div_round64(int64_t num, int64_t den)
 {
     uint64_t a = num < 0 ? (uint64_t)0 - (uint64_t)num : (uint64_t)num;
-    uint64_t q = (2u * a + (uint64_t)den) / (2u * (uint64_t)den);
+    uint64_t d = (uint64_t)den;
+    uint64_t q = a / d, r = a % d;
+    q += r >= d - r;
     return num < 0 ? -(int64_t)q : (int64_t)q;
 }
 

@@ -38,7 +38,9 @@ def render_runtime_header() -> str:
     """mcunn_fixedpoint.h with the activation tables of fixedpoint.py."""
     return environment().get_template("mcunn_fixedpoint.h.j2").render(
         version=__version__, table_len=fp.TABLE_LEN, sigmoid_min=int(fp.SIGMOID_TABLE.min()),
-        sigmoid_table=_int_table(fp.SIGMOID_TABLE), tanh_table=_int_table(fp.TANH_TABLE))
+        sigmoid_table=_int_table(fp.SIGMOID_TABLE), tanh_table=_int_table(fp.TANH_TABLE),
+        phi_table=_int_table(fp.PHI_TABLE), exp2_table_len=fp.EXP2_TABLE_LEN,
+        exp2_table=_int_table(fp.EXP2_TABLE))
 
 
 def f32_literal(v: float) -> str:

@@ -10,6 +10,8 @@ Rounding is round-half-up everywhere: ``(x + 2^(n-1)) >> n`` with an arithmetic 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 INT16_MIN, INT16_MAX = -32768, 32767
@@ -158,3 +160,267 @@ def gru_cell(pre_r, pre_z, n_x, n_h, h):
     r, z = sigmoid_q15(pre_r), sigmoid_q15(pre_z)
     n = tanh_q15(sat16(_i64(n_x) + rshift_round(r * _i64(n_h), 15)))
     return sat16(n + rshift_round(z * (_i64(h) - n), 15))
+
+
+# ============================================================================= ops around the cells
+# Integer primitives for the ops that sit around the recurrent layers (activations, element-wise,
+# LayerNorm, pooling over time). Same conventions as above: int16 activations, multiplier+shift
+# requantisation through ``requant``, round-half-up shifts, explicit saturation. Divisions (only
+# where a ratio of run-time values is needed) round half away from zero via ``div_round``.
+PHI_TABLE = _table(lambda v: 0.5 * (1.0 + np.vectorize(math.erf)(v / math.sqrt(2.0))))  # Phi on [0, 8], Q15
+EXP2_FRAC = 12         # exp argument: base-2 octaves with 12 fractional bits
+EXP2_TABLE_LEN = 65    # 1 - 2^-v on [0, 1] at steps of 1/64: the first 65 samples of the usual grid
+EXP2_TABLE = _table(lambda v: 1.0 - np.exp2(-v))[:EXP2_TABLE_LEN]   # non-decreasing, in [0, 16384]
+Q30_ONE = 1 << 30
+EXP_MAX_OCTAVES = 31   # 2^-31 in Q30 rounds to 0 or 1: weights at or beyond it are 0
+
+
+def rshift_round_each(x, n) -> np.ndarray:
+    """rshift_round with a shift per element (n >= 0 array). C: ``mcunn_rshift_round64``."""
+    x, n = np.broadcast_arrays(_i64(x), _i64(n))
+    half = np.where(n > 0, np.int64(1) << np.maximum(n - 1, 0), 0)
+    return (x + half) >> n
+
+
+def div_round(num, den) -> np.ndarray:
+    """num / den rounded to nearest, ties away from zero (den > 0; |num|, den < 2^62):
+    q = |num| // den, plus 1 when the remainder r has r >= den - r (i.e. 2r >= den without
+    forming 2r + ... that could overflow). C: ``mcunn_div_round64`` in uint64."""
+    num, den = _i64(num), _i64(den)
+    a = np.abs(num)
+    q, r = a // den, a % den
+    q = q + (r >= den - r)
+    return np.where(num < 0, -q, q)
+
+
+# ----------------------------------------------------------------------------- activations (2)
+def leaky_relu(x, mult: int, shift: int) -> np.ndarray:
+    """x >= 0: x; else sat16(rshift_round(x * mult, shift)): slope = mult / 2^shift, same scale
+    in and out. C: int64 product (|x * mult| <= 2^46), shift in [0, 62]."""
+    x = _i64(x)
+    return np.where(x >= 0, x, sat16(rshift_round(x * mult, shift)))
+
+
+def hardtanh(x, lo: int, hi: int) -> np.ndarray:
+    """clamp(x, lo, hi) with int16 bounds in x's scale (lo <= hi); ReLU6 is hardtanh(x, 0, q(6))."""
+    return np.minimum(np.maximum(_i64(x), lo), hi)
+
+
+HSIG_LIM = 3 << GATE_FRAC        # hardsigmoid is flat beyond |x| = 3
+HSIG_MULT = 87381                # round(2^16 * 2^15 / (6 * 2^12)) = round(2^16 * 4/3)
+
+
+def hardsigmoid_q15(x) -> np.ndarray:
+    """Q3.12 -> Q15 in [0, 32767]: clamp(x/6 + 1/2, 0, 1) as PyTorch. x is clamped to +-3 first
+    so |x * HSIG_MULT| <= 12288 * 87381 < 2^31 (int32 in C)."""
+    c = np.clip(_i64(x), -HSIG_LIM, HSIG_LIM)
+    return np.clip(rshift_round(c * HSIG_MULT, 16) + (1 << 14), 0, INT16_MAX)
+
+
+def phi_q15(x) -> np.ndarray:
+    """Q3.12 -> Q15: the standard normal CDF (GELU's gate), erf form; Phi(-v) = 1 - Phi(v)."""
+    x = _i64(x)
+    y = _interp_abs(x, PHI_TABLE)
+    return np.where(x < 0, np.minimum(32768 - y, INT16_MAX), y)
+
+
+def _gated(x, frac: int, gate) -> np.ndarray:
+    """x * gate(x) in x's format (``frac`` fractional bits, 0..15): the gate is looked up on x in
+    Q3.12 and is in [0, 32767] so |result| <= |x|. Beyond |x| = 8 (reachable only for frac < 12)
+    the gate is taken as exactly 1 or 0: the table's flat tail would scale x by gate(8) != 1."""
+    x = _i64(x)
+    y = mul_q15(x, gate(frac_to_q312(x, frac)))
+    if frac < GATE_FRAC:
+        lim = 8 << frac
+        y = np.where(x > lim, x, np.where(x < -lim, 0, y))
+    return y
+
+
+def gelu(x, frac: int) -> np.ndarray:
+    """GELU, erf form (PyTorch's default approximate='none'): x * Phi(x), table-based."""
+    return _gated(x, frac, phi_q15)
+
+
+def silu(x, frac: int) -> np.ndarray:
+    """SiLU / swish: x * sigmoid(x) through the existing sigmoid table."""
+    return _gated(x, frac, sigmoid_q15)
+
+
+def softsign_q15(x, frac: int) -> np.ndarray:
+    """x / (1 + |x|), x with ``frac`` fractional bits (0..15) -> Q15, correctly rounded (ties away
+    from zero): div_round(x * 2^15, 2^frac + |x|). |result| <= 32767 (shown in docs/numerics.md)."""
+    x = _i64(x)
+    return div_round(x << Q15_FRAC, (1 << frac) + np.abs(x))
+
+
+# ----------------------------------------------------------------------------- element-wise
+def add(a, b, ma: int, mb: int, shift: int) -> np.ndarray:
+    """sat16(rshift_round(a * ma + b * mb, shift)): a, b int16 with their own scales, ma/mb =
+    round(s_a / s_y * 2^shift) etc. (|m| < 2^31). C: int64, |sum| <= 2^47."""
+    return sat16(requant([(a, ma), (b, mb)], 0, shift))
+
+
+def sub(a, b, ma: int, mb: int, shift: int) -> np.ndarray:
+    """sat16(rshift_round(a * ma - b * mb, shift)); as ``add``."""
+    return sat16(rshift_round(_i64(a) * ma - _i64(b) * mb, shift))
+
+
+def mul(a, b, m: int, shift: int) -> np.ndarray:
+    """sat16(rshift_round(a * b * m, shift)), m = round(s_a * s_b / s_y * 2^shift).
+    C: a * b in int32 (|a * b| <= 2^30), times m in int64 (< 2^61)."""
+    return sat16(rshift_round(_i64(a) * _i64(b) * m, shift))
+
+
+def one_minus_q15(x) -> np.ndarray:
+    """1 - x for a Q15 gate: sat16(32768 - x); exact for sigmoid outputs ([1, 32767] -> [1, 32767])."""
+    return sat16(32768 - _i64(x))
+
+
+# ----------------------------------------------------------------------------- LayerNorm
+def isqrt64(v) -> np.ndarray:
+    """floor(sqrt(v)) for 0 <= v < 2^62, bit by bit (31 fixed iterations, no division).
+    C: ``mcunn_isqrt64`` on uint64; the result is < 2^31."""
+    v = _i64(v).copy()
+    r = np.zeros_like(v)
+    bit = np.int64(1) << np.int64(60)
+    for _ in range(31):
+        t = r + bit
+        ge = v >= t
+        v = np.where(ge, v - t, v)
+        r = np.where(ge, (r >> 1) + bit, r >> 1)
+        bit = bit >> 2
+    return r
+
+
+def rsqrt_q(u):
+    """(inv, e) with 1/sqrt(u) ~= inv * 2^-e, for 1 <= u < 2^62 (smaller u is taken as 1).
+    u is shifted left by an even k until it lies in [2^60, 2^62), r = isqrt64(u << k) in
+    [2^30, 2^31), inv = round(2^60 / r) in [2^29, 2^30], e = 60 - k/2 in [30, 60].
+    Relative error < 2^-29."""
+    v = np.maximum(_i64(u), 1)
+    k = np.zeros_like(v)
+    for _ in range(30):
+        small = v < (np.int64(1) << np.int64(60))
+        v = np.where(small, v << 2, v)
+        k = k + 2 * small
+    r = isqrt64(v)
+    inv = ((np.int64(1) << np.int64(60)) + (r >> 1)) // r
+    return inv, 60 - k // 2
+
+
+LN_EPS_MAX = (1 << 61) - 1
+
+
+def layernorm(x, eps_q: int, out_frac: int) -> np.ndarray:
+    """Normalise the last axis (n <= 32767 values, int16, any one scale s) to int16 with
+    ``out_frac`` fractional bits (0..15), before gamma/beta:
+      S = sum x, d_i = n x_i - S, U = n sum x^2 - S^2 + eps_q  (= n^2 (var + eps/s^2))
+      y_i = sat16(rshift_round(d_i * inv, e - out_frac)),  (inv, e) = rsqrt_q(U)
+    eps_q = round(eps * n^2 / s^2) clamped to [1, 2^61 - 1] so U >= 1 and U < 2^62.
+    C: S int32 (|S| <= 2^30), sum x^2 and U int64 (n sum x^2, S^2 <= 2^60), d int32 (< 2^31),
+    d * inv int64 (< 2^61)."""
+    x = _i64(x)
+    n = x.shape[-1]
+    s = x.sum(axis=-1, keepdims=True)
+    u = n * (x * x).sum(axis=-1, keepdims=True) - s * s + int(min(max(eps_q, 1), LN_EPS_MAX))
+    inv, e = rsqrt_q(u)
+    return sat16(rshift_round_each((n * x - s) * inv, e - out_frac))
+
+
+def layernorm_affine(y, gamma_m, beta_b, shift: int) -> np.ndarray:
+    """gamma * y + beta into the output scale s_o, per channel (last axis): the requantisation
+    sat16(rshift_round(y * gamma_m + beta_b, shift)), gamma_m = round(gamma * 2^-out_frac / s_o
+    * 2^shift) (|.| < 2^31), beta_b = round(beta / s_o * 2^shift) (|.| < 2^61)."""
+    return sat16(requant([(y, gamma_m)], beta_b, shift))
+
+
+# ----------------------------------------------------------------------------- pooling over time
+def exp_neg_q30(d, mult: int, shift: int) -> np.ndarray:
+    """exp(-d * s_x) in Q30 ([0, 2^30], 2^30 = 1.0) for a score difference d = m - x >= 0 (int32,
+    <= 65535) of int16 scores with scale s_x; mult = round(s_x * log2(e) * 2^(12 + shift)) > 0.
+      z = clip(rshift_round(d * mult, shift), 0, 31 * 2^12)     base-2 octaves, Q.12
+      mant = 32768 - interp(z & 4095, EXP2_TABLE)               2^-(z & 4095)/4096 in Q15
+      w = 0 if z >> 12 >= 31 else rshift_round(mant * 2^15, z >> 12)
+    C: d * mult int64 (< 2^47); mant * 2^15 <= 2^30."""
+    z = np.clip(requant([(d, mult)], 0, shift), 0, EXP_MAX_OCTAVES << EXP2_FRAC)
+    q = z >> EXP2_FRAC
+    mant = 32768 - _interp_abs(z & ((1 << EXP2_FRAC) - 1), EXP2_TABLE)
+    return np.where(q >= EXP_MAX_OCTAVES, 0, rshift_round_each(mant << Q15_FRAC, q))
+
+
+def mul_q30_wide(x, r) -> np.ndarray:
+    """rshift_round(x * r, 30) exactly for |x| < 2^62, 0 <= r <= 2^30, without a 92-bit product:
+    x = hi * 2^30 + lo (0 <= lo < 2^30), so the result is hi * r + rshift_round(lo * r, 30).
+    Never increases |x| (r <= 1.0)."""
+    x, r = _i64(x), _i64(r)
+    hi, lo = x >> 30, x & (Q30_ONE - 1)
+    return hi * r + ((lo * r + (1 << 29)) >> 30)
+
+
+def softmax_pool_init(shape: tuple, dim: int):
+    """State of the streaming softmax-weighted sum over time: (m, s, acc) =
+    (running max score int32, sum of Q30 weights int64, weighted sum of values int64[dim])."""
+    return (np.full(shape, INT16_MIN, np.int64), np.zeros(shape, np.int64),
+            np.zeros(tuple(shape) + (dim,), np.int64))
+
+
+def softmax_pool_update(state, x, v, mult: int, shift: int):
+    """One step: score x (int16), value vector v (int16[dim]). When x beats the running max, s and
+    acc are first rescaled by exp(m_old - x) (r = 2^30 otherwise, which mul_q30_wide leaves exact);
+    then w = exp(m - x) is added: s += w, acc += w * v.
+    Bounds for T <= 65535 steps: rescaling never grows a magnitude, so s <= T * 2^30 < 2^46 and
+    |acc| <= T * 2^30 * 2^15 < 2^61 (int64 in C)."""
+    m, s, acc = state
+    x, v = _i64(x), _i64(v)
+    grow = x > m
+    r = np.where(grow, exp_neg_q30(np.where(grow, x - m, 0), mult, shift), Q30_ONE)
+    s, acc = mul_q30_wide(s, r), mul_q30_wide(acc, r[..., None])
+    m = np.maximum(m, x)
+    w = exp_neg_q30(m - x, mult, shift)
+    return m, s + w, acc + w[..., None] * v
+
+
+def softmax_pool_final(state) -> np.ndarray:
+    """sat16(div_round(acc, s)): the softmax-weighted mean of the values, in the values' scale
+    (0 before any step)."""
+    _, s, acc = state
+    s = s[..., None]
+    return np.where(s > 0, sat16(div_round(acc, np.maximum(s, 1))), 0)
+
+
+def softmax_pool(x, v, mult: int, shift: int) -> np.ndarray:
+    """A whole sequence (time on axis -2 of v, -1 of x): the fold of ``softmax_pool_update``,
+    so chunked streaming and the whole sequence agree bit for bit by construction."""
+    x, v = _i64(x), _i64(v)
+    state = softmax_pool_init(x.shape[:-1], v.shape[-1])
+    for t in range(x.shape[-1]):
+        state = softmax_pool_update(state, x[..., t], v[..., t, :], mult, shift)
+    return softmax_pool_final(state)
+
+
+def sum_pool_update(acc, v) -> np.ndarray:
+    """Running sum over time; C int32: |sum| <= 65535 * 32768 < 2^31 for T <= 65535."""
+    return _i64(acc) + _i64(v)
+
+
+def mean_pool_final(acc, count: int) -> np.ndarray:
+    """sat16(div_round(sum, count)), ties away from zero; 0 when count == 0."""
+    if count <= 0:
+        return np.zeros_like(_i64(acc))
+    return sat16(div_round(acc, count))
+
+
+def max_pool_update(m, v) -> np.ndarray:
+    """Running max over time, started at INT16_MIN."""
+    return np.maximum(_i64(m), _i64(v))
+
+
+def time_mean(v) -> np.ndarray:
+    """Mean over axis -2 (time) of int16 values: the running sum, then mean_pool_final."""
+    v = _i64(v)
+    return mean_pool_final(v.sum(axis=-2), v.shape[-2])
+
+
+def time_max(v) -> np.ndarray:
+    """Max over axis -2 (time)."""
+    return _i64(v).max(axis=-2)

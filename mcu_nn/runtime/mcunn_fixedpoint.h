@@ -845,4 +845,290 @@ static inline int32_t mcunn_requant1_32(int64_t bias, int64_t acc, int32_t mult,
     return mcunn_sat32(t >> shift);
 }
 
+/* ============================================================================ ops around the cells
+ * Activations, element-wise ops, LayerNorm and pooling over time: the C of the matching section of
+ * fixedpoint.py, line for line. Portable C only (no DSP variants). */
+
+#define MCUNN_EXP2_TABLE_LEN 65
+
+/* Phi(v) = (1 + erf(v / sqrt 2)) / 2 on [0, 8] in Q15 (GELU's gate), the grid of the tables above */
+static const int16_t mcunn_phi_table[MCUNN_TABLE_LEN] = {
+    16384, 16588, 16792, 16997, 17201, 17404, 17608, 17811, 18014, 18216, 18418, 18620,
+    18821, 19021, 19221, 19420, 19618, 19816, 20013, 20209, 20404, 20598, 20791, 20983,
+    21174, 21364, 21552, 21740, 21926, 22111, 22295, 22477, 22658, 22837, 23015, 23192,
+    23367, 23541, 23713, 23883, 24052, 24219, 24385, 24549, 24711, 24871, 25030, 25187,
+    25342, 25495, 25647, 25796, 25944, 26090, 26234, 26376, 26516, 26655, 26791, 26926,
+    27058, 27189, 27318, 27444, 27569, 27692, 27813, 27932, 28049, 28164, 28278, 28389,
+    28499, 28606, 28712, 28815, 28917, 29017, 29115, 29212, 29306, 29399, 29489, 29578,
+    29666, 29751, 29835, 29917, 29997, 30075, 30152, 30227, 30301, 30373, 30443, 30512,
+    30579, 30644, 30708, 30771, 30832, 30891, 30950, 31006, 31061, 31115, 31168, 31219,
+    31269, 31317, 31365, 31411, 31455, 31499, 31541, 31583, 31623, 31662, 31699, 31736,
+    31772, 31807, 31840, 31873, 31905, 31936, 31965, 31994, 32023, 32050, 32076, 32102,
+    32126, 32150, 32174, 32196, 32218, 32239, 32259, 32279, 32298, 32316, 32334, 32351,
+    32367, 32383, 32399, 32414, 32428, 32442, 32455, 32468, 32480, 32492, 32504, 32515,
+    32526, 32536, 32546, 32555, 32565, 32573, 32582, 32590, 32598, 32605, 32612, 32619,
+    32626, 32632, 32639, 32644, 32650, 32655, 32661, 32666, 32670, 32675, 32679, 32683,
+    32687, 32691, 32695, 32698, 32702, 32705, 32708, 32711, 32714, 32716, 32719, 32721,
+    32724, 32726, 32728, 32730, 32732, 32734, 32736, 32737, 32739, 32740, 32742, 32743,
+    32744, 32746, 32747, 32748, 32749, 32750, 32751, 32752, 32753, 32754, 32754, 32755,
+    32756, 32757, 32757, 32758, 32758, 32759, 32759, 32760, 32760, 32761, 32761, 32762,
+    32762, 32762, 32763, 32763, 32763, 32764, 32764, 32764, 32764, 32765, 32765, 32765,
+    32765, 32765, 32765, 32766, 32766, 32766, 32766, 32766, 32766, 32766, 32766, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767,
+    32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767, 32767
+};
+
+/* 1 - 2^-v on [0, 1] at steps of 1/64 in Q15 (the mantissa of exp) */
+static const int16_t mcunn_exp2_table[MCUNN_EXP2_TABLE_LEN] = {
+    0, 353, 702, 1048, 1389, 1727, 2062, 2392, 2720, 3043, 3363, 3680,
+    3994, 4304, 4610, 4913, 5214, 5510, 5804, 6094, 6382, 6666, 6947, 7225,
+    7500, 7773, 8042, 8308, 8572, 8832, 9090, 9345, 9598, 9847, 10094, 10338,
+    10580, 10819, 11055, 11289, 11521, 11749, 11976, 12200, 12421, 12641, 12857, 13072,
+    13284, 13494, 13702, 13907, 14110, 14311, 14510, 14707, 14901, 15094, 15284, 15472,
+    15659, 15843, 16025, 16206, 16384
+};
+
+/* num / den to nearest, ties away from zero; den > 0, |num| < 2^62, den < 2^62: in uint64,
+ * rounding up when the remainder r >= den - r, and the quotient (< 2^62) negates safely. */
+static inline int64_t mcunn_div_round64(int64_t num, int64_t den)
+{
+    uint64_t a = num < 0 ? (uint64_t)0 - (uint64_t)num : (uint64_t)num;
+    uint64_t d = (uint64_t)den;
+    uint64_t q = a / d, r = a % d;
+    q += r >= d - r;
+    return num < 0 ? -(int64_t)q : (int64_t)q;
+}
+
+/* x >= 0: x; else x * mult / 2^shift rounded and saturated; |x * mult| <= 2^46 in int64. */
+static inline int16_t mcunn_leaky_relu16(int16_t x, int32_t mult, int shift)
+{
+    if (x >= 0) return x;
+    return mcunn_sat16(mcunn_rshift_round64((int64_t)x * mult, shift));
+}
+
+/* clamp(x, lo, hi), lo <= hi (ReLU6: lo = 0, hi = q(6)) */
+static inline int16_t mcunn_hardtanh16(int16_t x, int16_t lo, int16_t hi)
+{
+    return x < lo ? lo : (x > hi ? hi : x);
+}
+
+/* Q3.12 -> Q15: clamp(x/6 + 1/2, 0, 1); x clamped to +-3 (12288) so 12288 * 87381 < 2^31. */
+static inline int16_t mcunn_hardsigmoid_q15(int32_t x)
+{
+    int32_t c = x < -12288 ? -12288 : (x > 12288 ? 12288 : x);
+    int32_t y = ((c * (int32_t)87381 + (int32_t)32768) >> 16) + 16384;   /* int32 even where int is 16-bit */
+    return (int16_t)(y < 0 ? 0 : (y > 32767 ? 32767 : y));
+}
+
+/* Q3.12 -> Q15; Phi(-v) = 1 - Phi(v); entries are >= 16384 so 32768 - y <= 16384. */
+static inline int16_t mcunn_phi_q15(int32_t x)
+{
+    int32_t y = mcunn_interp_abs(x, mcunn_phi_table);
+    return (int16_t)(x < 0 ? 32768 - y : y);
+}
+
+/* x * gate(x) in x's format (frac 0..15); the gate is in [0, 32767] so |x * g| < 2^30 and the
+ * result fits int16. Beyond |x| = 8 (frac < 12 only) the gate is exactly 1 or 0. */
+static inline int16_t mcunn_gated16(int16_t x, int frac, int16_t g)
+{
+    if (frac < 12) {
+        int32_t lim = (int32_t)8 << frac;
+        if (x > lim) return x;
+        if (x < -lim) return 0;
+    }
+    return (int16_t)mcunn_mul_q15(x, g);
+}
+
+/* GELU (erf form) */
+static inline int16_t mcunn_gelu16(int16_t x, int frac)
+{
+    return mcunn_gated16(x, frac, mcunn_phi_q15(mcunn_frac_to_q312(x, frac)));
+}
+
+/* SiLU through the sigmoid table */
+static inline int16_t mcunn_silu16(int16_t x, int frac)
+{
+    return mcunn_gated16(x, frac, mcunn_sigmoid_q15(mcunn_frac_to_q312(x, frac)));
+}
+
+/* x / (1 + |x|) -> Q15, x with frac (0..15) fractional bits; |x| * 2^15 <= 2^30. */
+static inline int16_t mcunn_softsign_q15(int16_t x, int frac)
+{
+    int32_t a = x < 0 ? -(int32_t)x : x;
+    return (int16_t)mcunn_div_round64((int64_t)x * 32768, ((int64_t)1 << frac) + a);
+}
+
+/* element-wise, each input with its own multiplier: |a * ma| + |b * mb| <= 2^47 in int64 */
+static inline int16_t mcunn_add16(int16_t a, int16_t b, int32_t ma, int32_t mb, int shift)
+{
+    return mcunn_sat16(mcunn_rshift_round64((int64_t)a * ma + (int64_t)b * mb, shift));
+}
+
+static inline int16_t mcunn_sub16(int16_t a, int16_t b, int32_t ma, int32_t mb, int shift)
+{
+    return mcunn_sat16(mcunn_rshift_round64((int64_t)a * ma - (int64_t)b * mb, shift));
+}
+
+/* |a * b| <= 2^30 in int32, times |m| < 2^31 in int64 */
+static inline int16_t mcunn_mul16(int16_t a, int16_t b, int32_t m, int shift)
+{
+    return mcunn_sat16(mcunn_rshift_round64((int64_t)((int32_t)a * b) * m, shift));
+}
+
+static inline int16_t mcunn_one_minus_q15(int16_t x)
+{
+    return mcunn_sat16(32768 - (int32_t)x);
+}
+
+/* floor(sqrt(v)), v < 2^62: 31 fixed iterations of the bitwise method; result < 2^31 */
+static inline uint32_t mcunn_isqrt64(uint64_t v)
+{
+    uint64_t r = 0, bit = (uint64_t)1 << 60;
+    int i;
+    for (i = 0; i < 31; ++i) {
+        if (v >= r + bit) {
+            v -= r + bit;
+            r = (r >> 1) + bit;
+        } else {
+            r >>= 1;
+        }
+        bit >>= 2;
+    }
+    return (uint32_t)r;
+}
+
+/* 1/sqrt(u) ~= inv * 2^-(*e), u < 2^62 (u < 1 taken as 1): u << k (k even) in [2^60, 2^62),
+ * r = isqrt in [2^30, 2^31), inv = round(2^60 / r) in [2^29, 2^30], *e = 60 - k/2. */
+static inline int32_t mcunn_rsqrt_q(int64_t u, int *e)
+{
+    uint64_t v = u < 1 ? 1u : (uint64_t)u;
+    uint64_t r;
+    int k = 0;
+    while (v < ((uint64_t)1 << 60)) {
+        v <<= 2;
+        k += 2;
+    }
+    r = mcunn_isqrt64(v);
+    *e = 60 - k / 2;
+    return (int32_t)((((uint64_t)1 << 60) + (r >> 1)) / r);
+}
+
+/* y[0..n) = (x - mean) / sqrt(var + eps) with out_frac fractional bits, n <= 32767:
+ * |sum| <= 2^30 (int32); n * sum x^2 and sum^2 <= 2^60, eps_q in [1, 2^61) so U < 2^62 (int64);
+ * |n x - sum| < 2^31 (int32); |d * inv| < 2^61; the shift e - out_frac >= 15. */
+static inline void mcunn_layernorm16(const int16_t *x, int16_t *y, int n, int64_t eps_q, int out_frac)
+{
+    int32_t sum = 0, inv;
+    int64_t sq = 0, u;
+    int j, e;
+    for (j = 0; j < n; ++j) {
+        sum += x[j];
+        sq += (int32_t)x[j] * x[j];
+    }
+    if (eps_q < 1) eps_q = 1;
+    if (eps_q > (((int64_t)1 << 61) - 1)) eps_q = ((int64_t)1 << 61) - 1;
+    u = (int64_t)n * sq - (int64_t)sum * sum + eps_q;
+    inv = mcunn_rsqrt_q(u, &e);
+    for (j = 0; j < n; ++j) {
+        int32_t d = (int32_t)n * x[j] - sum;
+        y[j] = mcunn_sat16(mcunn_rshift_round64((int64_t)d * inv, e - out_frac));
+    }
+}
+
+/* out[j] = sat16((y[j] * gamma_m[j] + beta_b[j]) >> shift rounded); |y * gamma_m| <= 2^46,
+ * |beta_b| < 2^61. */
+static inline void mcunn_layernorm_affine16(const int16_t *y, const int32_t *gamma_m, const int64_t *beta_b,
+                                            int shift, int n, int16_t *out)
+{
+    int j;
+    for (j = 0; j < n; ++j)
+        out[j] = mcunn_sat16(mcunn_rshift_round64((int64_t)y[j] * gamma_m[j] + beta_b[j], shift));
+}
+
+/* exp(-d * s_x) in Q30 for d in [0, 65535]: z = d * mult / 2^shift (base-2 octaves, Q.12),
+ * clamped to [0, 31 * 4096]; 2^-(z & 4095) from the table; >> (z >> 12) rounded. */
+static inline int32_t mcunn_exp_neg_q30(int32_t d, int32_t mult, int shift)
+{
+    int64_t z = mcunn_rshift_round64((int64_t)d * mult, shift);
+    int32_t q, mant;
+    if (z < 0) z = 0;
+    if (z > ((int64_t)31 << 12)) z = (int64_t)31 << 12;
+    q = (int32_t)(z >> 12);
+    mant = 32768 - mcunn_interp_abs((int32_t)(z & 4095), mcunn_exp2_table);
+    if (q >= 31) return 0;
+    return (int32_t)mcunn_rshift_round64((int64_t)mant << 15, q);
+}
+
+/* (x * r + 2^29) >> 30 for |x| < 2^62, 0 <= r <= 2^30, as hi * r + (lo * r + 2^29) >> 30 with
+ * x = hi * 2^30 + lo, 0 <= lo < 2^30 (two's complement int64_t makes x & mask exact). */
+static inline int64_t mcunn_mul_q30_wide(int64_t x, int32_t r)
+{
+    int64_t hi = x >> 30, lo = x & (((int64_t)1 << 30) - 1);
+    return hi * r + ((lo * r + ((int64_t)1 << 29)) >> 30);
+}
+
+/* Streaming softmax-weighted sum over time. Start with *m = -32768, *s = 0, acc[] = 0.
+ * T <= 65535 steps: s < 2^46, |acc| < 2^61 (rescaling never grows them). */
+static inline void mcunn_softmax_pool_update(int32_t *m, int64_t *s, int64_t *acc, int16_t x,
+                                             const int16_t *v, int n, int32_t mult, int shift)
+{
+    int32_t w;
+    int j;
+    if (x > *m) {
+        int32_t r = mcunn_exp_neg_q30(x - *m, mult, shift);
+        *s = mcunn_mul_q30_wide(*s, r);
+        for (j = 0; j < n; ++j) acc[j] = mcunn_mul_q30_wide(acc[j], r);
+        *m = x;
+    }
+    w = mcunn_exp_neg_q30(*m - x, mult, shift);
+    *s += w;
+    for (j = 0; j < n; ++j) acc[j] += (int64_t)w * v[j];
+}
+
+static inline void mcunn_softmax_pool_final(const int64_t *acc, int64_t s, int16_t *y, int n)
+{
+    int j;
+    for (j = 0; j < n; ++j) y[j] = s > 0 ? mcunn_sat16(mcunn_div_round64(acc[j], s)) : 0;
+}
+
+/* Mean / max over time: |sum| <= 65535 * 32768 < 2^31 for T <= 65535 (int32). */
+static inline void mcunn_sum_pool_update(int32_t *acc, const int16_t *v, int n)
+{
+    int j;
+    for (j = 0; j < n; ++j) acc[j] += v[j];
+}
+
+static inline void mcunn_mean_pool_final(const int32_t *acc, int32_t count, int16_t *y, int n)
+{
+    int j;
+    for (j = 0; j < n; ++j) y[j] = count > 0 ? mcunn_sat16(mcunn_div_round64(acc[j], count)) : 0;
+}
+
+/* start m[] at -32768 */
+static inline void mcunn_max_pool_update(int16_t *m, const int16_t *v, int n)
+{
+    int j;
+    for (j = 0; j < n; ++j) m[j] = v[j] > m[j] ? v[j] : m[j];
+}
+
 #endif /* MCUNN_FIXEDPOINT_H */

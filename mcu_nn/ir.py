@@ -207,6 +207,53 @@ def state_inputs(op) -> list[str]:
     return [n for n in op.inputs[1:] if n]
 
 
+@dataclass
+class StateSlot:
+    """One array of the recurrent state the C state struct keeps and ``_get_state`` /
+    ``_set_state`` copy: h or c of one direction of one recurrent op."""
+    op_index: int
+    direction: int
+    what: Literal["h", "c"]
+    size: int
+    scale: float                          # value = q * scale (1.0 for float models)
+
+
+def state_slots(model) -> list[StateSlot]:
+    """The recurrent state in its one flat layout: ops in graph order, then directions,
+    then h before c."""
+    quant = hasattr(model, "input_scale") and model.precision != "float32"
+    slots = []
+    for i, op in enumerate(model.ops):
+        if not is_recurrent(op):
+            continue
+        for d in range(len(op.directions)):
+            slots.append(StateSlot(i, d, "h", op.state_size, op.h_scale if quant else 1.0))
+            if op.kind == "lstm":
+                slots.append(StateSlot(i, d, "c", op.hidden_size, 2.0 ** -op.cell_frac if quant else 1.0))
+    return slots
+
+
+def split_state(model, state, batch: int, dtype) -> dict[tuple[int, int, str], np.ndarray]:
+    """A flat state ((total,) or (N, total), see state_slots) -> {(op, direction, "h"|"c"): (N, size)};
+    zeros for every slot when ``state`` is None."""
+    slots = state_slots(model)
+    total = sum(s.size for s in slots)
+    if state is None:
+        flat = np.zeros((batch, total), dtype)
+    else:
+        flat = np.asarray(state).astype(dtype)
+        if flat.ndim == 1:
+            flat = np.broadcast_to(flat, (batch, flat.shape[0]))
+        if flat.shape != (batch, total):
+            raise McuNnError(f"initial state has shape {tuple(np.shape(state))}; the model's state is {total} "
+                             f"values ((N, {total}) or ({total},))")
+    out, at = {}, 0
+    for s in slots:
+        out[(s.op_index, s.direction, s.what)] = flat[:, at:at + s.size]
+        at += s.size
+    return out
+
+
 def tensors(model) -> dict[str, Tensor]:
     """Every tensor of a Graph or QModel by name, derived from the ops."""
     quant = hasattr(model, "input_scale") and model.precision != "float32"

@@ -39,10 +39,15 @@ RESHAPE = {"aten.flatten.using_ints", "aten.view.default", "aten.reshape.default
            "aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default"}
 SIZE_QUERIES = {"aten.dim.default", "aten.sym_size.int", "aten.size.default", "aten.sym_numel.default"}
 ZERO_MAKERS = {"aten.zeros.default", "aten.new_zeros.default", "aten.zeros_like.default"}
+# uninitialised tensors: zeros only once aten.zero_ has run on them (``weight.new(...).zero_()``)
+EMPTY_MAKERS = {"aten.empty.memory_format", "aten.new_empty.default", "aten.empty_like.default"}
+CHECKS = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default"}   # no value, no effect
 FULL_MAKERS = {"aten.full.default": 1, "aten.new_full.default": 2, "aten.full_like.default": 1}
 # ops an initial state may pass through and still be the zeros torch builds
-STATE_PASSTHROUGH = IDENTITY | RESHAPE | {"aten._to_copy.default", "aten.to.dtype", "aten.to.device",
-                                          "aten.expand.default", "aten.repeat.default"}
+# .to(...) / .float(): nothing to compute when the dtype stays float32 (checked per node)
+CONVERSIONS = {"aten._to_copy.default", "aten.to.dtype", "aten.to.device", "aten.to.dtype_layout",
+               "aten.to.other", "aten.to.prim_Device", "aten.to.prim_dtype"}
+STATE_PASSTHROUGH = IDENTITY | RESHAPE | CONVERSIONS | {"aten.expand.default", "aten.repeat.default"}
 
 
 class Relayout(Exception):
@@ -222,11 +227,19 @@ class Walker:
         if name in SIZE_QUERIES:
             self.vals[node] = _Val("int", 0)
             return
-        if name in ZERO_MAKERS or name in FULL_MAKERS or name in ("aten.ones.default", "aten.randn.default",
-                                                                    "aten.rand.default", "aten.empty.memory_format"):
+        if name in CHECKS:
+            self.vals[node] = _Val("int", 0)
+            return
+        if name in ZERO_MAKERS or name in FULL_MAKERS or name in EMPTY_MAKERS or \
+                name in ("aten.ones.default", "aten.randn.default", "aten.rand.default"):
             self.vals[node] = _Val("const", 0)     # only meaningful as an RNN's initial state
             return
-        if name in IDENTITY or name in ("aten._to_copy.default", "aten.to.dtype", "aten.to.device"):
+        if name == "aten.zero_.default":
+            if self.val(node.args[0], node).kind != "const":
+                raise self.unsupported(node, " (zeroing a tensor that is not built inside forward)")
+            self.vals[node] = _Val("const", 0)
+            return
+        if name in IDENTITY or name in CONVERSIONS:
             if name not in IDENTITY and not _same_dtype(node):
                 raise self.fail(f"{name}{self.where(node)} changes the dtype; unsupported")
             self.vals[node] = self.val(node.args[0], node)
@@ -328,8 +341,10 @@ class Walker:
             v = self.vals.get(node)
             return v is not None and v.kind == "param" and not bool(torch.count_nonzero(v.tensor))
         name = _opname(node)
-        if name in ZERO_MAKERS:
+        if name in ZERO_MAKERS or name == "aten.zero_.default":
             return True
+        if name in EMPTY_MAKERS:     # new_empty(...) then .zero_() in place
+            return any(_opname(u) == "aten.zero_.default" for u in node.users)
         if name in FULL_MAKERS:
             return node.args[FULL_MAKERS[name]] == 0
         if name in STATE_PASSTHROUGH or name in DROPOUT:

@@ -127,3 +127,104 @@ def test_uninitialised_state_is_refused(tmp_path):
     from mcu_nn.errors import McuNnError
     with pytest.raises(McuNnError, match="initial state that is not zeros"):
         _export_and_verify(EmptyState(), tmp_path, (_x(),))
+
+
+class StateInOut(nn.Module):
+    """forward(x, (h0, c0)) -> (y, (h, c)), as in PyTorch's docs and the d2l.ai char RNN."""
+    def __init__(self, kind: str = "lstm"):
+        super().__init__()
+        torch.manual_seed(2)
+        self.kind = kind
+        self.rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(F, H, batch_first=True)
+        self.fc = nn.Linear(H, 2)
+
+    def forward(self, x, state):
+        out, state = self.rnn(x, state)
+        return self.fc(out), state
+
+
+def _state_example(kind: str, n: int = 1, scale: float = 0.0):
+    h = torch.randn(1, n, H) * scale
+    return (h, torch.randn(1, n, H) * scale) if kind == "lstm" else h
+
+
+def _flat_state(state, kind: str) -> np.ndarray:
+    """torch (h0, c0) of one layer -> ir.state_slots' flat layout: h then c."""
+    parts = state if kind == "lstm" else (state,)
+    return np.concatenate([p[0].numpy() for p in parts], axis=-1)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_state_passed_in_and_returned(kind, tmp_path):
+    model = StateInOut(kind)
+    res = _export_and_verify(model, tmp_path, (_x(), _state_example(kind)))
+    g, q = res.graph, res.qmodel
+    names = ["input", "state_0", "state_1"] if kind == "lstm" else ["input", "state"]
+    assert g.inputs == names and q.inputs == names
+    assert g.ops[0].inputs == names and g.outputs == ["op1.out"] + g.ops[0].outputs[1:]
+    import json
+    manifest = json.loads((tmp_path / "out" / "model.json").read_text())
+    assert manifest["state"]["size"] == (2 * H if kind == "lstm" else H)
+    # the float simulator started from a non-zero state follows PyTorch started there
+    from mcu_nn.sim.float_sim import run_float_all
+    x, st = _x(3), _state_example(kind, 3, 0.5)
+    with torch.no_grad():
+        y, st_out = model(x, st)
+    env = run_float_all(g, x.numpy(), state=_flat_state(st, kind))
+    assert np.allclose(env[g.outputs[0]], y.numpy(), atol=1e-5)
+    assert np.allclose(env[g.outputs[1]], (st_out[0] if kind == "lstm" else st_out)[0].numpy(), atol=1e-5)
+
+
+HARNESS = r"""
+#include <stdio.h>
+#include "model.h"
+int main(void)
+{
+    static m_state_t s;
+    int16_t st[M_STATE_SIZE], back[M_STATE_SIZE];
+    m_in_t x[%(T)d * M_INPUT_SIZE] = {%(x)s};
+    const int16_t init[M_STATE_SIZE] = {%(state)s};
+    m_out_t y[%(T)d * M_OUTPUT_SIZE];
+    int j;
+    m_reset(&s);
+    m_set_state(&s, init);
+    m_get_state(&s, back);
+    for (j = 0; j < M_STATE_SIZE; ++j) if (back[j] != init[j]) return 3;
+    m_run(&s, x, %(T)d, y);
+    for (j = 0; j < %(T)d * M_OUTPUT_SIZE; ++j) printf("%%d\n", y[j]);
+    m_get_state(&s, st);
+    for (j = 0; j < M_STATE_SIZE; ++j) printf("%%d\n", st[j]);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_set_state_matches_simulator_from_that_state(kind, tmp_path):
+    import shutil
+    import subprocess
+    from mcu_nn.ir import state_slots
+    from mcu_nn.sim.int_sim import quantize_model_input, run_quant_all
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no host C compiler")
+    res = _export_and_verify(StateInOut(kind), tmp_path, (_x(), _state_example(kind)))
+    q = res.qmodel
+    rng = np.random.default_rng(5)
+    total = sum(s.size for s in state_slots(q))
+    init = rng.integers(-20000, 20000, total)
+    xq = quantize_model_input(q, rng.normal(0, 1, (1, T, F)).astype(np.float32))
+    env = run_quant_all(q, xq, state=init)
+    want_state = np.concatenate([env[n][0] for n in q.ops[0].outputs[1:]])
+    src = HARNESS % {"T": T, "x": ", ".join(str(int(v)) for v in xq.ravel()),
+                     "state": ", ".join(str(int(v)) for v in init)}
+    (tmp_path / "h.c").write_text(src)
+    out = tmp_path / "out"
+    subprocess.run([cc, "-std=c99", "-I", str(out), str(tmp_path / "h.c"), str(out / "model.c"), "-o",
+                    str(tmp_path / "h"), "-lm"], check=True)
+    got = np.array([int(v) for v in subprocess.run([str(tmp_path / "h")], check=True, capture_output=True,
+                                                   text=True).stdout.split()])
+    y = env[q.output_names[0]].ravel()
+    assert np.array_equal(got[:y.size], y)
+    assert np.array_equal(got[y.size:], want_state)
+    assert not np.array_equal(y, run_quant_all(q, xq)[q.output_names[0]].ravel())   # the state mattered

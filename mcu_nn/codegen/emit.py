@@ -16,7 +16,7 @@ import numpy as np
 from .. import __version__
 from ..errors import McuNnError
 from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbedding, QLinear,
-                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast, producers, tensors)
+                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast, producers, state_slots, tensors)
 from ..quant import fixedpoint as fp
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -448,6 +448,13 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
             head.append(f"{p}_op{k}({loc[op.inputs[0]]}, {loc[name]});")
     head.append(f"{{ int j; for (j = 0; j < {q.output_size}; ++j) y[j] = {loc[main]}[j]; }}")
 
+    # _get_state / _set_state copy the recurrent state in ir.state_slots' flat layout
+    slots, at = [], 0
+    for sl in state_slots(q):
+        slots.append({"member": f"op{sl.op_index}_{sl.what}{sl.direction}", "offset": at, "size": sl.size,
+                      "doc": f"op {sl.op_index} ({q.ops[sl.op_index].source or q.ops[sl.op_index].kind}) "
+                             f"{'reverse' if sl.direction else 'forward'} {sl.what}, scale {sl.scale:g}"})
+        at += sl.size
     state_bytes = sum(n for _, n in state)
     fp_ = b.fp
     ctx = dict(
@@ -457,6 +464,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         per_step=q.output_per_step, bidirectional=bidir,
         in_t="float" if fp_ else ("int32_t" if tokens else "int16_t"), out_t="float" if fp_ else "int16_t",
         state=[decl for decl, _ in state], state_bytes=state_bytes, weight_layout=weight_layout,
+        slots=slots, state_size=at,
         arrays=b.arrays, kernels=b.kernels, advance=advance, head=head, seq=seq,
         inv_scale=f32_literal(1.0 / q.input_scale) if not tokens and not fp_ else "1.0f",
         out_scale=f32_literal(q.output_scale),

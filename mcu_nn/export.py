@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import McuNnError
-from .ir import Graph, QModel, QRecurrent
+from .ir import Graph, QModel, QRecurrent, state_slots
 
 PRECISIONS = ("int8", "int16", "float32")
 TEST_VECTORS = 8          # sequences written to test_vectors.npz (the serial test sends them all)
@@ -83,6 +83,15 @@ def load_data(graph: Graph, calib: Optional[str], precision: str) -> np.ndarray:
     return load_calibration(calib, graph)
 
 
+def state_manifest(q: QModel) -> dict:
+    """What <name>_get_state / <name>_set_state copy: the flat layout with each slot's scale, and
+    which model inputs / outputs (forward(x, state) -> (y, state)) are states."""
+    slots = [{"op": s.op_index, "direction": s.direction, "what": s.what, "size": s.size, "scale": s.scale}
+             for s in state_slots(q)]
+    return {"size": sum(s["size"] for s in slots), "slots": slots, "inputs": list(q.input_names[1:]),
+            "outputs": list(q.output_names[1:])}
+
+
 def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str = "int8",
                  calib: Optional[str] = None, name: Optional[str] = None,
                  input_shape: Optional[tuple[int, ...]] = None, allow_pickle: bool = False,
@@ -104,6 +113,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     vectors = data[:TEST_VECTORS]
     expected = run(q, vectors)
     extra = {"source_model": str(Path(model_path).name), "accuracy": accuracy.as_dict(),
-             "calibration_sequences": int(data.shape[0])}
+             "calibration_sequences": int(data.shape[0]),
+             "state": state_manifest(q)}
     manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra, weight_layout=weight_layout)
     return ExportResult(Path(out_dir), graph, q, manifest, accuracy, data)

@@ -1,9 +1,19 @@
 """The two intermediate representations every stage shares.
 
-``Graph`` is the float model as the frontend understood it: a straight chain of ops
-(recurrent models deployed on MCUs are "embedding? -> RNN layers -> readout? -> head").
-``QModel`` is the same chain after quantisation: integer weights, multipliers and shifts
-whose meaning is defined by :mod:`mcu_nn.quant.fixedpoint` (see docs/numerics.md).
+``Graph`` is the float model as the frontend understood it: a dataflow graph (a DAG) of
+ops over named tensors. Every op lists the tensor names it reads (``inputs``) and writes
+(``outputs``); ``Graph.ops`` is in a topological order, so evaluating the ops in list
+order over a dict of named tensors runs the model. ``QModel`` is the same graph after
+quantisation: integer weights, multipliers and shifts whose meaning is defined by
+:mod:`mcu_nn.quant.fixedpoint` (see docs/numerics.md).
+
+Tensor names: the model input is "input"; op ``i`` writes "op{i}.out" and a recurrent
+op also "op{i}.h_n" (final h of every direction, concatenated) and, for an LSTM,
+"op{i}.c_n". A recurrent op reads [x] or [x, h0] or [x, h0, c0] (states given by the
+caller; shapes as h_n / c_n). Ops built without names (a chain, as most code and tests
+write them) are wired in list order by :func:`wire_chain` when the model is made.
+Sizes, per-step-ness and scales of tensors are derived from the ops (:func:`tensors`),
+so they never disagree with them.
 
 Plain dataclasses over numpy arrays; no torch, no C. Weight matrices keep PyTorch's
 gate order and shapes (rows = gate*hidden + unit); codegen chooses its own layout.
@@ -14,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 import numpy as np
+
+from .errors import McuNnError
 
 CellKind = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # PyTorch orders: i,f,g,o / r,z,n
@@ -40,6 +52,8 @@ class Recurrent:
     bidirectional: bool
     directions: list[DirectionWeights]    # 1 or 2 (forward, reverse)
     source: str = ""                      # module path, e.g. "encoder.rnn (layer 1)"
+    inputs: list[str] = field(default_factory=list)    # [x] or [x, h0(, c0)]
+    outputs: list[str] = field(default_factory=list)   # [out, h_n(, c_n)]
 
     @property
     def state_size(self) -> int:          # size of h per direction
@@ -54,6 +68,8 @@ class Recurrent:
 class Embedding:
     weight: np.ndarray                    # (V, D); only as the first op; input = token ids
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
 @dataclass
@@ -61,12 +77,16 @@ class Linear:
     weight: np.ndarray                    # (O, I)
     bias: Optional[np.ndarray] = None     # (O,)
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
 @dataclass
 class Activation:
     kind: Literal["relu", "tanh", "sigmoid"]
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
 @dataclass
@@ -74,6 +94,8 @@ class SelectLast:
     """``out[:, -1]`` of the preceding recurrent layer: sequence -> one vector.
     For a bidirectional layer that is concat(forward at T-1, reverse at T-1)."""
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
 @dataclass
@@ -84,6 +106,8 @@ class FinalHidden:
     ``cat(h_n[-2], h_n[-1])``. Sequence -> one vector."""
     directions: list[int]
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
 Op = Union[Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden]
@@ -95,13 +119,27 @@ class Graph:
     input_kind: Literal["float", "tokens"]
     input_size: int                       # features F (float) or vocabulary V (tokens)
     seq_len: int                          # T of the example/declared input shape
-    ops: list[Op]
+    ops: list[Op]                         # topological order
     postprocess: Optional[Literal["softmax", "log_softmax"]] = None  # applied on the host
     source_file: str = ""
+    inputs: list[str] = field(default_factory=list)   # forward's order: "input", then state inputs
+    outputs: list[str] = field(default_factory=list)  # main output first, then returned states;
+    # empty = only the main output, the first output of the last op
+
+    def __post_init__(self) -> None:
+        wire_chain(self.ops)
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.inputs or [INPUT]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.outputs or ([self.ops[-1].outputs[0]] if self.ops else [INPUT])
 
     @property
     def output_per_step(self) -> bool:
-        return not any(isinstance(o, (SelectLast, FinalHidden)) for o in self.ops)
+        return tensors(self)[self.output_names[0]].per_step
 
     @property
     def bidirectional(self) -> bool:
@@ -109,21 +147,154 @@ class Graph:
 
     @property
     def output_size(self) -> int:
-        size = self.input_size
-        for op in self.ops:
-            if isinstance(op, Embedding):
-                size = op.weight.shape[1]
-            elif isinstance(op, Recurrent):
-                size = op.output_size
-            elif isinstance(op, Linear):
-                size = op.weight.shape[0]
-            elif isinstance(op, FinalHidden):
-                size = size // (2 if _last_recurrent(self.ops).bidirectional else 1) * len(op.directions)
-        return size
+        return tensors(self)[self.output_names[0]].size
 
 
-def _last_recurrent(ops: list[Op]) -> Recurrent:
-    return [o for o in ops if isinstance(o, Recurrent)][-1]
+# ----------------------------------------------------------------------------- tensors
+INPUT = "input"
+
+
+@dataclass
+class Tensor:
+    """A named value between ops: ``size`` numbers per time step (``per_step``) or once per
+    sequence; ``scale`` is value = q * scale in a QModel (1.0 in a float Graph)."""
+    name: str
+    size: int
+    per_step: bool
+    scale: float = 1.0
+
+
+def default_outputs(op, index: int) -> list[str]:
+    names = [f"op{index}.out"]
+    if is_recurrent(op):
+        names.append(f"op{index}.h_n")
+        if op.kind == "lstm":
+            names.append(f"op{index}.c_n")
+    return names
+
+
+def wire_chain(ops: list) -> None:
+    """Give ops built without tensor names the names of a chain: each reads the previous
+    op's main output (the model input for the first), a FinalHidden the h_n of the last
+    recurrent op before it. Ops that already have names keep them."""
+    prev, last_hn = INPUT, None
+    for i, op in enumerate(ops):
+        if not op.outputs:
+            op.outputs = default_outputs(op, i)
+        if not op.inputs:
+            if isinstance(op, FinalHidden):
+                if last_hn is None:
+                    raise McuNnError(f"{op.source or f'op {i}'}: h_n readout with no recurrent layer before it")
+                op.inputs = [last_hn]
+            else:
+                op.inputs = [prev]
+        prev = op.outputs[0]
+        if is_recurrent(op):
+            last_hn = op.outputs[1]
+
+
+def is_recurrent(op) -> bool:
+    return isinstance(op, (Recurrent, QRecurrent))
+
+
+def producers(model) -> dict[str, tuple[int, object]]:
+    """tensor name -> (index, op) of the op that writes it."""
+    return {name: (i, op) for i, op in enumerate(model.ops) for name in op.outputs}
+
+
+def state_inputs(op) -> list[str]:
+    """The caller-given initial states a recurrent op reads ([] = zeros): [h0] or [h0, c0]."""
+    return [n for n in op.inputs[1:] if n]
+
+
+@dataclass
+class StateSlot:
+    """One array of the recurrent state the C state struct keeps and ``_get_state`` /
+    ``_set_state`` copy: h or c of one direction of one recurrent op."""
+    op_index: int
+    direction: int
+    what: Literal["h", "c"]
+    size: int
+    scale: float                          # value = q * scale (1.0 for float models)
+
+
+def state_slots(model) -> list[StateSlot]:
+    """The recurrent state in its one flat layout: ops in graph order, then directions,
+    then h before c."""
+    quant = hasattr(model, "input_scale") and model.precision != "float32"
+    slots = []
+    for i, op in enumerate(model.ops):
+        if not is_recurrent(op):
+            continue
+        for d in range(len(op.directions)):
+            slots.append(StateSlot(i, d, "h", op.state_size, op.h_scale if quant else 1.0))
+            if op.kind == "lstm":
+                slots.append(StateSlot(i, d, "c", op.hidden_size, 2.0 ** -op.cell_frac if quant else 1.0))
+    return slots
+
+
+def split_state(model, state, batch: int, dtype) -> dict[tuple[int, int, str], np.ndarray]:
+    """A flat state ((total,) or (N, total), see state_slots) -> {(op, direction, "h"|"c"): (N, size)};
+    zeros for every slot when ``state`` is None."""
+    slots = state_slots(model)
+    total = sum(s.size for s in slots)
+    if state is None:
+        flat = np.zeros((batch, total), dtype)
+    else:
+        flat = np.asarray(state).astype(dtype)
+        if flat.ndim == 1:
+            flat = np.broadcast_to(flat, (batch, flat.shape[0]))
+        if flat.shape != (batch, total):
+            raise McuNnError(f"initial state has shape {tuple(np.shape(state))}; the model's state is {total} "
+                             f"values ((N, {total}) or ({total},))")
+    out, at = {}, 0
+    for s in slots:
+        out[(s.op_index, s.direction, s.what)] = flat[:, at:at + s.size]
+        at += s.size
+    return out
+
+
+def tensors(model) -> dict[str, Tensor]:
+    """Every tensor of a Graph or QModel by name, derived from the ops."""
+    quant = hasattr(model, "input_scale") and model.precision != "float32"
+    tokens = model.input_kind == "tokens"
+    out = {INPUT: Tensor(INPUT, 1 if tokens else model.input_size, True,
+                         model.input_scale if quant and not tokens else 1.0)}
+    for i, op in enumerate(model.ops):
+        missing = [n for n in op.inputs[:1] if n not in out]
+        if missing:
+            raise McuNnError(f"{getattr(op, 'source', '') or f'op {i}'} reads tensor {missing[0]!r}, which no "
+                             f"earlier op writes (the ops are not in topological order)")
+        x = out[op.inputs[0]]
+        sizes: list[tuple[int, bool, float]]
+        if isinstance(op, (Embedding, QEmbedding)):
+            table = op.weight if isinstance(op, Embedding) else op.table
+            sizes = [(int(table.shape[1]), x.per_step, getattr(op, "out_scale", 1.0))]
+        elif is_recurrent(op):
+            hs = op.h_scale if isinstance(op, QRecurrent) else 1.0
+            cs = 2.0 ** -op.cell_frac if isinstance(op, QRecurrent) else 1.0
+            ndir = len(op.directions)
+            sizes = [(op.output_size, True, hs), (op.state_size * ndir, False, hs)]
+            if op.kind == "lstm":
+                sizes.append((op.hidden_size * ndir, False, cs))
+            for name, (size, _, scale) in zip(op.inputs[1:], sizes[1:]):
+                if name:
+                    out[name] = Tensor(name, size, False, scale)
+        elif isinstance(op, (Linear, QLinear)):
+            rows = op.weight.shape[0] if isinstance(op, Linear) else op.mat.w.shape[0]
+            sizes = [(int(rows), x.per_step, getattr(op, "out_scale", 1.0))]
+        elif isinstance(op, (Activation, QActivation)):
+            sizes = [(x.size, x.per_step, getattr(op, "out_scale", x.scale))]
+        elif isinstance(op, SelectLast):
+            sizes = [(x.size, False, x.scale)]
+        elif isinstance(op, FinalHidden):
+            ndir = len(producers(model)[op.inputs[0]][1].directions)
+            sizes = [(x.size // ndir * len(op.directions), False, x.scale)]
+        else:
+            raise McuNnError(f"unknown op {type(op).__name__} at op {i}")
+        for name, (size, per_step, scale) in zip(op.outputs, sizes):
+            out[name] = Tensor(name, int(size), per_step, float(scale))
+    return out
 
 
 def macs_per_step(op: Op) -> int:
@@ -187,6 +358,8 @@ class QRecurrent:
     h_scale: float                        # scale of h (2^-15 unless relu RNN or projected LSTM)
     cell_frac: int                        # LSTM: c is stored with this many fractional bits
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
     @property
     def state_size(self) -> int:
@@ -205,6 +378,8 @@ class QLinear:
     in_scale: float
     out_scale: float
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
 @dataclass
@@ -212,6 +387,8 @@ class QEmbedding:
     table: np.ndarray                     # (V, D) int16 (int8 values when precision=int8)
     out_scale: float
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
 @dataclass
@@ -224,6 +401,8 @@ class QActivation:
     in_scale: float
     out_scale: float
     source: str = ""
+    inputs: list[str] = field(default_factory=list)    # tensor names read
+    outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
 QOp = Union[QEmbedding, QRecurrent, QLinear, QActivation, SelectLast, FinalHidden]
@@ -244,3 +423,16 @@ class QModel:
     max_steps: int = 0                    # >0 only for bidirectional models (buffer length)
     postprocess: Optional[str] = None
     calibration: dict = field(default_factory=dict)   # tensor name -> {min, max, scale, clipped}
+    inputs: list[str] = field(default_factory=list)   # as Graph.inputs
+    outputs: list[str] = field(default_factory=list)  # as Graph.outputs
+
+    def __post_init__(self) -> None:
+        wire_chain(self.ops)
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.inputs or [INPUT]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.outputs or ([self.ops[-1].outputs[0]] if self.ops else [INPUT])

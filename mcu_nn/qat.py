@@ -75,6 +75,11 @@ def _vec(b: Optional[np.ndarray], size: int) -> nn.Parameter:
     return nn.Parameter(torch.tensor(np.zeros(size, np.float32) if b is None else np.asarray(b, np.float32)))
 
 
+def _wiring(op) -> dict:
+    """The tensor names an op reads and writes, for a copy of it with trained weights."""
+    return {"inputs": list(op.inputs), "outputs": list(op.outputs)}
+
+
 class QATModel(nn.Module):
     """A ``Graph`` made trainable, with the chip's integer forward (see module docstring).
 
@@ -131,16 +136,19 @@ class QATModel(nn.Module):
                 dirs = [DirectionWeights(w_ih=d.wx.w.detach().numpy().copy(), w_hh=d.wh.w.detach().numpy().copy(),
                                          b_ih=d.b_ih.detach().numpy().copy(), b_hh=d.b_hh.detach().numpy().copy())
                         for d in m.dirs]
-                ops.append(Recurrent(op.kind, op.input_size, op.hidden_size, 0, op.bidirectional, dirs, op.source))
+                ops.append(Recurrent(op.kind, op.input_size, op.hidden_size, 0, op.bidirectional, dirs, op.source,
+                                     **_wiring(op)))
             elif isinstance(op, Linear):
-                ops.append(Linear(m.w.w.detach().numpy().copy(), m.b.detach().numpy().copy(), op.source))
+                ops.append(Linear(m.w.w.detach().numpy().copy(), m.b.detach().numpy().copy(), op.source,
+                                  **_wiring(op)))
             elif isinstance(op, Embedding):
-                ops.append(Embedding(m.table.detach().numpy().copy(), op.source))
+                ops.append(Embedding(m.table.detach().numpy().copy(), op.source, **_wiring(op)))
             else:
                 ops.append(op)
         t = self.template
         return Graph(name=t.name, input_kind=t.input_kind, input_size=t.input_size, seq_len=t.seq_len,
-                     ops=ops, postprocess=t.postprocess, source_file=t.source_file)
+                     ops=ops, postprocess=t.postprocess, source_file=t.source_file, inputs=list(t.inputs),
+                     outputs=list(t.outputs))
 
     def recalibrate(self, calib: np.ndarray) -> None:
         """Choose the int16 ranges again from the float model with the current weights."""

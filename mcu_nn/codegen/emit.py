@@ -16,7 +16,7 @@ import numpy as np
 from .. import __version__
 from ..errors import McuNnError
 from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbedding, QLinear,
-                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast)
+                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast, producers, state_slots, tensors)
 from ..quant import fixedpoint as fp
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -317,48 +317,48 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         state.append((f"{vt} {name}[{n}]", n * b.vsize))
         return f"s->{name}"
 
-    # pass 1: kernels, sizes
-    size = q.input_size if not tokens else 0
+    # pass 1: kernels, sizes (ops in graph order)
+    shapes = tensors(q)
+    made = producers(q)
     dims = [in_size]
-    infos = []
-    last_rec = None
-    readout_at = len(q.ops)
     max_h = 1
     for k, op in enumerate(q.ops):
         macs, info = 0, {}
         if isinstance(op, (QEmbedding, Embedding)):
-            info = b.embedding(k, op)
-            size = info["D"]
+            b.embedding(k, op)
         elif _is_rec(op):
-            info = b.recurrent(k, op)
-            last_rec = (k, op)
+            b.recurrent(k, op)
             max_h = max(max_h, op.hidden_size)
             g = {"lstm": 4, "gru": 3}.get(op.kind, 1)
             macs = len(op.directions) * (g * op.hidden_size * (op.input_size + op.state_size)
                                          + op.proj_size * op.hidden_size)
-            size = op.output_size
         elif isinstance(op, (QLinear, Linear)):
             info = b.linear(k, op)
             macs = info["O"] * info["I"]
-            size = info["O"]
         elif isinstance(op, (QActivation, Activation)):
-            info = b.activation(k, op, size)
-        elif isinstance(op, SelectLast):
-            readout_at = min(readout_at, k)
+            b.activation(k, op, shapes[op.inputs[0]].size)
         elif isinstance(op, FinalHidden):
-            readout_at = min(readout_at, k)
-            if last_rec is None or any(d not in range(len(last_rec[1].directions)) for d in op.directions):
-                raise McuNnError(f"FinalHidden{op.directions}: no such direction in the last recurrent layer")
-            size = last_rec[1].state_size * len(op.directions)
-        else:
+            src = made.get(op.inputs[0], (None, None))[1]
+            if not _is_rec(src) or any(d not in range(len(src.directions)) for d in op.directions):
+                raise McuNnError(f"FinalHidden{op.directions}: no such direction in the recurrent layer it reads")
+        elif not isinstance(op, SelectLast):
             raise McuNnError(f"codegen: unsupported op {type(op).__name__} in model {q.name!r}")
+        size = shapes[op.outputs[0]].size
         dims.append(size)
-        infos.append(info)
         b.layers.append(_layer_entry(k, op, q, macs, size))
-    if size != q.output_size:
-        raise McuNnError(f"model {q.name!r}: ops produce {size} outputs but QModel.output_size is {q.output_size}")
+    main = q.output_names[0]
+    if shapes[main].size != q.output_size:
+        raise McuNnError(f"model {q.name!r}: ops produce {shapes[main].size} outputs but QModel.output_size is "
+                         f"{q.output_size}")
     if bidir and q.max_steps <= 0:
         raise McuNnError(f"model {q.name!r} is bidirectional but max_steps is {q.max_steps}; set the longest sequence")
+    # the schedule: ops with per-step outputs run every step (advance), the others once per sequence (head)
+    per_step_ops = [k for k, op in enumerate(q.ops) if shapes[op.outputs[0]].per_step]
+    head_ops = [k for k, op in enumerate(q.ops) if not shapes[op.outputs[0]].per_step]
+    for k in per_step_ops:
+        if not shapes[q.ops[k].inputs[0]].per_step:
+            raise McuNnError(f"codegen: {type(q.ops[k]).__name__} ({q.ops[k].source or f'op {k}'}) after a readout "
+                             "(SelectLast/FinalHidden) is not supported")
 
     # state: recurrent h/c per direction, then scratch
     for k, op in enumerate(q.ops):
@@ -371,80 +371,92 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
     maxdim = max(dims + [1])
     va, vb = member("va", maxdim), member("vb", maxdim)
 
-    def other(cur: str) -> str:
-        return vb if cur == va else va
-
     def rec_call(k: int, op, d: int, x: str) -> str:
         c = f"s->op{k}_c{d}, " if op.kind == "lstm" else ""
         return f"{p}_op{k}_d{d}(s->op{k}_h{d}, {c}{x}, {hnew});"
 
+    def alloc(pool: list[str], section: list[int], k: int, loc: dict[str, str], alias: dict[str, str]) -> str:
+        """The first buffer of ``pool`` holding no tensor that op ``k`` or a later op of ``section`` reads."""
+        busy = {alias.get(loc[n], loc[n]) for j in section if j >= k for n in q.ops[j].inputs if n in loc}
+        return next(buf for buf in pool if buf not in busy)
+
+    loc: dict[str, str] = {q.input_names[0]: "x"}     # tensor name -> the C pointer that holds it
     advance: list[str] = []
     seq: list[str] = []
+    result = q.input_names[0]                           # what the per-step part hands to the head
     if not bidir:
-        cur = "x"
-        for k in range(readout_at):
-            op, info = q.ops[k], infos[k]
+        for k in per_step_ops:
+            op, name = q.ops[k], q.ops[k].outputs[0]
+            x_in = loc[op.inputs[0]]
             if isinstance(op, (QEmbedding, Embedding)):
-                advance.append(f"{info['fn']}(x[0], {va});")
-                cur = va
+                loc[name] = alloc([va, vb], per_step_ops, k, loc, {})
+                advance.append(f"{p}_op{k}(x[0], {loc[name]});")
             elif _is_rec(op):
-                advance.append(rec_call(k, op, 0, cur))
-                cur = f"s->op{k}_h0"
+                advance.append(rec_call(k, op, 0, x_in))
+                loc[name] = f"s->op{k}_h0"
             else:
-                out = other(cur)
-                advance.append(f"{info['fn']}({cur}, {out});")
-                cur = out
-        advance.append(f"return {cur};")
+                loc[name] = alloc([va, vb], per_step_ops, k, loc, {})
+                advance.append(f"{p}_op{k}({x_in}, {loc[name]});")
+            result = name
+        advance.append(f"return {loc[result]};")
     else:
         ba, bb = member("ba", q.max_steps * maxdim), member("bb", q.max_steps * maxdim)
-        cur, stride = "x", in_size
-        for k in range(readout_at):
-            op, info = q.ops[k], infos[k]
-            out = bb if cur == ba else ba
-            od = dims[k + 1]
+        stride = {q.input_names[0]: in_size}
+        for k in per_step_ops:
+            op, name = q.ops[k], q.ops[k].outputs[0]
+            cur = loc[op.inputs[0]]
+            out = loc[name] = alloc([ba, bb], per_step_ops, k, loc, {})
+            od = stride[name] = shapes[name].size
             if isinstance(op, (QEmbedding, Embedding)):
-                seq.append(f"for (t = 0; t < steps; ++t) {info['fn']}(x[t], {out} + t * {od});")
+                seq.append(f"for (t = 0; t < steps; ++t) {p}_op{k}(x[t], {out} + t * {od});")
             elif _is_rec(op):
                 S = op.state_size
                 for d in range(len(op.directions)):
                     loop = "for (t = 0; t < steps; ++t)" if d == 0 else "for (t = steps; t-- > 0;)"
                     seq.append(f"{loop} {{")
                     seq.append(f"    int j;")
-                    seq.append(f"    {rec_call(k, op, d, f'{cur} + t * {stride}')}")
+                    seq.append(f"    {rec_call(k, op, d, f'{cur} + t * {stride[op.inputs[0]]}')}")
                     seq.append(f"    for (j = 0; j < {S}; ++j) {out}[t * {od} + {d * S} + j] = s->op{k}_h{d}[j];")
                     seq.append("}")
             else:
-                seq.append(f"for (t = 0; t < steps; ++t) {info['fn']}({cur} + t * {stride}, {out} + t * {od});")
-            cur, stride = out, od
+                seq.append(f"for (t = 0; t < steps; ++t) {p}_op{k}({cur} + t * {stride[op.inputs[0]]}, {out} + t * {od});")
+            result = name
         if q.output_per_step:
             seq.append(f"for (t = 0; t < steps; ++t) {{ int j; for (j = 0; j < {q.output_size}; ++j) "
-                       f"y[t * {q.output_size} + j] = {cur}[t * {stride} + j]; }}")
+                       f"y[t * {q.output_size} + j] = {loc[result]}[t * {stride[result]} + j]; }}")
         else:
-            seq.append(f"{p}_head(s, {cur} + (steps - 1) * {stride}, y);")
+            seq.append(f"{p}_head(s, {loc[result]} + (steps - 1) * {stride[result]}, y);")
 
-    # the ops after the readout (vectors, once per sequence)
+    # the ops after the readout (vectors, once per sequence); "cur" is the per-step result
     head: list[str] = ["(void)s;", "(void)cur;"]
-    known = cur   # where the head's input lives, so ping-pong never writes over it
-    cur = "cur"
-    for k in range(readout_at, len(q.ops)):
-        op, info = q.ops[k], infos[k]
+    alias = {"cur": loc[result]}
+    loc[result] = "cur"
+    for k in head_ops:
+        op, name = q.ops[k], q.ops[k].outputs[0]
         if isinstance(op, FinalHidden):
-            lk, lop = last_rec
-            dst, off = va, 0
+            rk, rop = made[op.inputs[0]]
+            dst, off = alloc([va, vb], head_ops, k, loc, alias), 0
             for d in op.directions:
-                head.append(f"{{ int j; for (j = 0; j < {lop.state_size}; ++j) {dst}[{off} + j] = s->op{lk}_h{d}[j]; }}")
-                off += lop.state_size
-            cur = dst
+                head.append(f"{{ int j; for (j = 0; j < {rop.state_size}; ++j) {dst}[{off} + j] = s->op{rk}_h{d}[j]; }}")
+                off += rop.state_size
+            loc[name] = dst
         elif isinstance(op, SelectLast):
-            pass
-        elif isinstance(op, (QEmbedding, Embedding)) or _is_rec(op):
-            raise McuNnError(f"codegen: {type(op).__name__} after a readout (SelectLast/FinalHidden) is not supported")
+            if op.inputs[0] != result:
+                raise McuNnError(f"codegen: out[:, -1] ({op.source or f'op {k}'}) reads {op.inputs[0]!r}, not the "
+                                 f"last per-step tensor {result!r}; unsupported")
+            loc[name] = "cur"
         else:
-            out = other(known if cur == "cur" else cur)
-            head.append(f"{info['fn']}({cur}, {out});")
-            cur = out
-    head.append(f"{{ int j; for (j = 0; j < {q.output_size}; ++j) y[j] = {cur}[j]; }}")
+            loc[name] = alloc([va, vb], head_ops, k, loc, alias)
+            head.append(f"{p}_op{k}({loc[op.inputs[0]]}, {loc[name]});")
+    head.append(f"{{ int j; for (j = 0; j < {q.output_size}; ++j) y[j] = {loc[main]}[j]; }}")
 
+    # _get_state / _set_state copy the recurrent state in ir.state_slots' flat layout
+    slots, at = [], 0
+    for sl in state_slots(q):
+        slots.append({"member": f"op{sl.op_index}_{sl.what}{sl.direction}", "offset": at, "size": sl.size,
+                      "doc": f"op {sl.op_index} ({q.ops[sl.op_index].source or q.ops[sl.op_index].kind}) "
+                             f"{'reverse' if sl.direction else 'forward'} {sl.what}, scale {sl.scale:g}"})
+        at += sl.size
     state_bytes = sum(n for _, n in state)
     fp_ = b.fp
     ctx = dict(
@@ -454,6 +466,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         per_step=q.output_per_step, bidirectional=bidir,
         in_t="float" if fp_ else ("int32_t" if tokens else "int16_t"), out_t="float" if fp_ else "int16_t",
         state=[decl for decl, _ in state], state_bytes=state_bytes, weight_layout=weight_layout,
+        slots=slots, state_size=at,
         arrays=b.arrays, kernels=b.kernels, advance=advance, head=head, seq=seq,
         inv_scale=f32_literal(1.0 / q.input_scale) if not tokens and not fp_ else "1.0f",
         out_scale=f32_literal(q.output_scale),

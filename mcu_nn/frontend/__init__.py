@@ -58,8 +58,24 @@ def _walk(ep: torch.export.ExportedProgram, path: Path) -> ir.Graph:
             res = Walker(ep, str(path), input_time_dim=0).run()
     if not isinstance(res.seq_len, int):     # exported with a dynamic time axis
         res.seq_len = 0
-    return ir.Graph(name="", input_kind=res.input_kind, input_size=int(res.input_size), seq_len=int(res.seq_len),
-                    ops=res.ops, postprocess=res.postprocess, source_file=str(path))
+    graph = ir.Graph(name="", input_kind=res.input_kind, input_size=int(res.input_size), seq_len=int(res.seq_len),
+                     ops=res.ops, postprocess=res.postprocess, source_file=str(path))
+    _wire_state(graph, res)
+    return graph
+
+
+def _wire_state(graph: ir.Graph, res) -> None:
+    """State passed in and returned: the extra inputs become a recurrent op's h0/c0 tensors, the
+    extra outputs its h_n/c_n (names given once the chain is wired)."""
+    if not res.state_inputs and not res.state_outputs:
+        return
+    for op, what, name in res.state_inputs:
+        slots = op.inputs[:1] + (op.inputs[1:] + ["", ""])[:2 if op.kind == "lstm" else 1]
+        slots["hc".index(what) + 1] = name
+        op.inputs = slots
+    graph.inputs = [ir.INPUT] + [name for _, _, name in res.state_inputs]
+    main = graph.ops[-1].outputs[0]
+    graph.outputs = [main] + [op.outputs[1 if what == "h" else 2] for op, what in res.state_outputs]
 
 
 def _apply_input_shape(graph: ir.Graph, input_shape: tuple[int, ...], path: Path) -> None:

@@ -39,10 +39,15 @@ RESHAPE = {"aten.flatten.using_ints", "aten.view.default", "aten.reshape.default
            "aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default"}
 SIZE_QUERIES = {"aten.dim.default", "aten.sym_size.int", "aten.size.default", "aten.sym_numel.default"}
 ZERO_MAKERS = {"aten.zeros.default", "aten.new_zeros.default", "aten.zeros_like.default"}
+# uninitialised tensors: zeros only once aten.zero_ has run on them (``weight.new(...).zero_()``)
+EMPTY_MAKERS = {"aten.empty.memory_format", "aten.new_empty.default", "aten.empty_like.default"}
+CHECKS = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default"}   # no value, no effect
 FULL_MAKERS = {"aten.full.default": 1, "aten.new_full.default": 2, "aten.full_like.default": 1}
 # ops an initial state may pass through and still be the zeros torch builds
-STATE_PASSTHROUGH = IDENTITY | RESHAPE | {"aten._to_copy.default", "aten.to.dtype", "aten.to.device",
-                                          "aten.expand.default", "aten.repeat.default"}
+# .to(...) / .float(): nothing to compute when the dtype stays float32 (checked per node)
+CONVERSIONS = {"aten._to_copy.default", "aten.to.dtype", "aten.to.device", "aten.to.dtype_layout",
+               "aten.to.other", "aten.to.prim_Device", "aten.to.prim_dtype"}
+STATE_PASSTHROUGH = IDENTITY | RESHAPE | CONVERSIONS | {"aten.expand.default", "aten.repeat.default"}
 
 
 class Relayout(Exception):
@@ -56,6 +61,7 @@ class _Rnn:
     ndir: int
     state: int                       # h size per direction
     path: str                        # module path, for messages and op sources
+    top: Any = None                  # the ir.Recurrent of the top layer (its h_n/c_n are returned states)
 
 
 @dataclass
@@ -77,6 +83,8 @@ class WalkResult:
     input_size: int = 0
     seq_len: Any = 0
     postprocess: Optional[str] = None
+    state_inputs: list = field(default_factory=list)    # (ir.Recurrent, "h"|"c", input name), forward's order
+    state_outputs: list = field(default_factory=list)   # (ir.Recurrent, "h"|"c"), returned after the output
 
 
 class Walker:
@@ -133,6 +141,9 @@ class Walker:
             if v.rnn.layers * v.rnn.ndir != 1:
                 raise self.fail(f"{what} uses the whole h_n (all layers and directions); supported readouts: {READOUTS}")
             v = _Val("hn_dirs", v.version, rnn=v.rnn, dirs=(0,))
+        if v.kind == "state":
+            raise self.fail(f"{what} reads model input {v.name!r}; inputs after the sequence are supported only "
+                            "as the initial state (h0, c0) of a single-layer recurrent module")
         if v.kind in ("rnn", "int", "param", "const"):
             raise self.fail(f"{what} reads a {v.kind} value, not the data flowing through the model; unsupported")
         if v.version != len(self.ops):
@@ -192,8 +203,9 @@ class Walker:
             name, tensor = spec
             self.vals[node] = _Val("param", 0, name=name, tensor=tensor)
             return
-        if self.input_shape:
-            raise self.fail("the model takes more than one input; mcu-nn needs exactly one (the sequence)")
+        if self.input_shape:                      # after the sequence: an RNN's initial state
+            self.vals[node] = _Val("state", 0, name=node.name)
+            return
         fake = node.meta.get("val")
         if not isinstance(fake, torch.Tensor):
             raise self.fail(f"model input {node.name} is not a tensor; mcu-nn needs one tensor input")
@@ -222,11 +234,19 @@ class Walker:
         if name in SIZE_QUERIES:
             self.vals[node] = _Val("int", 0)
             return
-        if name in ZERO_MAKERS or name in FULL_MAKERS or name in ("aten.ones.default", "aten.randn.default",
-                                                                    "aten.rand.default", "aten.empty.memory_format"):
+        if name in CHECKS:
+            self.vals[node] = _Val("int", 0)
+            return
+        if name in ZERO_MAKERS or name in FULL_MAKERS or name in EMPTY_MAKERS or \
+                name in ("aten.ones.default", "aten.randn.default", "aten.rand.default"):
             self.vals[node] = _Val("const", 0)     # only meaningful as an RNN's initial state
             return
-        if name in IDENTITY or name in ("aten._to_copy.default", "aten.to.dtype", "aten.to.device"):
+        if name == "aten.zero_.default":
+            if self.val(node.args[0], node).kind != "const":
+                raise self.unsupported(node, " (zeroing a tensor that is not built inside forward)")
+            self.vals[node] = _Val("const", 0)
+            return
+        if name in IDENTITY or name in CONVERSIONS:
             if name not in IDENTITY and not _same_dtype(node):
                 raise self.fail(f"{name}{self.where(node)} changes the dtype; unsupported")
             self.vals[node] = self.val(node.args[0], node)
@@ -293,7 +313,14 @@ class Walker:
                 raise Relayout()            # every layout change so far is relative to the input's
             raise self.fail(f"{RNN_CLASS[kind]}{where} (batch_first={bool(batch_first)}) receives a sequence whose "
                             f"time axis is axis {x.time_dim}; mcu-nn cannot follow that layout change")
-        for h in (hx if isinstance(hx, (list, tuple)) else [hx]):
+        given = []                               # (h|c, model input name) of caller-given states
+        for what, h in zip("hc", hx if isinstance(hx, (list, tuple)) else [hx]):
+            if isinstance(h, Node) and self.vals.get(h) is not None and self.vals[h].kind == "state":
+                if num_layers != 1:
+                    raise self.fail(f"{RNN_CLASS[kind]}{where} takes its initial state from the model input "
+                                    f"{h.name!r} across {num_layers} layers; supported for num_layers=1 only")
+                given.append((what, h.name))
+                continue
             if not self.is_zero_state(h):
                 raise self.fail(f"{RNN_CLASS[kind]}{where} is given an initial state that is not zeros; only the "
                                 "default zero state is supported (call the layer without hx)")
@@ -318,7 +345,8 @@ class Walker:
             self.emit(ir.Recurrent(kind, int(dirs[0].w_ih.shape[1]), int(hidden), int(proj), bool(bidirectional),
                                    dirs, source=src))
             state = proj or hidden
-        info = _Rnn(kind, int(num_layers), ndir, int(state), path)
+        info = _Rnn(kind, int(num_layers), ndir, int(state), path, top=self.ops[-1])
+        self.res.state_inputs += [(self.ops[-1], what, name) for what, name in given]
         self.vals[node] = _Val("rnn", len(self.ops), rnn=info, time_dim=want)
 
     def is_zero_state(self, node: Any) -> bool:
@@ -328,8 +356,10 @@ class Walker:
             v = self.vals.get(node)
             return v is not None and v.kind == "param" and not bool(torch.count_nonzero(v.tensor))
         name = _opname(node)
-        if name in ZERO_MAKERS:
+        if name in ZERO_MAKERS or name == "aten.zero_.default":
             return True
+        if name in EMPTY_MAKERS:     # new_empty(...) then .zero_() in place
+            return any(_opname(u) == "aten.zero_.default" for u in node.users)
         if name in FULL_MAKERS:
             return node.args[FULL_MAKERS[name]] == 0
         if name in STATE_PASSTHROUGH or name in DROPOUT:
@@ -474,8 +504,14 @@ class Walker:
 
     def output(self, node: Optional[Node]) -> None:
         outs = [a for a in _flat(node.args)] if node is not None else []
-        if len(outs) != 1:
-            raise self.fail(f"the model returns {len(outs)} outputs; mcu-nn needs exactly one output tensor")
+        if not outs:
+            raise self.fail("the model returns nothing; mcu-nn needs one output tensor")
+        for extra in outs[1:]:                   # (out, state): the final states of a recurrent module
+            v = self.vals.get(extra) if isinstance(extra, Node) else None
+            if v is None or v.kind not in ("hn", "cn") or v.rnn.layers != 1:
+                raise self.fail(f"the model returns {len(outs)} outputs; after the main output mcu-nn supports only "
+                                "the final states (h_n, c_n) of a single-layer recurrent module")
+            self.res.state_outputs.append((v.rnn.top, "h" if v.kind == "hn" else "c"))
         v = self.val(outs[0], node)
         x = v if v.post else self.data(outs[0], node)   # softmax: data() already checked its input
         if x.kind == "tokens" or not self.ops:

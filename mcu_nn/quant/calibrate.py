@@ -199,7 +199,7 @@ def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
         if head:
             seq = trace[f"op{sel - 1}.out"]            # h of every step (N, T, S)
             sub = Graph(name="head", input_kind="float", input_size=seq.shape[-1], seq_len=seq.shape[1],
-                        ops=head)
+                        ops=head, inputs=[graph.ops[sel].outputs[0]])   # the head reads the readout
             per_step: dict = {}
             run_float(sub, seq, trace=per_step)
             for name, arr in per_step.items():

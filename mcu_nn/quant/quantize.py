@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import McuNnError
 from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent, Recurrent,
-                  SelectLast)
+                  SelectLast, state_inputs)
 from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration
 
 QMAX = {"int8": 127, "int16": 32767}
@@ -196,7 +196,8 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
     common = dict(name=graph.name, precision=precision, input_kind=graph.input_kind,
                   input_size=graph.input_size, seq_len=graph.seq_len,
                   output_per_step=graph.output_per_step, output_size=graph.output_size,
-                  max_steps=max_steps, postprocess=graph.postprocess)
+                  max_steps=max_steps, postprocess=graph.postprocess,
+                  inputs=list(graph.inputs), outputs=list(graph.outputs))
     if precision == "float32":
         cal = {k: _entry(v, 1.0) for k, v in stats.items()}
         return QModel(ops=list(graph.ops), input_scale=1.0, output_scale=1.0, calibration=cal, **common)
@@ -208,16 +209,18 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
     else:
         input_scale = act_scale(_range(stats["input"]))
         cal["input"] = _entry(stats["input"], input_scale, _clip(stats["input"]))
-    scale = input_scale
+    scales = {graph.input_names[0]: input_scale}     # tensor name -> scale of its int16 values
     ops: list = []
     for i, op in enumerate(graph.ops):
         key, where = f"op{i}", op.source or f"op {i} ({type(op).__name__})"
+        scale = scales[op.inputs[0]]
+        wiring = dict(inputs=list(op.inputs), outputs=list(op.outputs))
         if isinstance(op, Embedding):
             table = np.asarray(op.weight, np.float64)
             amax = float(np.abs(table).max()) if table.size else 0.0
             scale = amax / qmax if amax > 0 else 1.0
             tq = np.clip(np.round(table / scale), -qmax, qmax).astype(np.int16)
-            ops.append(QEmbedding(table=tq, out_scale=scale, source=op.source))
+            ops.append(QEmbedding(table=tq, out_scale=scale, source=op.source, **wiring))
         elif isinstance(op, Recurrent):
             dirs = range(len(op.directions))
             if op.kind == "rnn_relu" or op.proj_size:
@@ -244,8 +247,10 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
             ops.append(QRecurrent(kind=op.kind, input_size=op.input_size, hidden_size=op.hidden_size,
                                   proj_size=op.proj_size, bidirectional=op.bidirectional,
                                   directions=qdirs, in_scale=scale, h_scale=h_scale,
-                                  cell_frac=cell_frac, source=op.source))
+                                  cell_frac=cell_frac, source=op.source, **wiring))
             scale = h_scale
+            scales.update(zip(op.outputs[1:], [h_scale, 2.0 ** -cell_frac]))
+            scales.update(zip(state_inputs(op), [h_scale, 2.0 ** -cell_frac]))
         elif isinstance(op, Linear):
             out_scale = act_scale(_range(stats[f"{key}.out"]))
             rq = quantize_rows(op.weight, qmax)
@@ -253,17 +258,17 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
             b = _bias(op.bias, rq.wq.shape[0]) / out_scale
             shift = choose_shift([m], [rq.bound], [b], where)
             ops.append(QLinear(mat=_qmatrix(rq, m, shift, precision), bias=_mult_ints(b, shift),
-                               shift=shift, in_scale=scale, out_scale=out_scale, source=op.source))
+                               shift=shift, in_scale=scale, out_scale=out_scale, source=op.source, **wiring))
             scale = out_scale
         elif isinstance(op, Activation):
             if op.kind == "relu":
                 ops.append(QActivation(kind="relu", mult=1, shift=0, in_scale=scale, out_scale=scale,
-                                       source=op.source))
+                                       source=op.source, **wiring))
             else:
                 m = np.array([scale / GATE_SCALE])
                 shift = choose_shift([m], [[ACT_BOUND]], [], where)
                 ops.append(QActivation(kind=op.kind, mult=int(_mult_ints(m, shift)[0]), shift=shift,
-                                       in_scale=scale, out_scale=Q15_SCALE, source=op.source))
+                                       in_scale=scale, out_scale=Q15_SCALE, source=op.source, **wiring))
                 s = stats.get(f"{key}.in")
                 cal[f"{key}.q312"] = _entry(s, GATE_SCALE, _frac(s, "over_q312"))
                 scale = Q15_SCALE
@@ -271,6 +276,8 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
             ops.append(op)
         else:
             raise McuNnError(f"{where}: cannot quantise op type {type(op).__name__}")
+        scales[op.outputs[0]] = scale
         out_stat = stats.get(f"{key}.out")
         cal[f"{key}.out"] = _entry(out_stat, scale, _clip(out_stat) if isinstance(op, Linear) else 0.0)
-    return QModel(ops=ops, input_scale=input_scale, output_scale=scale, calibration=cal, **common)
+    return QModel(ops=ops, input_scale=input_scale, output_scale=scales[graph.output_names[0]],
+                  calibration=cal, **common)

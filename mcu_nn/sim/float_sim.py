@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import McuNnError
 from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, Recurrent,
-                  SelectLast)
+                  SelectLast, producers, split_state)
 
 F32 = np.float32
 
@@ -36,8 +36,10 @@ def _f32(a: Optional[np.ndarray], size: int) -> np.ndarray:
     return np.zeros(size, F32) if a is None else np.asarray(a, F32)
 
 
-def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key: str):
-    """Run direction ``d`` of ``op`` over x (N, T, I). Returns (h sequence (N,T,S), final h)."""
+def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key: str,
+               h0: np.ndarray, c0: Optional[np.ndarray]):
+    """Run direction ``d`` of ``op`` over x (N, T, I) from (h0, c0). Returns
+    (h sequence (N,T,S), final h, final c or None)."""
     if op.kind not in GATES:
         raise McuNnError(f"float simulator: unknown recurrent kind {op.kind!r} in {op.source or key}; "
                          f"expected one of {', '.join(GATES)}")
@@ -50,8 +52,8 @@ def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key:
     s = op.state_size
 
     xw = (x @ w_ih.T + b_ih).astype(F32)                # (N, T, G*H): input part of every step
-    h = np.zeros((n, s), F32)
-    c = np.zeros((n, hsz), F32)
+    h = np.array(h0, F32)
+    c = np.zeros((n, hsz), F32) if c0 is None else np.array(c0, F32)
     out = np.zeros((n, t_len, s), F32)
     rec = {} if trace is None else {
         "gates": np.zeros((n, t_len, g * hsz), F32),
@@ -96,7 +98,7 @@ def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key:
             if arr is not None:
                 trace[f"{key}.d{d}.{name}"] = arr
         trace[f"{key}.d{d}.h"] = out
-    return out, h
+    return out, h, (c if op.kind == "lstm" else None)
 
 
 def _check_input(graph: Graph, x: np.ndarray) -> None:
@@ -107,46 +109,68 @@ def _check_input(graph: Graph, x: np.ndarray) -> None:
         raise McuNnError(f"float simulator: input must be (N, T, {graph.input_size}), got shape {x.shape}")
 
 
-def run_float(graph: Graph, x: np.ndarray, trace: Optional[dict] = None) -> np.ndarray:
+def run_float(graph: Graph, x: np.ndarray, trace: Optional[dict] = None,
+              state: Optional[np.ndarray] = None) -> np.ndarray:
     """Run ``graph`` on x ((N,T,F) float or (N,T) token ids) in float32.
 
-    Returns (N,T,O) if ``graph.output_per_step`` else (N,O), before any postprocess.
+    ``state``: the initial recurrent state in the flat layout of ``ir.state_slots``
+    ((N, total) or (total,)); None = zeros, as ``_reset`` leaves the C state.
+    Returns the main output: (N,T,O) if ``graph.output_per_step`` else (N,O), before any
+    postprocess. The ops run in graph order over a dict of named tensors.
     With ``trace`` a dict, records float32 arrays: "input", f"op{i}.in", f"op{i}.out" and,
     per recurrent op and direction d, f"op{i}.d{d}.gates" (pre-activations (N,T,G*H); for a
     GRU the n rows hold W_in x + b_in + r*(W_hn h + b_hn)), ".h", ".c" (LSTM), ".hfull"
     (LSTM with projection: h before it), ".nx"/".nh" (GRU n-row halves).
     """
+    return run_float_all(graph, x, trace, state)[graph.output_names[0]]
+
+
+def run_float_all(graph: Graph, x: np.ndarray, trace: Optional[dict] = None,
+                  state: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """As :func:`run_float`, returning every named tensor of the graph."""
     x = np.asarray(x)
     _check_input(graph, x)
-    cur = x.astype(np.int64) if graph.input_kind == "tokens" else x.astype(F32)
+    first = x.astype(np.int64) if graph.input_kind == "tokens" else x.astype(F32)
+    env: dict[str, np.ndarray] = {graph.input_names[0]: first}
     if trace is not None:
-        trace["input"] = cur
-    finals: list[np.ndarray] = []
+        trace["input"] = first
+    init = split_state(graph, state, x.shape[0], F32)
     for i, op in enumerate(graph.ops):
         key = f"op{i}"
+        cur = env[op.inputs[0]]
         if trace is not None:
             trace[f"{key}.in"] = cur
         if isinstance(op, Embedding):
             table = np.asarray(op.weight, F32)
             valid = (cur >= 0) & (cur < table.shape[0])
-            cur = np.where(valid[..., None], table[np.where(valid, cur, 0)], F32(0)).astype(F32)
+            outs = [np.where(valid[..., None], table[np.where(valid, cur, 0)], F32(0)).astype(F32)]
         elif isinstance(op, Recurrent):
-            outs = [_direction(op, d, cur, trace, key) for d in range(len(op.directions))]
-            cur = np.concatenate([o for o, _ in outs], axis=-1)
-            finals = [f for _, f in outs]
+            runs = [_direction(op, d, cur, trace, key, init[(i, d, "h")],
+                               init.get((i, d, "c"))) for d in range(len(op.directions))]
+            outs = [np.concatenate([r[0] for r in runs], axis=-1), np.concatenate([r[1] for r in runs], axis=-1)]
+            if op.kind == "lstm":
+                outs.append(np.concatenate([r[2] for r in runs], axis=-1))
         elif isinstance(op, Linear):
             w = np.asarray(op.weight, F32)
-            cur = (cur @ w.T + _f32(op.bias, w.shape[0])).astype(F32)
+            outs = [(cur @ w.T + _f32(op.bias, w.shape[0])).astype(F32)]
         elif isinstance(op, Activation):
-            cur = _act(op.kind, cur).astype(F32)
+            outs = [_act(op.kind, cur).astype(F32)]
         elif isinstance(op, SelectLast):
-            cur = cur[:, -1]
+            outs = [cur[:, -1]]
         elif isinstance(op, FinalHidden):
-            if not finals:
-                raise McuNnError(f"float simulator: FinalHidden ({op.source or key}) has no recurrent layer before it")
-            cur = np.concatenate([finals[d] for d in op.directions], axis=-1)
+            size = cur.shape[-1] // _ndirs(graph, op.inputs[0])
+            outs = [np.concatenate([cur[:, d * size:(d + 1) * size] for d in op.directions], axis=-1)]
         else:
             raise McuNnError(f"float simulator: unsupported op {type(op).__name__} at {key}")
+        env.update(zip(op.outputs, outs))
         if trace is not None:
-            trace[f"{key}.out"] = cur
-    return cur
+            trace[f"{key}.out"] = outs[0]
+    return env
+
+
+def _ndirs(graph: Graph, tensor: str) -> int:
+    """Directions of the recurrent op that wrote ``tensor`` (an h_n)."""
+    _, op = producers(graph)[tensor]
+    if not isinstance(op, Recurrent):
+        raise McuNnError(f"float simulator: FinalHidden reads {tensor!r}, which is not a recurrent op's h_n")
+    return len(op.directions)

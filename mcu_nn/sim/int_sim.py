@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import McuNnError
 from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
-                  QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast)
+                  QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast, producers,
+                  split_state, tensors)
 from ..quant import fixedpoint as fp
 
 
@@ -19,8 +20,10 @@ GATE_SCALE = 2.0 ** -fp.GATE_FRAC
 
 
 def _direction(layer: QRecurrent, d: int, x: np.ndarray, trace: Optional[dict] = None,
-               key: str = "") -> np.ndarray:
-    """Run direction ``d`` of ``layer`` over x (N,T,I) int; returns h per step (N,T,S).
+               key: str = "", h0: Optional[np.ndarray] = None,
+               c0: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run direction ``d`` of ``layer`` over x (N,T,I) int from (h0, c0) (None = zeros);
+    returns (h per step (N,T,S), final h, final c).
     With ``trace``, also records the dequantised gate pre-activations, c and h under
     run_float's names (f"{key}.d{d}.gates" / ".c" / ".h") for the quantisation report."""
     qd = layer.directions[d]
@@ -28,8 +31,8 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray, trace: Optional[dict] =
     hid, s = layer.hidden_size, layer.state_size
     acc_x = fp.matvec(qd.wx.w, x)                       # (N,T,G*H): the input part of every step
     mx, mh = fp._i64(qd.wx.mult), fp._i64(qd.wh.mult)
-    h = np.zeros((n, s), dtype=np.int64)
-    c = np.zeros((n, hid), dtype=np.int64)
+    h = np.zeros((n, s), dtype=np.int64) if h0 is None else fp._i64(h0)
+    c = np.zeros((n, hid), dtype=np.int64) if c0 is None else fp._i64(c0)
     out = np.zeros((n, t_len, s), dtype=np.int64)
     if trace is not None:
         gates = np.zeros((n, t_len, acc_x.shape[-1]))
@@ -73,7 +76,7 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray, trace: Optional[dict] =
         if layer.kind == "lstm":
             trace[f"{key}.d{d}.c"] = cells
         trace[f"{key}.d{d}.h"] = out * layer.h_scale
-    return out
+    return out, h, c
 
 
 def _linear(op: QLinear, x: np.ndarray) -> np.ndarray:
@@ -87,13 +90,23 @@ def _activation(op: QActivation, x: np.ndarray) -> np.ndarray:
     return fp.tanh_q15(x312) if op.kind == "tanh" else fp.sigmoid_q15(x312)
 
 
-def run_quant(q: QModel, xq: np.ndarray, trace: Optional[dict] = None) -> np.ndarray:
+def run_quant(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
+              state: Optional[np.ndarray] = None) -> np.ndarray:
     """Run ``q`` on quantised inputs: (N,T,F) int16 values, or (N,T) token ids.
 
-    Returns int64 holding int16 values: (N,T,O) if ``q.output_per_step`` else (N,O).
-    With ``trace``, fills it with dequantised float arrays under run_float's trace names
-    ("input", f"op{i}.out", f"op{i}.d{d}.gates" / ".c" / ".h"), so the two can be compared.
+    ``state``: the initial recurrent state as int16 values in the flat layout of
+    ``ir.state_slots`` ((N, total) or (total,)), what ``_set_state`` takes; None = zeros.
+    Returns the main output, int64 holding int16 values: (N,T,O) if ``q.output_per_step``
+    else (N,O). With ``trace``, fills it with dequantised float arrays under run_float's
+    trace names ("input", f"op{i}.out", f"op{i}.d{d}.gates" / ".c" / ".h"), so the two can
+    be compared.
     """
+    return run_quant_all(q, xq, trace, state)[q.output_names[0]]
+
+
+def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
+                  state: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+    """As :func:`run_quant`, returning every named tensor (int64 holding int16 values)."""
     if q.precision == "float32":
         raise McuNnError(f"run_quant: model {q.name!r} is float32; use mcu_nn.sim.run for float models")
     x = fp._i64(xq)
@@ -101,42 +114,38 @@ def run_quant(q: QModel, xq: np.ndarray, trace: Optional[dict] = None) -> np.nda
     if x.ndim != want:
         raise McuNnError(f"run_quant: model {q.name!r} takes a {want}-d input "
                          f"({'N,T token ids' if want == 2 else 'N,T,F'}), got shape {tuple(x.shape)}")
-    per_step = True                  # False once a sequence -> vector op has run
-    finals: list[np.ndarray] = []    # final h of each direction of the last recurrent layer
-    scale = q.input_scale            # of x, for the trace only
+    info = tensors(q)
+    env: dict[str, np.ndarray] = {q.input_names[0]: x}
     if trace is not None and q.input_kind != "tokens":
-        trace["input"] = x * scale
+        trace["input"] = x * q.input_scale
+    init = split_state(q, state, x.shape[0], np.int64)
     for i, op in enumerate(q.ops):
+        cur = env[op.inputs[0]]
         if isinstance(op, QEmbedding):
             table = fp._i64(op.table)
-            v = table.shape[0]
-            ok = (x >= 0) & (x < v)
-            x = np.where(ok[..., None], table[np.where(ok, x, 0)], 0)
-            scale = op.out_scale
+            ok = (cur >= 0) & (cur < table.shape[0])
+            outs = [np.where(ok[..., None], table[np.where(ok, cur, 0)], 0)]
         elif isinstance(op, QRecurrent):
-            outs = [_direction(op, d, x, trace, f"op{i}") for d in range(len(op.directions))]
-            # forward final = after t=T-1; reverse final = after its last step, t=0
-            finals = [outs[0][:, -1]] + ([outs[1][:, 0]] if len(outs) > 1 else [])
-            x = np.concatenate(outs, axis=-1)
-            scale = op.h_scale
+            runs = [_direction(op, d, cur, trace, f"op{i}", init[(i, d, "h")], init.get((i, d, "c")))
+                    for d in range(len(op.directions))]
+            outs = [np.concatenate([r[k] for r in runs], axis=-1) for k in (0, 1, 2)][:len(op.outputs)]
         elif isinstance(op, QLinear):
-            x = _linear(op, x)
-            scale = op.out_scale
+            outs = [_linear(op, cur)]
         elif isinstance(op, QActivation):
-            x = _activation(op, x)
-            scale = op.out_scale
+            outs = [_activation(op, cur)]
         elif isinstance(op, SelectLast):
-            x = x[:, -1]
-            per_step = False
+            outs = [cur[:, -1]]
         elif isinstance(op, FinalHidden):
-            x = np.concatenate([finals[d] for d in op.directions], axis=-1)
-            per_step = False
+            _, rec = producers(q)[op.inputs[0]]
+            size = cur.shape[-1] // len(rec.directions)
+            outs = [np.concatenate([cur[:, d * size:(d + 1) * size] for d in op.directions], axis=-1)]
         else:
             raise McuNnError(f"run_quant: unsupported op {type(op).__name__} in model {q.name!r}")
+        env.update(zip(op.outputs, outs))
         if trace is not None:
-            trace[f"op{i}.out"] = x * scale
-    assert per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
-    return x
+            trace[f"op{i}.out"] = outs[0] * info[op.outputs[0]].scale
+    assert info[q.output_names[0]].per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
+    return env
 
 
 def as_graph(q: QModel) -> Graph:
@@ -145,7 +154,7 @@ def as_graph(q: QModel) -> Graph:
         if not isinstance(op, (Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden)):
             raise McuNnError(f"model {q.name!r} is float32 but holds integer op {type(op).__name__}")
     return Graph(name=q.name, input_kind=q.input_kind, input_size=q.input_size, seq_len=q.seq_len,
-                 ops=list(q.ops), postprocess=q.postprocess)
+                 ops=list(q.ops), postprocess=q.postprocess, inputs=list(q.inputs), outputs=list(q.outputs))
 
 
 def quantize_model_input(q: QModel, x: np.ndarray) -> np.ndarray:
@@ -155,13 +164,16 @@ def quantize_model_input(q: QModel, x: np.ndarray) -> np.ndarray:
     return fp.quantize_input(x, 1.0 / q.input_scale)
 
 
-def run(q: QModel, x: np.ndarray) -> np.ndarray:
+def run(q: QModel, x: np.ndarray, state: Optional[np.ndarray] = None) -> np.ndarray:
     """Run ``q`` on float inputs (N,T,F) or token ids (N,T), as the generated C does.
+
+    ``state``: the initial recurrent state in the flat layout of ``ir.state_slots`` as the
+    C ``_set_state`` takes it (int16 values; float values for float32 models); None = zeros.
 
     Integer precisions return int64 arrays of int16 values (multiply by
     ``q.output_scale`` to dequantise); float32 returns float32 (via ``run_float``).
     """
     if q.precision == "float32":
         from .float_sim import run_float  # written separately; imported only when needed
-        return np.asarray(run_float(as_graph(q), x), dtype=np.float32)
-    return run_quant(q, quantize_model_input(q, x))
+        return np.asarray(run_float(as_graph(q), x, state=state), dtype=np.float32)
+    return run_quant(q, quantize_model_input(q, x), state=state)

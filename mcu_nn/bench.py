@@ -29,7 +29,7 @@ from .build import linker_script
 from .errors import McuNnError
 from .exportdir import Export, open_export, stage_sources
 from .toolchain import require, run_tool
-from .verify import FLOAT_RTOL
+from .compare import differing
 
 FIRMWARE = Path(__file__).resolve().parent / "firmware" / "bench"
 STARTUP = FIRMWARE.parent / "common" / "cortexm_startup.c"    # the boards' own start-up
@@ -175,7 +175,8 @@ def _parse(text: str) -> _Parsed:
                    int(run.group(1)) if run else None, int(st.group(1)), int(st.group(2)))
 
 
-def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int) -> None:
+def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int,
+                   drift: Optional[np.ndarray] = None) -> None:
     fp32 = manifest["precision"] == "float32"
     modes = ["R"] if manifest["bidirectional"] else ["R", "S"]
     for i in range(n):
@@ -186,10 +187,10 @@ def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int) -> 
                 raise McuNnError(f"bench firmware printed no outputs for vector {i} ({mode}); rebuild it")
             if fp32:
                 got = np.array(raw, np.uint32).view(np.float32).astype(np.float64)
-                bad = np.abs(got - want) > FLOAT_RTOL * np.maximum(1.0, np.abs(want.astype(np.float64)))
             else:
                 got = np.array(raw, np.uint16).view(np.int16)
-                bad = got != want
+            bad = differing(got[None], want[None], manifest["precision"],
+                            None if drift is None else drift[i:i + 1])[0]
             if bad.any():
                 j = int(np.argmax(bad))
                 fn = "run" if mode == "R" else "step"
@@ -227,7 +228,7 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
         p = _parse(run_bench(elf, board))
         flash = _model_flash(bdir, elf)
     n = vec["input_q"].shape[0] if vectors is None else min(vectors, vec["input_q"].shape[0])
-    _check_outputs(p, manifest, vec["expected"], n)
+    _check_outputs(p, manifest, vec["expected"], n, vec.get("float_drift"))
     for count, ticks in ((2000, p.loop1000), (4000, p.loop2000)):   # loops of known length, timed in asm
         got = ticks_to_instructions(ticks - p.empty)
         if abs(got - count) > 0.5:

@@ -300,8 +300,13 @@ def read_vectors(m: dict, data: bytes, where: Path) -> dict[str, np.ndarray]:
     want = (n, steps, fout) if m["output_per_step"] else (n, fout)
     if exp.shape != want:
         raise McuNnError(f"{where}: expected has shape {exp.shape}, model.json says {want}; re-run mcu-nn export")
-    if m["precision"] == "float32" and not np.all(np.isfinite(exp)):
-        raise McuNnError(f"{where}: expected holds NaN or infinity; re-run mcu-nn export")
+    if m["precision"] == "float32":
+        if not np.all(np.isfinite(exp)):
+            raise McuNnError(f"{where}: expected holds NaN or infinity; re-run mcu-nn export")
+        drift = vec.get("float_drift")
+        if drift is None or drift.shape != (n,) or not np.all(np.isfinite(drift)) or np.any(drift < 0):
+            raise McuNnError(f"{where}: a float32 export needs 'float_drift' with {n} finite values >= 0; "
+                             "re-run mcu-nn export")
     return vec
 
 

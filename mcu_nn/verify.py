@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import McuNnError
+from .compare import describe_rule, differing, float_tolerance
 from .exportdir import open_export, stage_sources
 from .toolchain import find_cc, first_error_line, run_tool, section_sizes
 
@@ -20,7 +21,6 @@ HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g
               "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 CROSS_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-mthumb",
                "-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
-FLOAT_RTOL = 1e-5   # float32: |got - expected| <= FLOAT_RTOL * max(1, |expected|)
 
 
 @dataclass
@@ -92,26 +92,25 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True, al
     runs = [("run", got[:expected.size].reshape(shape))]
     if not bidir:
         runs.append(("step", got[expected.size:2 * expected.size].reshape(shape)))
+    drift = vec.get("float_drift")
+    precision = manifest["precision"]
     mismatches, first, max_err = 0, "", 0.0
     for mode, out in runs:
+        bad = differing(out, expected, precision, drift)
         if fp32:
-            err = np.abs(out.astype(np.float64) - expected)
-            bad = err > FLOAT_RTOL * np.maximum(1.0, np.abs(expected.astype(np.float64)))
-            max_err = max(max_err, float(err.max(initial=0.0)))
-        else:
-            bad = out != expected
+            max_err = max(max_err, float(np.abs(out.astype(np.float64) - expected).max(initial=0.0)))
         mismatches += int(bad.sum())
         if bad.any() and not first:
             idx = tuple(int(i) for i in np.argwhere(bad)[0])
             where = (f"vector {idx[0]}, step {idx[1]}, output {idx[2]}" if per_step
                      else f"vector {idx[0]}, output {idx[1]}")
-            tol = f" (tolerance {FLOAT_RTOL:g} relative)" if fp32 else ""
+            tol = f" (allowed {float(float_tolerance(expected, drift)[idx]):.3g})" if fp32 else ""
             first = f"{where}: expected {expected[idx]}, got {out[idx]} ({name}_{mode}){tol}"
     ok = mismatches == 0
-    what = (f"within {FLOAT_RTOL:g} relative, max abs error {max_err:.3g}" if fp32 else "0 differing bits")
+    what = describe_rule(precision, drift) + (f"; max abs error {max_err:.3g}" if fp32 else "")
     modes = "run" + ("" if bidir else " and step")
     if ok:
-        log(f"verify {name}: {n} vectors x {steps} steps through {name}_{modes}: OK ({what})")
+        log(f"verify {name}: {n} vectors x {steps} steps through {name}_{modes}, host C vs simulator: OK ({what})")
     else:
         log(f"verify {name}: FAILED, {mismatches} differing outputs; first: {first}")
     if sizes:

@@ -141,9 +141,22 @@ def _test_vectors(q: QModel, test_input: np.ndarray, expected: np.ndarray) -> by
         raise McuNnError(f"write_export: expected outputs have shape {exp.shape}, the model gives {want}")
     in_q = chip_input(q, input_arr)
     in_q = in_q.astype(np.float32 if fp32 else (np.int32 if tokens else np.int16))
+    arrays = {"input": input_arr, "input_q": in_q, "expected": exp}
+    if fp32:
+        arrays["float_drift"] = _float_drift(q, input_arr, exp)
     buf = io.BytesIO()
-    np.savez(buf, input=input_arr, input_q=in_q, expected=exp)
+    np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def _float_drift(q: QModel, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per vector, the largest distance of the float32 simulation from the same computation
+    in float64: the scale of summation-order differences (see mcu_nn.compare)."""
+    from ..sim.float_sim import run_float64
+    from ..sim.int_sim import as_graph
+    ref = run_float64(as_graph(q), x)
+    err = np.abs(expected.astype(np.float64) - ref).reshape(len(x), -1)
+    return np.nan_to_num(err.max(axis=1), nan=0.0, posinf=0.0).astype(np.float32)
 
 
 def _arrays_by_op(e) -> list[int]:

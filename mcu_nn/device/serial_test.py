@@ -13,13 +13,13 @@ import numpy as np
 
 from ..boards import BOARDS, DEFAULT_BOARD, get_board
 from ..build import build_firmware, firmware_path, is_up_to_date
+from ..compare import describe_rule, differing
 from ..exportdir import Export, open_export
 from ..errors import McuNnError
 from .client import DeviceClient
 from .emulator import Emulator
 from .protocol import DeviceInfo
 
-FLOAT_RTOL = 1e-5    # the same tolerance as mcu-nn verify
 
 
 @dataclass
@@ -37,14 +37,11 @@ class SerialTestResult:
     retransmissions: int = 0
 
 
-def _mismatch(got: np.ndarray, exp: np.ndarray, fp: bool) -> Optional[np.ndarray]:
-    """Boolean mask of differing values, or None when all match."""
+def _mismatch(got: np.ndarray, exp: np.ndarray, precision: str, drift: Optional[float]) -> Optional[np.ndarray]:
+    """Boolean mask of differing values, or None when all match (the rule of mcu_nn.compare)."""
     if got.shape != exp.shape:
         return np.ones(exp.shape, bool)
-    if fp:
-        bad = ~(np.abs(got.astype(np.float64) - exp) <= FLOAT_RTOL * np.maximum(1.0, np.abs(exp)))
-    else:
-        bad = got.astype(np.int64) != exp.astype(np.int64)
+    bad = differing(got[None], exp[None], precision, None if drift is None else np.array([drift]))[0]
     return bad if bad.any() else None
 
 
@@ -107,12 +104,13 @@ def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional
         log(f"board {info.board}: model {info.name} ({info.precision}), sha256 {info.sha256[:16]}… matches "
             f"the export{' (modified on purpose: --allow-modified)' if info.modified else ''}; "
             f"{info.input_size} in / {info.output_size} out per step")
-        return _compare(client, info, inputs, expected, manifest, log, progress)
+        return _compare(client, info, inputs, expected, manifest, log, progress, ex.vectors.get("float_drift"))
 
 
 def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expected: np.ndarray,
-             manifest: dict, log: Callable[[str], None], progress: bool) -> SerialTestResult:
-    fp = manifest["precision"] == "float32"
+             manifest: dict, log: Callable[[str], None], progress: bool,
+             drift: Optional[np.ndarray] = None) -> SerialTestResult:
+    precision = manifest["precision"]
     n = inputs.shape[0]
     passed, first, outputs, per_step_ticks = 0, "", [], []
     bar = None
@@ -138,7 +136,7 @@ def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expecte
                 checks.append(("STEP", np.stack(ys) if info.output_per_step else ys[-1]))
             ok = True
             for how, g in checks:
-                bad = _mismatch(g, exp, fp)
+                bad = _mismatch(g, exp, precision, None if drift is None else float(drift[i]))
                 if bad is not None:
                     ok = False
                     if not first:
@@ -156,7 +154,7 @@ def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expecte
     bps = (client.bytes_sent + client.bytes_received) / client.link_seconds if client.link_seconds else 0.0
     result = SerialTestResult(passed == n, n, passed, first, mean, mx, bps, unit,
                               np.stack(outputs) if outputs else None, info, client.retransmissions)
-    kind = "within float tolerance" if fp else "bit-exact"
+    kind = "board vs simulator, " + describe_rule(precision, drift)
     log(f"{passed}/{n} vectors passed ({kind}; RUN{'' if info.has_step else ' only'}"
         f"{' and STEP step by step' if info.has_step else ', bidirectional model'})")
     if first:

@@ -168,6 +168,18 @@ def run_float_all(graph: Graph, x: np.ndarray, trace: Optional[dict] = None,
     return env
 
 
+def run_float64(graph: Graph, x: np.ndarray, state: Optional[np.ndarray] = None) -> np.ndarray:
+    """The same computation in float64: its distance from :func:`run_float` is how much
+    float32 rounding moves this model's outputs (the export's float32 tolerance uses it)."""
+    global F32
+    saved = F32
+    F32 = np.float64          # every F32 of this module is looked up at call time
+    try:
+        return run_float(graph, x, state=state)
+    finally:
+        F32 = saved
+
+
 def _ndirs(graph: Graph, tensor: str) -> int:
     """Directions of the recurrent op that wrote ``tensor`` (an h_n)."""
     _, op = producers(graph)[tensor]

@@ -48,3 +48,14 @@ def describe_rule(precision: str, drift: Optional[np.ndarray] = None) -> str:
     worst = float(np.max(drift)) if drift is not None and np.size(drift) else 0.0
     return (f"float32 within max({FLOAT_RTOL:g} relative, {DRIFT_FACTOR:g} x the simulator's float32-vs-float64 "
             f"drift, at most {worst:.2g})")
+
+
+def saturation_line(manifest: dict, which: str, where: str) -> str:
+    """'saturation <where>: none' or where the simulator clipped, from the manifest's counts
+    (``which``: "calibration" or "test_vectors"); bit-exact hardware clips the same values."""
+    sat = manifest.get("saturation", {}).get(which) or {}
+    if not sat:
+        return f"saturation {where}: none"
+    parts = [f"{site} ({e.get('source', '?')}): {e['clipped']:,} of {e['values']:,} values "
+             f"({100 * e['clipped'] / max(e['values'], 1):.2g}%)" for site, e in sat.items()]
+    return f"saturation {where}: " + "; ".join(parts)

@@ -5,13 +5,14 @@ only strings them together and measures how much accuracy quantisation costs.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import McuNnError
+from .errors import McuNnError, McuNnWarning
 from .ir import Graph, QModel, QRecurrent, state_slots
 
 PRECISIONS = ("int8", "int16", "float32")
@@ -69,6 +70,33 @@ def measure_accuracy(graph: Graph, q: QModel, x: np.ndarray) -> Accuracy:
     )
 
 
+TREND_RATIO = 1.25     # later calibration inputs this much larger than earlier ones: a trend
+
+
+def warn_if_trending(graph: Graph, data: np.ndarray) -> None:
+    """Warn when the calibration inputs grow along the data (later sequences, or later steps,
+    reach further than earlier ones): deployed inputs will likely go further still."""
+    if graph.input_kind == "tokens":
+        return
+    a = np.abs(np.asarray(data, np.float64))
+    pairs = []
+    if a.shape[0] >= 2:
+        h = a.shape[0] // 2
+        pairs.append(("sequences", a[:h].max(), a[h:].max()))
+    if a.shape[1] >= 2:
+        h = a.shape[1] // 2
+        pairs.append(("steps", a[:, :h].max(), a[:, h:].max()))
+    for what, early, late in pairs:
+        if early > 0 and late > TREND_RATIO * early:
+            warnings.warn(
+                f"calibration inputs grow along the data: |x| reaches {early:.3g} in the first half of the "
+                f"{what} and {late:.3g} in the second; inputs beyond the calibrated range will saturate on the "
+                "chip (verify and serial-test count them). Pass calibration data that covers the range you "
+                "expect in deployment (mcu-nn keeps the headroom the trend within the data shows, "
+                "see docs/numerics.md)", McuNnWarning, stacklevel=3)
+            return
+
+
 def load_data(graph: Graph, calib: Optional[str], precision: str) -> np.ndarray:
     """Calibration data; float32 exports may go without (random data then only feeds the
     test vectors, which compare C with the simulator)."""
@@ -102,6 +130,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     from .frontend import load_model
     from .quant import quantize
     from .sim import run
+    from .sim.int_sim import saturation
 
     if precision not in PRECISIONS:
         raise McuNnError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -112,8 +141,10 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     accuracy = measure_accuracy(graph, q, data)
     vectors = data[:TEST_VECTORS]
     expected = run(q, vectors)
+    warn_if_trending(graph, data)
     extra = {"source_model": str(Path(model_path).name), "accuracy": accuracy.as_dict(),
              "calibration_sequences": int(data.shape[0]),
-             "state": state_manifest(q)}
+             "state": state_manifest(q),
+             "saturation": {"calibration": saturation(q, data)}}
     manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra, weight_layout=weight_layout)
     return ExportResult(Path(out_dir), graph, q, manifest, accuracy, data)

@@ -155,6 +155,11 @@ def validate_manifest(m: Any, where: str) -> dict:
     for key in [m["header"], *m["c_sources"], VECTORS]:
         if key not in listed:
             raise McuNnError(f"{where}: field 'files' does not list {key}; re-run mcu-nn export")
+    sat = m.get("saturation", {})
+    if not isinstance(sat, dict) or not all(
+            isinstance(v, dict) and all(isinstance(e, dict) and _int(0)(e.get("clipped")) and _int(0)(e.get("values"))
+                                        for e in v.values()) for v in sat.values()):
+        raise McuNnError(f"{where}: field 'saturation' is malformed; re-run mcu-nn export")
     if m["input_kind"] == "tokens" and m["input_values_per_step"] != 1:
         raise McuNnError(f"{where}: field 'input_values_per_step' must be 1 for a token model")
     if m["precision"] == "float32" and (m["in_ctype"] != "float" and m["input_kind"] == "float"):

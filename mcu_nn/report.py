@@ -86,6 +86,7 @@ def inspect_model(path: str | Path, *, allow_pickle: bool = False,
 
 
 def export_summary(result) -> str:
+    from .compare import saturation_line
     """What `export` prints after writing the directory (result: export.ExportResult)."""
     m, graph, acc = result.manifest, result.graph, result.accuracy
     rows = []
@@ -111,6 +112,8 @@ def export_summary(result) -> str:
         top1 = f", top class agrees on {acc.top1_agreement:.1%}" if acc.top1_agreement is not None else ""
         lines.append(f"{m['precision']} vs float on {acc.sequences} calibration sequences: "
                      f"max abs error {acc.max_abs_error:.4g}, SNR {acc.snr_db:.1f} dB{top1}")
+    if m["precision"] != "float32":
+        lines.append(saturation_line(m, "calibration", "on the calibration data"))
     lines.append(f"wrote {result.out_dir}/: " + ", ".join(m["files"]) + f"  (sha256 {m['sha256'][:16]}…)")
     lines.append(f"next: mcu-nn verify {result.out_dir}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import McuNnError
-from .compare import describe_rule, differing, float_tolerance
+from .compare import describe_rule, differing, float_tolerance, saturation_line
 from .exportdir import open_export, stage_sources
 from .toolchain import find_cc, first_error_line, run_tool, section_sizes
 
@@ -113,6 +113,8 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True, al
         log(f"verify {name}: {n} vectors x {steps} steps through {name}_{modes}, host C vs simulator: OK ({what})")
     else:
         log(f"verify {name}: FAILED, {mismatches} differing outputs; first: {first}")
+    if not fp32:
+        log(saturation_line(manifest, "test_vectors", f"on these {n} vectors (simulator; the C computed the same bits)"))
     if sizes:
         log("cortex-m4 object: " + ", ".join(f"{k} {v} B" for k, v in sizes.items()))
     return VerifyResult(ok, n, mismatches, first, max_err, sizes)

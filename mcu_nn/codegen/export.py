@@ -69,10 +69,18 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
     }
     for layer, arrs in zip(manifest["layers"], _arrays_by_op(e)):
         layer["flash_bytes"] = arrs
-    manifest.update(extra or {})
+    extra = dict(extra or {})
+    manifest["saturation"] = {**extra.pop("saturation", {}), "test_vectors": _saturation(q, test_input)}
+    manifest.update(extra)
     blobs[MANIFEST] = manifest_bytes(manifest)
     _write_atomically(out_dir, blobs)
     return manifest
+
+
+def _saturation(q: QModel, x: np.ndarray) -> dict:
+    """Where the simulator clips on the test vectors (verify and serial-test report it)."""
+    from ..sim.int_sim import saturation
+    return saturation(q, np.asarray(x))
 
 
 def _check_target(out_dir: Path, name: str) -> None:

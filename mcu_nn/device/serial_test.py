@@ -13,7 +13,7 @@ import numpy as np
 
 from ..boards import BOARDS, DEFAULT_BOARD, get_board
 from ..build import build_firmware, firmware_path, is_up_to_date
-from ..compare import describe_rule, differing
+from ..compare import describe_rule, differing, saturation_line
 from ..exportdir import Export, open_export
 from ..errors import McuNnError
 from .client import DeviceClient
@@ -159,6 +159,9 @@ def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expecte
         f"{' and STEP step by step' if info.has_step else ', bidirectional model'})")
     if first:
         log("first mismatch: " + first)
+    if precision != "float32":
+        log(saturation_line(manifest, "test_vectors", f"on these {n} vectors (simulator)"
+                            + ("; the board computed the same bits" if passed == n else "")))
     if mean is not None:
         log(f"{unit} per step: mean {mean:,.0f}, max {mx:,.0f}")
     log(f"link: {client.bytes_sent + client.bytes_received:,} bytes at {bps:,.0f} B/s"

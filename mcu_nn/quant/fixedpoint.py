@@ -10,7 +10,9 @@ Rounding is round-half-up everywhere: ``(x + 2^(n-1)) >> n`` with an arithmetic 
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator, Optional
 
 import numpy as np
 
@@ -27,6 +29,53 @@ def _i64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.int64)
 
 
+# ----------------------------------------------------------------------------- saturation accounting
+# Saturation is counted, never silent: inside count_saturation(), every sat16 and
+# quantize_input adds the values it clipped to a tally under the current site (the
+# simulator names each op's site). No effect on any result; a no-op outside the block.
+_tally: Optional[dict[str, list[int]]] = None
+_site = "model"
+
+
+@contextlib.contextmanager
+def count_saturation() -> Iterator[dict[str, list[int]]]:
+    """Yields {site: [clipped values, values checked]}, filled while the block runs."""
+    global _tally
+    outer, _tally = _tally, {}
+    try:
+        yield _tally
+    finally:
+        inner, _tally = _tally, outer
+        if outer is not None:                     # nested: the outer block sees these too
+            for k, (c, n) in inner.items():
+                e = outer.setdefault(k, [0, 0])
+                e[0] += c
+                e[1] += n
+
+
+def set_saturation_site(name: str) -> str:
+    """Name the site later clips are tallied under; returns the previous name."""
+    global _site
+    outer, _site = _site, name
+    return outer
+
+
+@contextlib.contextmanager
+def saturation_site(name: str) -> Iterator[None]:
+    outer = set_saturation_site(name)
+    try:
+        yield
+    finally:
+        set_saturation_site(outer)
+
+
+def _count(x: np.ndarray, lo, hi) -> None:
+    if _tally is not None and x.size:
+        e = _tally.setdefault(_site, [0, 0])
+        e[0] += int(np.count_nonzero((x < lo) | (x > hi)))
+        e[1] += int(x.size)
+
+
 def rshift_round(x, n: int) -> np.ndarray:
     """C: ``mcunn_rshift_round32/64(x, n)`` = (x + (1 << (n-1))) >> n, or x when n == 0."""
     x = _i64(x)
@@ -37,7 +86,9 @@ def rshift_round(x, n: int) -> np.ndarray:
 
 def sat16(x) -> np.ndarray:
     """C: ``mcunn_sat16(int32 or int64)``: clamp to [-32768, 32767]."""
-    return np.clip(_i64(x), INT16_MIN, INT16_MAX)
+    x = _i64(x)
+    _count(x, INT16_MIN, INT16_MAX)
+    return np.clip(x, INT16_MIN, INT16_MAX)
 
 
 def sat32(x) -> np.ndarray:
@@ -126,6 +177,7 @@ def quantize_input(x: np.ndarray, inv_scale: float) -> np.ndarray:
     to [-32768, 32767]); NaN -> 0."""
     v = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
     v = np.where(np.isnan(v), np.float32(0), v).astype(np.float32)
+    _count(v, np.float32(INT16_MIN) - np.float32(0.5), np.float32(INT16_MAX) + np.float32(0.5))
     v = np.clip(v, np.float32(INT16_MIN), np.float32(INT16_MAX)).astype(np.float32)
     v = (v + np.where(v >= 0, np.float32(0.5), np.float32(-0.5))).astype(np.float32)
     return np.clip(np.trunc(v), INT16_MIN, INT16_MAX).astype(np.int64)

@@ -119,7 +119,9 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
     if trace is not None and q.input_kind != "tokens":
         trace["input"] = x * q.input_scale
     init = split_state(q, state, x.shape[0], np.int64)
+    outer_site = fp.set_saturation_site("?")
     for i, op in enumerate(q.ops):
+        fp.set_saturation_site(f"op{i}")              # clips are tallied per op (fp.count_saturation)
         cur = env[op.inputs[0]]
         if isinstance(op, QEmbedding):
             table = fp._i64(op.table)
@@ -144,6 +146,7 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
         env.update(zip(op.outputs, outs))
         if trace is not None:
             trace[f"op{i}.out"] = outs[0] * info[op.outputs[0]].scale
+    fp.set_saturation_site(outer_site)
     assert info[q.output_names[0]].per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
     return env
 
@@ -161,7 +164,32 @@ def quantize_model_input(q: QModel, x: np.ndarray) -> np.ndarray:
     """What the chip receives: int16 values for float models, int64 ids for token models."""
     if q.input_kind == "tokens":
         return fp._i64(x)
-    return fp.quantize_input(x, 1.0 / q.input_scale)
+    with fp.saturation_site("input"):
+        return fp.quantize_input(x, 1.0 / q.input_scale)
+
+
+def saturation(q: QModel, x: np.ndarray, state: Optional[np.ndarray] = None) -> dict[str, dict]:
+    """Where the integer model clips on inputs ``x``: {"input" | "op<i>": {"clipped", "values",
+    "source"}} for every site that clipped at least one value (the chip clips the same values:
+    it computes the same bits)."""
+    if q.precision == "float32":
+        return {}
+    with fp.count_saturation() as tally:
+        run(q, x, state)
+    out = {}
+    for site, (clipped, total) in sorted(tally.items()):
+        if clipped:
+            src = "model input" if site == "input" else _site_source(q, site)
+            out[site] = {"clipped": clipped, "values": total, "source": src}
+    return out
+
+
+def _site_source(q: QModel, site: str) -> str:
+    try:
+        op = q.ops[int(site[2:])]
+    except (ValueError, IndexError):
+        return site
+    return op.source or type(op).__name__
 
 
 def run(q: QModel, x: np.ndarray, state: Optional[np.ndarray] = None) -> np.ndarray:

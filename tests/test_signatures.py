@@ -263,3 +263,68 @@ def test_one_hot_is_a_column_pick(saved) -> None:
     assert q.ops[0].input_ids
     assert np.array_equal(run(q, x), run(q0, x))
     assert not np.array_equal(run(q, x), run(q, np.zeros_like(x)))    # id 0 is a real column
+
+
+# ----------------------------------------------------------------------------- TorchScript with state inputs
+class GruWithState(nn.Module):
+    """forward(x, h) -> (y, h): the usual streaming signature."""
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(FEAT, H, batch_first=True)
+        self.fc = nn.Linear(H, 2)
+
+    def forward(self, x, h):
+        out, h = self.rnn(x, h)
+        return self.fc(out), h
+
+
+def test_traced_model_with_state_input_exports(tmp_path: Path) -> None:
+    """A traced forward(x, h0): the extra input becomes the initial state (zeros when not set)."""
+    torch.manual_seed(3)
+    model = GruWithState().eval()
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.trace(model, (torch.zeros(1, T, FEAT), torch.zeros(1, 1, H))), str(path))
+    np.savez(tmp_path / "calib.npz", x=_data(False, seed=0))
+    res = export_model(path, tmp_path / "out", precision="int16", calib=str(tmp_path / "calib.npz"),
+                       input_shape=(T, FEAT), name="m", log=lambda _: None)
+    assert len(res.graph.inputs) == 2 and len(res.graph.outputs) == 2
+    v = verify(tmp_path / "out", cross=False, log=lambda _: None)
+    assert v.ok and v.mismatches == 0, v.first
+    x = _data(False, seed=1)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x), torch.zeros(1, x.shape[0], H))[0].numpy()
+    assert snr_db(want, quantised_outputs(res.qmodel, x)) >= MIN_SNR["int16"]
+
+
+def test_scripted_model_with_state_input_says_what_it_saw(tmp_path: Path) -> None:
+    """The converter fails on scripted recurrent modules given a state; the user reads what mcu-nn
+    saw and would do, in one line, and no PyTorch internal assertion."""
+    from tests.clitools import mcu_nn, one_error_line
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(GruWithState().eval()), str(path))
+    r = mcu_nn("export", str(path), "-o", str(tmp_path / "out"), "--precision", "float32",
+               "--input-shape", f"{T},{FEAT}")
+    line = one_error_line(r)
+    assert "forward takes 2 inputs (x: Tensor, h: Tensor)" in line
+    assert f"initial state of 'rnn' (GRU, zeros of shape (1, 1, {H}))" in line
+    assert "INTERNAL ASSERT" not in r.stderr and "report a bug" not in r.stderr
+
+
+class OneHotIntoLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(V, H, batch_first=True)
+        self.proj = nn.Linear(V, V)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.proj(F.one_hot(x, V).float()))
+        return out
+
+
+def test_refused_model_names_op_and_module_in_one_line(tmp_path: Path) -> None:
+    from tests.clitools import mcu_nn, one_error_line
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(OneHotIntoLinear().eval(), (torch.zeros(1, T, dtype=torch.long),)),
+                      str(path))
+    line = one_error_line(mcu_nn("export", str(path), "-o", str(tmp_path / "out"), "--precision", "float32"))
+    assert "aten.linear.default (from module 'proj' (Linear)) reads a one-hot vector" in line

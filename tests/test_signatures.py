@@ -328,3 +328,66 @@ def test_refused_model_names_op_and_module_in_one_line(tmp_path: Path) -> None:
                       str(path))
     line = one_error_line(mcu_nn("export", str(path), "-o", str(tmp_path / "out"), "--precision", "float32"))
     assert "aten.linear.default (from module 'proj' (Linear)) reads a one-hot vector" in line
+
+
+# ----------------------------------------------------------------------------- sequences of different lengths
+def _ragged(seed: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(0, 1, (t, FEAT)).astype(np.float32) for t in (3, T, 5, 3, 6, T)]
+
+
+@pytest.mark.parametrize("how", ["padded_with_lengths", "numbered", "savez_list"])
+def test_calibration_of_different_lengths_loads(how: str, saved, tmp_path: Path) -> None:
+    from mcu_nn.frontend import load_model
+    from mcu_nn.quant import load_calibration_set
+    seqs = _ragged()
+    lengths = np.array([len(s) for s in seqs])
+    padded = np.full((len(seqs), T, FEAT), 1e6, np.float32)         # padding must never be read
+    for i, s in enumerate(seqs):
+        padded[i, :len(s)] = s
+    path = tmp_path / "calib.npz"
+    if how == "padded_with_lengths":
+        np.savez(path, x=padded, lengths=lengths)
+    elif how == "numbered":
+        np.savez(path, **{f"x{i}": s for i, s in enumerate(seqs)})
+    else:
+        np.savez(path, *seqs)
+    data = load_calibration_set(path, load_model(saved("flat_head")[1]))
+    assert np.array_equal(data.lengths, lengths)
+    for i, s in enumerate(seqs):
+        assert np.array_equal(data.x[i, :len(s)], s) and not data.x[i, len(s):].any()
+
+
+def test_object_array_calibration_is_refused(saved, tmp_path: Path) -> None:
+    from mcu_nn.errors import McuNnError
+    from mcu_nn.frontend import load_model
+    from mcu_nn.quant import load_calibration_set
+    ragged = np.empty(2, dtype=object)
+    ragged[0], ragged[1] = _ragged()[:2]
+    np.savez(tmp_path / "calib.npz", x=ragged)
+    with pytest.raises(McuNnError, match="object array .* save sequences of different lengths as separate arrays"):
+        load_calibration_set(tmp_path / "calib.npz", load_model(saved("flat_head")[1]))
+
+
+def test_calibration_ignores_padding(saved, tmp_path: Path) -> None:
+    """Ranges from padded sequences with lengths equal the ranges of the sequences run alone, and
+    the export reports the lengths it calibrated on."""
+    from mcu_nn.frontend import load_model
+    from mcu_nn.quant import collect_ranges
+    _, path, _ = saved("flat_head")
+    graph = load_model(path)
+    seqs = _ragged()
+    lengths = np.array([len(s) for s in seqs])
+    padded = np.full((len(seqs), T, FEAT), 50.0, np.float32)
+    for i, s in enumerate(seqs):
+        padded[i, :len(s)] = s
+    got = collect_ranges(graph, padded, method="max", lengths=lengths)
+    alone = [collect_ranges(graph, s[None], method="max") for s in seqs]
+    for name in ("input", "op0.d0.c", "op0.d0.h", "op1.out"):
+        assert got[name]["absmax"] == max(a[name]["absmax"] for a in alone), name
+        assert got[name]["count"] == sum(a[name]["count"] for a in alone), name
+    np.savez(tmp_path / "calib.npz", x=padded, lengths=lengths)
+    res = export_model(path, tmp_path / "out", precision="int8", calib=str(tmp_path / "calib.npz"), name="m",
+                       log=lambda _: None)
+    assert np.array_equal(res.lengths, lengths)
+    assert res.qmodel.input_scale * 32767 < 50.0          # the padding (50.0) did not set the input range

@@ -15,7 +15,7 @@ from ..errors import McuNnError
 from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent, Recurrent,
                   SelectLast, state_inputs)
-from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration
+from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration_set
 
 QMAX = {"int8": 127, "int16": 32767}
 WDTYPE = {"int8": np.int8, "int16": np.int16}
@@ -180,21 +180,22 @@ def _check_graph(graph: Graph) -> None:
 
 
 def quantize(graph: Graph, calib: np.ndarray, precision: str, *, ranges: str = DEFAULT_RANGE_METHOD,
-             head_all_steps: bool = True) -> QModel:
+             head_all_steps: bool = True, lengths: Optional[np.ndarray] = None) -> QModel:
     """Quantise ``graph`` with ranges measured on ``calib`` (see load_calibration).
 
     precision: "int8" (8-bit weights per row), "int16" (16-bit weights) — activations and
     state are int16 in both — or "float32" (the graph's float ops, every scale 1.0).
     ranges: how each free int16 range is chosen from the calibration values ("max",
     "headroom", "percentile" or "search", see calibrate.choose_range); head_all_steps:
-    calibrate a streaming classifier's head over every step, as the chip's _step runs it."""
+    calibrate a streaming classifier's head over every step, as the chip's _step runs it;
+    lengths: (N,) steps of each padded sequence (calibrate.CalibrationSet), None = all."""
     if precision not in ("int8", "int16", "float32"):
         raise McuNnError(f"unknown precision {precision!r}; choose int8, int16 or float32")
     if not graph.ops:
         raise McuNnError(f"{graph.name}: the model has no ops to quantise")
     _check_graph(graph)
-    calib = validate_calibration(calib, graph)
-    stats = collect_ranges(graph, calib, method=ranges, head_all_steps=head_all_steps)
+    calib = validate_calibration_set(calib, lengths, graph).x
+    stats = collect_ranges(graph, calib, method=ranges, head_all_steps=head_all_steps, lengths=lengths)
     return quantize_with_stats(graph, stats, precision, max_steps_hint=calib.shape[1])
 
 

@@ -46,6 +46,7 @@ class ExportResult:
     manifest: dict
     accuracy: Accuracy
     calibration: np.ndarray               # the inputs the ranges were chosen on (for reports)
+    lengths: Optional[np.ndarray] = None  # (N,) steps of each calibration sequence; None = all T
 
 
 def quantised_outputs(q: QModel, x: np.ndarray) -> np.ndarray:
@@ -56,11 +57,17 @@ def quantised_outputs(q: QModel, x: np.ndarray) -> np.ndarray:
     return np.asarray(y, dtype=np.float32) if q.precision == "float32" else dequantize(y, q.output_scale)
 
 
-def measure_accuracy(graph: Graph, q: QModel, x: np.ndarray) -> Accuracy:
+def measure_accuracy(graph: Graph, q: QModel, x: np.ndarray, lengths: Optional[np.ndarray] = None) -> Accuracy:
+    from .quant.calibrate import CalibrationSet
     from .quant.metrics import max_abs_error, snr_db, top1_agreement
     from .sim import run_float
-    ref = run_float(graph, x)
-    got = quantised_outputs(q, x)
+    refs, gots = [], []
+    for idx, length in CalibrationSet(x, lengths).sequences_by_length():   # padding is never run
+        part = x[idx, :length]
+        ref_part, got_part = run_float(graph, part), quantised_outputs(q, part)
+        refs.append(ref_part.reshape(-1, ref_part.shape[-1]))
+        gots.append(got_part.reshape(-1, got_part.shape[-1]))
+    ref, got = np.concatenate(refs), np.concatenate(gots)
     classifier = not graph.output_per_step and ref.shape[-1] > 1
     return Accuracy(
         max_abs_error=float(max_abs_error(ref, got)),
@@ -100,7 +107,12 @@ def warn_if_trending(graph: Graph, data: np.ndarray) -> None:
 def load_data(graph: Graph, calib: Optional[str], precision: str) -> np.ndarray:
     """Calibration data; float32 exports may go without (random data then only feeds the
     test vectors, which compare C with the simulator)."""
-    from .quant import load_calibration
+    return load_data_set(graph, calib, precision).x
+
+
+def load_data_set(graph: Graph, calib: Optional[str], precision: str):
+    """As load_data, with each sequence's length (quant.CalibrationSet: ``x`` padded, ``lengths``)."""
+    from .quant import load_calibration_set
     if calib is None:
         if precision != "float32":
             raise McuNnError(
@@ -108,7 +120,7 @@ def load_data(graph: Graph, calib: Optional[str], precision: str) -> np.ndarray:
                 "pass --calib FILE (N×T×F array in .npz/.npy/.pt, real inputs of the model) "
                 "or --calib random to use random data (not recommended)")
         calib = "random"
-    return load_calibration(calib, graph)
+    return load_calibration_set(calib, graph)
 
 
 def state_manifest(q: QModel) -> dict:
@@ -135,10 +147,12 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     if precision not in PRECISIONS:
         raise McuNnError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     graph = load_model(model_path, allow_pickle=allow_pickle, input_shape=input_shape, name=name)
-    data = load_data(graph, calib, precision)
-    log(f"calibrating {graph.name} ({precision}) on {data.shape[0]} sequences of {data.shape[1]} steps")
-    q = quantize(graph, data, precision)
-    accuracy = measure_accuracy(graph, q, data)
+    data_set = load_data_set(graph, calib, precision)
+    data, lengths = data_set.x, data_set.lengths
+    steps = f"{data.shape[1]} steps" if lengths is None else f"{lengths.min()}..{lengths.max()} steps"
+    log(f"calibrating {graph.name} ({precision}) on {data.shape[0]} sequences of {steps}")
+    q = quantize(graph, data, precision, lengths=lengths)
+    accuracy = measure_accuracy(graph, q, data, lengths)
     vectors = data[:TEST_VECTORS]
     expected = run(q, vectors)
     warn_if_trending(graph, data)
@@ -147,4 +161,4 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
              "state": state_manifest(q),
              "saturation": {"calibration": saturation(q, data)}}
     manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra, weight_layout=weight_layout)
-    return ExportResult(Path(out_dir), graph, q, manifest, accuracy, data)
+    return ExportResult(Path(out_dir), graph, q, manifest, accuracy, data, lengths)

@@ -54,6 +54,8 @@ class Recurrent:
     source: str = ""                      # module path, e.g. "encoder.rnn (layer 1)"
     inputs: list[str] = field(default_factory=list)    # [x] or [x, h0(, c0)]
     outputs: list[str] = field(default_factory=list)   # [out, h_n(, c_n)]
+    input_ids: bool = False               # x is a token id fed one-hot (F.one_hot): W_ih @ onehot(id)
+    # is column id of W_ih (zeros for ids outside [0, input_size)), picked rather than multiplied
 
     @property
     def state_size(self) -> int:          # size of h per direction
@@ -125,6 +127,7 @@ class Graph:
     inputs: list[str] = field(default_factory=list)   # forward's order: "input", then state inputs
     outputs: list[str] = field(default_factory=list)  # main output first, then returned states;
     # empty = only the main output, the first output of the last op
+    layout: dict = field(default_factory=dict)   # the model's own axes for mcu-nn's data, see MODEL_LAYOUT
 
     def __post_init__(self) -> None:
         wire_chain(self.ops)
@@ -152,6 +155,12 @@ class Graph:
 
 # ----------------------------------------------------------------------------- tensors
 INPUT = "input"
+
+# mcu-nn's data is always (N, T, F) floats or (N, T) token ids, outputs (N, T, O) per step or (N, O).
+# Graph.layout says where those axes sit in the model's own forward, e.g. {"input": "T,N,F",
+# "output": "T*N,O"}: "T,F" / "T" is an unbatched sequence, "T*N" the rows of out.reshape(-1, H)
+# (row t*N + n). It documents the model; the ops do not depend on it.
+MODEL_LAYOUT = ("N,T,F", "T,N,F", "T,F", "N,T", "T,N", "T")
 
 
 @dataclass
@@ -301,7 +310,8 @@ def macs_per_step(op: Op) -> int:
     """Multiply-accumulates one time step costs (the benchmark's definition)."""
     if isinstance(op, Recurrent):
         g, h, r = GATES[op.kind], op.hidden_size, op.state_size
-        per_dir = g * h * (op.input_size + r) + (op.proj_size * h if op.proj_size else 0)
+        x_part = 0 if op.input_ids else op.input_size        # a picked column costs no multiplies
+        per_dir = g * h * (x_part + r) + (op.proj_size * h if op.proj_size else 0)
         return per_dir * len(op.directions)
     if isinstance(op, Linear):
         return int(op.weight.shape[0] * op.weight.shape[1])
@@ -360,6 +370,7 @@ class QRecurrent:
     source: str = ""
     inputs: list[str] = field(default_factory=list)    # tensor names read
     outputs: list[str] = field(default_factory=list)   # tensor names written
+    input_ids: bool = False               # as Recurrent.input_ids: the x part is column id of wx
 
     @property
     def state_size(self) -> int:

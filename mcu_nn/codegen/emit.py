@@ -196,7 +196,7 @@ class _Builder:
         H, S = op.hidden_size, op.state_size
         P = op.proj_size
         L = {"source": op.source or f"op {k}", "kind": op.kind, "H": H, "S": S, "I": op.input_size, "P": P,
-             "cell_frac": 0 if fp_ else op.cell_frac}
+             "cell_frac": 0 if fp_ else op.cell_frac, "ids": bool(getattr(op, "input_ids", False))}
         tpl = {"lstm": "lstm.c.j2", "gru": "gru.c.j2"}.get(op.kind, "rnn.c.j2")
         dirs = []
         for d, qd in enumerate(op.directions):
@@ -231,12 +231,19 @@ class _Builder:
         wide = self.layout == "wide" or self.wtype(both) != "int8_t"
         kind, chunk, ctype = ("s16", 2, "int16_t") if wide else ("s8", 4, "int8_t")
         name = D["fn"][len(self.p) + 1:]
-        D["w"] = self.arr(ctype, name + "_w", pack_group_weights(wx, wh, R, chunk), what + " weights", align=True)
+        ids = bool(getattr(op, "input_ids", False))
+        stream_wx = wx[:, :0] if ids else wx          # one-hot ids: the input columns are picked, not streamed
+        D["w"] = self.arr(ctype, name + "_w", pack_group_weights(stream_wx, wh, R, chunk), what + " weights",
+                          align=True)
         D["wt"], D["R"] = ctype, R
+        if ids:
+            D["wcol"] = self.picked_columns(op, wx, R, name, what)
         accs = []
         bounds = []
         for m in (qd.wx, qd.wh):
             bound = np.abs(np.asarray(m.w, np.int64)).sum(axis=1) * 32768
+            if ids and m is qd.wx:                    # one weight times the integer 1
+                bound = np.abs(wx).max(axis=1, initial=0)
             accs.append(32 if m.acc_bits == 32 and int(bound.max(initial=0)) < (1 << 31) else 64)
             bounds.append(bound)
         D["accx"], D["acch"] = (f"int{a}_t" for a in accs)
@@ -256,6 +263,13 @@ class _Builder:
             D["rq"] = self.arr("mcunn_rq_gru_t", name + "_rq", rq, what + " requantisation")
         else:
             D["rq"] = self.arr("mcunn_rq_t", name + "_rq", rq, what + " requantisation")
+
+    def picked_columns(self, op, wx: np.ndarray, R: int, name: str, what: str) -> str:
+        """W_ih of a one-hot input as a (V, G*H) table in the kernel's group order: row ``id`` holds
+        column id of W_ih, unit u's R gate rows at [u * R .. u * R + R - 1]."""
+        H = op.hidden_size
+        order = [g * H + u for u in range(H) for g in range(R)]
+        return self.arr(self.wtype(wx), name + "_wcol", wx[order].T, what + " input columns")
 
     def linear(self, k: int, op) -> dict:
         src = op.source or f"op {k}"
@@ -330,7 +344,8 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
             b.recurrent(k, op)
             max_h = max(max_h, op.hidden_size)
             g = {"lstm": 4, "gru": 3}.get(op.kind, 1)
-            macs = len(op.directions) * (g * op.hidden_size * (op.input_size + op.state_size)
+            x_part = 0 if getattr(op, "input_ids", False) else op.input_size   # a picked column: no MACs
+            macs = len(op.directions) * (g * op.hidden_size * (x_part + op.state_size)
                                          + op.proj_size * op.hidden_size)
         elif isinstance(op, (QLinear, Linear)):
             info = b.linear(k, op)
@@ -373,6 +388,8 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
 
     def rec_call(k: int, op, d: int, x: str) -> str:
         c = f"s->op{k}_c{d}, " if op.kind == "lstm" else ""
+        if getattr(op, "input_ids", False):            # one-hot input: the kernel takes the token id
+            x = f"(int32_t)*({x})"
         return f"{p}_op{k}_d{d}(s->op{k}_h{d}, {c}{x}, {hnew});"
 
     def alloc(pool: list[str], section: list[int], k: int, loc: dict[str, str], alias: dict[str, str]) -> str:

@@ -59,7 +59,7 @@ def _walk(ep: torch.export.ExportedProgram, path: Path) -> ir.Graph:
     if not isinstance(res.seq_len, int):     # exported with a dynamic time axis
         res.seq_len = 0
     graph = ir.Graph(name="", input_kind=res.input_kind, input_size=int(res.input_size), seq_len=int(res.seq_len),
-                     ops=res.ops, postprocess=res.postprocess, source_file=str(path))
+                     ops=res.ops, postprocess=res.postprocess, source_file=str(path), layout=dict(res.layout))
     _wire_state(graph, res)
     return graph
 

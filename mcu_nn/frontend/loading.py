@@ -167,21 +167,70 @@ def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> tor
         raise McuNnError(f"{path}: cannot load the TorchScript file ({first_line(e)}); "
                          "it may be corrupt: save it again") from None
     ts.eval()
+    extras, said = _state_examples(ts, path)
 
     def convert(example: torch.Tensor) -> torch.export.ExportedProgram:
         try:
             with quiet():
-                return TS2EPConverter(ts, (example,)).convert()
+                return TS2EPConverter(ts, (example, *extras)).convert()
         except Exception as e:
             hint = ""
             if "prim::If" in str(e):             # torch 2.13: scripted nn.LSTM with h_n/c_n or hx used
                 hint = " (known for scripted nn.LSTM models that use h_n, c_n or an initial state; torch.jit.trace avoids it)"
             raise McuNnError(
-                f"{path}: the TorchScript-to-torch.export converter cannot handle this model "
-                f"({type(e).__name__}: {first_line(e)}){hint}; check --input-shape, or save the model with {SAVE_HINT}"
+                f"{path}: {said}the TorchScript-to-torch.export converter cannot handle this model "
+                f"({_torch_reason(e)}){hint}; check --input-shape, or save the model with {SAVE_HINT}"
             ) from None
 
     return _with_layout(path, input_shape, convert)
+
+
+def _torch_reason(e: BaseException) -> str:
+    """The first line of a converter error, without PyTorch's internal-assert text (it asks the
+    user to report a bug to PyTorch, which is not what they should do)."""
+    line = first_line(e)
+    if "INTERNAL ASSERT" in line or "report a bug to PyTorch" in line:
+        return f"{type(e).__name__} inside torch"
+    return f"{type(e).__name__}: {line}"
+
+
+RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _state_examples(ts, path: Path) -> tuple[list, str]:
+    """Zero examples for the inputs of ``forward`` after the sequence, read as the initial state of
+    the first recurrent module (h0 (L*D, 1, H), c0 for an LSTM; a Tuple[Tensor, Tensor] is (h0, c0)),
+    and the one-line account of it for messages ("" when forward takes only the sequence)."""
+    args = [a for a in ts.forward.schema.arguments if a.name != "self"]
+    if len(args) <= 1:
+        return [], ""
+    seen = ", ".join(f"{a.name}: {a.type}" for a in args)
+    rnn = next(((n, m) for n, m in ts.named_modules() if getattr(m, "original_name", "") in RNN_GATES), None)
+    if rnn is None:
+        raise McuNnError(f"{path}: forward takes {len(args)} inputs ({seen}) and has no LSTM/GRU/RNN whose "
+                         "initial state they could be; mcu-nn takes one sequence input (plus initial state)")
+    name, mod = rnn
+    weights = dict(mod.named_parameters())
+    layers = sum(1 for k in weights if k.startswith("weight_hh_l") and not k.endswith("_reverse"))
+    dirs = 2 if "weight_hh_l0_reverse" in weights else 1
+    hidden = weights["weight_hh_l0"].shape[0] // RNN_GATES[mod.original_name]
+    h = torch.zeros(layers * dirs, 1, weights["weight_hh_l0"].shape[1])
+    c = torch.zeros(layers * dirs, 1, hidden)
+    pool = [h, c] if mod.original_name == "LSTM" else [h]
+    extras: list = []
+    for a in args[1:]:
+        if isinstance(a.type, torch.TupleType) and pool:
+            extras.append(tuple(pool))
+            pool = []
+        elif pool:
+            extras.append(pool.pop(0))
+        else:
+            raise McuNnError(f"{path}: forward takes {len(args)} inputs ({seen}); mcu-nn reads those after the "
+                             f"sequence as the initial state of '{name}' ({mod.original_name}), which has no "
+                             f"room for {a.name!r}")
+    shapes = ", ".join(str(tuple(t.shape)) for e in extras for t in (e if isinstance(e, tuple) else (e,)))
+    return extras, (f"forward takes {len(args)} inputs ({seen}); mcu-nn reads those after the sequence as the "
+                    f"initial state of '{name}' ({mod.original_name}, zeros of shape {shapes}), but ")
 
 
 def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:

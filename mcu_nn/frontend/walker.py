@@ -74,6 +74,8 @@ class _Val:
     post: Optional[str] = None       # softmax already applied
     name: str = ""                   # param: qualified parameter name
     tensor: Optional[torch.Tensor] = None
+    rows: str = ""                   # seq flattened to (rows, F) by out.reshape(-1, H): "T*N" or "N*T"
+    vocab: int = 0                   # onehot: the number of classes
 
 
 @dataclass
@@ -85,6 +87,7 @@ class WalkResult:
     postprocess: Optional[str] = None
     state_inputs: list = field(default_factory=list)    # (ir.Recurrent, "h"|"c", input name), forward's order
     state_outputs: list = field(default_factory=list)   # (ir.Recurrent, "h"|"c"), returned after the output
+    layout: dict = field(default_factory=dict)          # ir.Graph.layout: the model's own axes
 
 
 class Walker:
@@ -212,10 +215,13 @@ class Walker:
         self.input_shape = tuple(fake.shape)
         tokens = not fake.dtype.is_floating_point
         rank = 2 if tokens else 3
-        if len(self.input_shape) != rank:
-            layout = "(N, T) token ids" if tokens else "(N, T, F)"
-            raise self.fail(f"model input has shape {list(self.input_shape)}; mcu-nn needs a batched sequence "
-                            f"{layout} (pass a batch of 1 when saving)")
+        if len(self.input_shape) == rank - 1:     # unbatched: (T,) ids or (T, F), as nn.LSTM accepts
+            self.input_time_dim = 0
+        elif len(self.input_shape) != rank:
+            layout = "(N, T) or (T,) token ids" if tokens else "(N, T, F) or (T, F)"
+            raise self.fail(f"model input has shape {list(self.input_shape)}; mcu-nn needs a sequence {layout}")
+        self.res.layout["input"] = _axes_name(len(self.input_shape) - (0 if tokens else 1), self.input_time_dim,
+                                              "" if tokens else ",F")
         self.res.input_kind = "tokens" if tokens else "float"
         self.res.seq_len = self.input_shape[self.input_time_dim]
         if not isinstance(self.res.seq_len, int):        # dynamic time axis: use the stored example
@@ -246,6 +252,10 @@ class Walker:
                 raise self.unsupported(node, " (zeroing a tensor that is not built inside forward)")
             self.vals[node] = _Val("const", 0)
             return
+        if name == "aten.one_hot.default":
+            return self.one_hot(node)
+        if name in CONVERSIONS and self.converts_ids(node):
+            return
         if name in IDENTITY or name in CONVERSIONS:
             if name not in IDENTITY and not _same_dtype(node):
                 raise self.fail(f"{name}{self.where(node)} changes the dtype; unsupported")
@@ -263,7 +273,7 @@ class Walker:
             x = self.data(node.args[0], node)
             self.no_tokens(x, node)
             self.emit(ir.Activation(ACTIVATIONS[name], source=self.source(node)))
-            self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim)
+            self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim, rows=x.rows)
             return
         if name == "aten.embedding.default":
             return self.embedding(node)
@@ -277,7 +287,8 @@ class Walker:
             return self.slice(node)
         if name in RESHAPE:
             return self.reshape(node)
-        if name in ("aten.transpose.int", "aten.permute.default", "aten.t.default", "aten.swapaxes.default"):
+        if name in ("aten.transpose.int", "aten.permute.default", "aten.t.default", "aten.swapaxes.default",
+                    "aten.numpy_T.default"):
             return self.transpose(node)
         raise self.unsupported(node)
 
@@ -289,6 +300,9 @@ class Walker:
         return w[len(" (from module '"):].split("'")[0] if w.startswith(" (from module") else ""
 
     def no_tokens(self, x: _Val, node: Node) -> None:
+        if x.kind == "onehot":
+            raise self.fail(f"{_opname(node)}{self.where(node)} reads a one-hot vector; one-hot inputs are "
+                            "supported only straight into a recurrent layer (or use nn.Embedding)")
         if x.kind == "tokens":
             raise self.fail(f"{_opname(node)}{self.where(node)} reads the integer token ids; token models must "
                             "start with nn.Embedding")
@@ -303,7 +317,11 @@ class Walker:
         if train:
             raise self.fail(f"{RNN_CLASS[kind]}{where} was saved in training mode: call model.eval() before saving")
         x = self.data(x_node, node)
-        if x.kind != "seq":
+        ids = x.kind == "onehot"
+        if ids and self.ops:
+            raise self.fail(f"{RNN_CLASS[kind]}{where} receives a one-hot vector computed after other layers; "
+                            "one-hot inputs are supported on the model input only")
+        if x.kind not in ("seq", "onehot"):
             what = "integer token ids (add an nn.Embedding first)" if x.kind == "tokens" else \
                 "a single vector, not a sequence"
             raise self.fail(f"{RNN_CLASS[kind]}{where} receives {what}; unsupported")
@@ -343,7 +361,7 @@ class Walker:
             proj = dirs[0].w_hr.shape[0] if dirs[0].w_hr is not None else 0
             src = f"{path} (layer {layer})" if num_layers > 1 else path
             self.emit(ir.Recurrent(kind, int(dirs[0].w_ih.shape[1]), int(hidden), int(proj), bool(bidirectional),
-                                   dirs, source=src))
+                                   dirs, source=src, input_ids=ids and layer == 0))
             state = proj or hidden
         info = _Rnn(kind, int(num_layers), ndir, int(state), path, top=self.ops[-1])
         self.res.state_inputs += [(self.ops[-1], what, name) for what, name in given]
@@ -366,6 +384,50 @@ class Walker:
             return self.is_zero_state(node.args[0])
         return False
 
+    def one_hot(self, node: Node) -> None:
+        """F.one_hot(ids, V): kept as ids; the recurrent layer it feeds picks column id of W_ih."""
+        x = self.val(node.args[0], node)
+        vocab = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_classes", -1)
+        if x.kind != "tokens" or self.ops:
+            raise self.fail(f"one_hot{self.where(node)} is supported only on the model's token ids")
+        if not isinstance(vocab, int) or vocab < 1:
+            raise self.fail(f"one_hot{self.where(node)} has no fixed number of classes; pass it "
+                            "(F.one_hot(x, vocab_size)) so the model's input size is known")
+        self.res.input_size = vocab
+        self.vals[node] = _Val("onehot", x.version, time_dim=x.time_dim, vocab=vocab)
+
+    def converts_ids(self, node: Node) -> bool:
+        """.long() of token ids and .float() of a one-hot: dtype changes that compute nothing here."""
+        v = self.vals.get(node.args[0]) if isinstance(node.args[0], Node) else None
+        if v is None or v.kind not in ("tokens", "onehot"):
+            return False
+        out = node.meta.get("val")
+        if v.kind == "tokens" and isinstance(out, torch.Tensor) and out.dtype.is_floating_point:
+            raise self.fail(f"{_opname(node)}{self.where(node)} turns the token ids into floats; feed them to "
+                            "nn.Embedding or F.one_hot instead")
+        self.vals[node] = v
+        return True
+
+    def sequence_reshape(self, x: _Val, old: tuple, new: tuple) -> Optional[_Val]:
+        """Reshapes that keep a sequence a sequence: adding or removing a batch axis of 1
+        (``embeds.view(len(sentence), 1, -1)``, nn.LSTM on unbatched input) and flattening
+        (T, N, H) into rows (``out.reshape(-1, H)``, d2l.ai's heads). None when it is neither."""
+        feat = 0 if x.kind == "tokens" else 1
+        if feat and (not new or new[-1] != old[-1]):
+            return None
+        lead_old, lead_new = old[:len(old) - feat], new[:len(new) - feat]
+        steps = lead_old[x.time_dim]
+        if [d for d in lead_old if d != 1] == [d for d in lead_new if d != 1] and steps != 1:
+            at = [i for i, d in enumerate(lead_old) if d != 1].index(x.time_dim)
+            t_new = [i for i, d in enumerate(lead_new) if d != 1][at]
+            batched = "N" in self.res.layout.get("input", "")
+            rows = ("T*N" if x.time_dim == 0 else "N*T") if batched and len(lead_new) == 1 and feat else x.rows
+            return _Val(x.kind, x.version, time_dim=t_new, vocab=x.vocab, rows=rows)
+        if feat and len(lead_old) == 2 and len(lead_new) == 1 and x.kind == "seq":
+            rows = "T*N" if x.time_dim == 0 else "N*T"      # row t*N + n (time-major) or n*T + t
+            return _Val("seq", x.version, time_dim=0, rows=rows)
+        return None
+
     def getitem(self, node: Node) -> None:
         src, idx = node.args
         v = self.val(src, node)
@@ -381,7 +443,7 @@ class Walker:
         b_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         b = self.param(b_node, node)[1] if b_node is not None else None
         self.emit(ir.Linear(w, b, source=self.source(node)))
-        self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim)
+        self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim, rows=x.rows)
 
     def embedding(self, node: Node) -> None:
         x = self.val(node.args[1], node)
@@ -398,7 +460,7 @@ class Walker:
         if node.args[1] % rank != rank - 1:
             raise self.fail(f"{kind}{self.where(node)} is over axis {node.args[1]}, not the features; unsupported")
         self.res.postprocess = kind
-        self.vals[node] = _Val(x.kind, x.version, time_dim=x.time_dim, post=kind)
+        self.vals[node] = _Val(x.kind, x.version, time_dim=x.time_dim, post=kind, rows=x.rows)
 
     def select(self, node: Node) -> None:
         src, dim, index = node.args[:3]
@@ -466,6 +528,10 @@ class Walker:
         if v.kind in ("const", "int", "param"):
             self.vals[node] = v
             return
+        if v.kind in ("hn", "cn") and [d for d in old if d != 1] == [d for d in new if d != 1] \
+                and len(new) >= 2 and new[0] == old[0]:
+            self.vals[node] = v          # unbatched nn.LSTM squeezes the batch axis of h_n / c_n
+            return
         if v.kind == "hn" and v.rnn.layers * v.rnn.ndir == 1 and new and new[-1] == old[-1] \
                 and math.prod(new[:-1]) == math.prod(old[1:-1]):
             self.vals[node] = _Val("hn_dirs", v.version, rnn=v.rnn, dirs=(0,))
@@ -474,6 +540,11 @@ class Walker:
         if old == new:
             self.vals[node] = x
             return
+        if x.kind in ("seq", "tokens", "onehot"):
+            moved = self.sequence_reshape(x, old, new)
+            if moved is not None:
+                self.vals[node] = moved
+                return
         if x.kind == "vec" and new and new[-1] == old[-1] and math.prod(new[:-1]) == math.prod(old[:-1]):
             self.vals[node] = x
             return
@@ -490,12 +561,14 @@ class Walker:
             perm = [d % rank for d in node.args[1]]
         elif name == "aten.t.default":
             perm = [1, 0] if rank == 2 else list(range(rank))
+        elif name == "aten.numpy_T.default":               # x.T reverses every axis
+            perm = list(range(rank))[::-1]
         else:
             perm = list(range(rank))
             a, b = node.args[1] % rank, node.args[2] % rank
             perm[a], perm[b] = perm[b], perm[a]
-        if x.kind in ("seq", "tokens") and perm[:2] == [1, 0] and perm[2:] == list(range(2, rank)):
-            self.vals[node] = _Val(x.kind, x.version, time_dim=1 - x.time_dim)  # batch <-> time swap
+        if x.kind in ("seq", "tokens", "onehot") and perm[:2] == [1, 0] and perm[2:] == list(range(2, rank)):
+            self.vals[node] = _Val(x.kind, x.version, time_dim=1 - x.time_dim, vocab=x.vocab)  # batch <-> time
             return
         if perm == list(range(rank)):
             self.vals[node] = x
@@ -520,10 +593,26 @@ class Walker:
             raise self.fail(f"the model returns a {x.kind} value; mcu-nn needs one output tensor")
         if x.version != len(self.ops):
             raise self.fail("the model output does not come from its last layer: branches are unsupported")
+        self.res.layout["output"] = _output_axes(x, len(_shape(outs[0])))
         self.res.ops = self.ops
 
 
 # ----------------------------------------------------------------------------- small helpers
+def _axes_name(rank: int, time_dim: int, features: str) -> str:
+    """"N,T" / "T,N" / "T" for a sequence's leading axes, then ``features`` (",F", ",O" or "")."""
+    if rank == 1:
+        return "T" + features
+    return ("T,N" if time_dim == 0 else "N,T") + features
+
+
+def _output_axes(x: _Val, rank: int) -> str:
+    if x.kind == "vec":
+        return "N,O" if rank >= 2 else "O"
+    if x.rows:
+        return x.rows + ",O"
+    return _axes_name(rank - 1, x.time_dim, ",O")
+
+
 def _opname(node: Node) -> str:
     return "output" if node.op == "output" else str(node.target)
 

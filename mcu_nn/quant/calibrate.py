@@ -5,9 +5,11 @@ the calibration sequences, so recurrent states are the ones the model really rea
 """
 from __future__ import annotations
 
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 
@@ -113,6 +115,118 @@ def validate_calibration(x: np.ndarray, graph: Graph, where: str = "calibration 
     return x.astype(np.float32)
 
 
+# ----------------------------------------------------------------------------- sequences of different lengths
+LENGTHS_KEY = "lengths"
+_NUMBERED = re.compile(r"^(?:x|input|calib|arr_)(\d+)$")     # x0, x1, ... or np.savez(f, *list)'s arr_0, ...
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration (or test) sequences of possibly different lengths, in mcu-nn's layout.
+
+    ``x``: (N, T_max, F) float32 or (N, T_max) int64 token ids, each sequence zero-padded after its
+    length. ``lengths``: (N,) int64 steps of each sequence, or None when all have T_max steps. The
+    chip runs one sequence at a time, so sequence n is ``x[n, :lengths[n]]`` and the padding is
+    never run (pack_padded_sequence semantics)."""
+    x: np.ndarray
+    lengths: Optional[np.ndarray] = None
+
+    def sequences_by_length(self) -> Iterator[tuple[np.ndarray, int]]:
+        """(indices, length) of each group of equally long sequences, shortest first."""
+        if self.lengths is None:
+            yield np.arange(self.x.shape[0]), int(self.x.shape[1])
+            return
+        for length in np.unique(self.lengths):
+            yield np.flatnonzero(self.lengths == length), int(length)
+
+
+def _numbered(arrays: dict) -> Optional[list[np.ndarray]]:
+    """Sequences saved one array each (x0, x1, ... or arr_0, arr_1, ...), in numeric order; None otherwise."""
+    keys = [k for k in arrays if _NUMBERED.match(k)]
+    if not keys or len(keys) != len(arrays):
+        return None
+    return [np.asarray(arrays[k]) for k in sorted(keys, key=lambda k: int(_NUMBERED.match(k).group(1)))]
+
+
+def _pad(seqs: list[np.ndarray], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One array per sequence ((T_i, F) or (T_i,) ids) -> zero-padded (N, T_max[, F]) and lengths."""
+    if any(s.ndim not in (1, 2) for s in seqs) or len({s.shape[1:] for s in seqs}) != 1:
+        raise McuNnError(f"{where}: the per-sequence arrays must all be (T_i, F) floats or (T_i,) token ids; "
+                         f"got shapes {sorted({s.shape for s in seqs})[:4]}")
+    lengths = np.array([s.shape[0] for s in seqs], np.int64)
+    out = np.zeros((len(seqs), int(lengths.max(initial=0)), *seqs[0].shape[1:]), np.result_type(*seqs))
+    for i, s in enumerate(seqs):
+        out[i, :s.shape[0]] = s
+    return out, lengths
+
+
+def _read_set(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """A .npz with several sequences of different lengths, or any file _read takes."""
+    if path.suffix.lower() != ".npz" or not path.exists():
+        return _read(path), None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):     # an object array: refused, unpickling runs code from the file
+            raise McuNnError(f"calibration file {path} holds an object array (a pickle); mcu-nn does not "
+                             "unpickle data: save sequences of different lengths as separate arrays "
+                             "(np.savez(f, *sequences) or x0=..., x1=...) or padded as x=... with lengths=...") from None
+        return _read(path), None
+    except Exception:
+        return _read(path), None      # _read says what is wrong with the file
+    seqs = _numbered(arrays)
+    if seqs is not None:
+        return _pad(seqs, f"calibration file {path}")
+    lengths = arrays.pop(LENGTHS_KEY, None)
+    x = np.asarray(_pick(arrays, str(path)))
+    return x, (None if lengths is None else np.asarray(lengths))
+
+
+def validate_lengths(lengths, x: np.ndarray, where: str) -> np.ndarray:
+    """(N,) integers in [1, T_max]."""
+    n, t_max = x.shape[0], x.shape[1]
+    arr = np.asarray(lengths)
+    if arr.ndim != 1 or arr.shape[0] != n or not np.issubdtype(arr.dtype, np.integer):
+        raise McuNnError(f"{where}: lengths must be {n} integers, one per sequence; got shape {arr.shape} "
+                         f"dtype {arr.dtype}")
+    bad = (arr < 1) | (arr > t_max)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise McuNnError(f"{where}: sequence {i} has length {int(arr[i])}, outside [1, {t_max}] "
+                         f"(the padded time axis)")
+    return arr.astype(np.int64)
+
+
+def validate_calibration_set(x: np.ndarray, lengths, graph: Graph, where: str = "calibration data") -> CalibrationSet:
+    """As validate_calibration, for padded sequences: only the steps before each length are checked
+    (padding may hold anything, e.g. a pad id); the padding is zeroed in the result."""
+    if lengths is None:
+        return CalibrationSet(validate_calibration(x, graph, where))
+    x = np.array(x)
+    if graph.input_kind != "tokens" and x.ndim == 2:
+        x = x[None]
+    lengths = validate_lengths(lengths, x, where)
+    steps = np.arange(x.shape[1])[None, :] < lengths[:, None]          # (N, T_max): real steps
+    pad = (~steps)[..., None] if x.ndim == 3 else ~steps
+    if np.issubdtype(x.dtype, np.number):
+        x = np.where(pad, np.zeros((), x.dtype), x)
+    return CalibrationSet(validate_calibration(x, graph, where), lengths)
+
+
+def load_calibration_set(source: Union[str, Path], graph: Graph) -> CalibrationSet:
+    """Calibration inputs with the length of each sequence (see :class:`CalibrationSet`).
+
+    Besides what :func:`load_calibration` reads, a .npz may hold sequences of different lengths:
+    ``x`` zero-padded to (N, T_max[, F]) plus ``lengths`` (N,), or one array per sequence
+    (``x0, x1, ...`` or ``np.savez(f, *sequences)``). Object arrays are refused (no unpickling)."""
+    if str(source) == "random":
+        return CalibrationSet(load_calibration(source, graph))
+    path = Path(source)
+    x, lengths = _read_set(path)
+    return validate_calibration_set(x, lengths, graph, where=f"calibration data {path}")
+
+
 def load_calibration(source: Union[str, Path], graph: Graph) -> np.ndarray:
     """Calibration inputs for ``graph``: (N,T,F) float32 or (N,T) int64 token ids.
 
@@ -181,7 +295,8 @@ def _add(s: dict, arr: np.ndarray, rng: np.random.Generator, first_seq: int, hal
 
 
 def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
-                   method: str = DEFAULT_RANGE_METHOD, head_all_steps: bool = True) -> dict[str, dict]:
+                   method: str = DEFAULT_RANGE_METHOD, head_all_steps: bool = True,
+                   lengths: Optional[np.ndarray] = None) -> dict[str, dict]:
     """Run the float model over ``calib`` and summarise every traced tensor:
     {name: {"min", "max", "absmax", "count", "over_q312", "over_q15", "range", "method",
     "clipped"}}. "over_q312"/"over_q15" count values that would saturate in Q3.12 / Q15;
@@ -189,15 +304,18 @@ def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
     and "clipped" the fraction of calibration values past it.
 
     With ``head_all_steps`` the ops after out[:, -1] / h_n of a streaming model are also
-    run on every step's h (the chip's ``_step`` does that), and their ranges cover both."""
+    run on every step's h (the chip's ``_step`` does that), and their ranges cover both.
+    With ``lengths`` (see :class:`CalibrationSet`) sequence n runs its first lengths[n] steps
+    only: padding never reaches the ranges."""
     if method not in RANGE_METHODS:
         raise McuNnError(f"unknown range method {method!r}; choose one of {', '.join(RANGE_METHODS)}")
     stats: dict[str, dict] = {}
     rng = np.random.default_rng(0)
     sel, head = _head_ops(graph) if head_all_steps else (-1, [])
-    for start in range(0, calib.shape[0], chunk):
+    for first, part in _chunks(CalibrationSet(calib, lengths), chunk):
+        start = first
         trace: dict = {}
-        run_float(graph, calib[start:start + chunk], trace=trace)
+        run_float(graph, part, trace=trace)
         if head:
             seq = trace[f"op{sel - 1}.out"]            # h of every step (N, T, S)
             sub = Graph(name="head", input_kind="float", input_size=seq.shape[-1], seq_len=seq.shape[1],
@@ -220,6 +338,14 @@ def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
         s["clipped"] = float((both > s["range"]).mean()) if both.size else 0.0
         s.pop("fold_absmax")
     return stats
+
+
+def _chunks(data: CalibrationSet, chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(index of the first sequence, up to ``chunk`` sequences cut to their common length)."""
+    for idx, length in data.sequences_by_length():
+        for at in range(0, len(idx), chunk):
+            part = idx[at:at + chunk]
+            yield int(part[0]), data.x[part, :length]
 
 
 def _fold_error(fit_max: float, held: np.ndarray, factor: float) -> float:

@@ -15,7 +15,7 @@ from ..errors import McuNnError
 from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent, Recurrent,
                   SelectLast, state_inputs)
-from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration
+from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration_set
 
 QMAX = {"int8": 127, "int16": 32767}
 WDTYPE = {"int8": np.int8, "int16": np.int16}
@@ -119,8 +119,12 @@ def _quant_direction(op: Recurrent, d: int, in_scale: float, h_scale: float, pre
     else:
         bias_real, bias_h_real = (b_ih + b_hh) / s_z, None
         biases = [bias_real]
-    shift = choose_shift([mx, mh], [rx.bound, rh.bound], biases, f"{where} (direction {d})")
-    qd = QDirection(wx=_qmatrix(rx, mx, shift, precision), wh=_qmatrix(rh, mh, shift, precision),
+    x_bound = _picked_bound(rx) if op.input_ids else rx.bound
+    shift = choose_shift([mx, mh], [x_bound, rh.bound], biases, f"{where} (direction {d})")
+    wx = _qmatrix(rx, mx, shift, precision)
+    if op.input_ids:
+        wx.acc_bits = 32                       # one picked weight, |acc| <= 32767
+    qd = QDirection(wx=wx, wh=_qmatrix(rh, mh, shift, precision),
                     bias=_mult_ints(bias_real, shift),
                     bias_h=None if bias_h_real is None else _mult_ints(bias_h_real, shift),
                     shift=shift)
@@ -130,6 +134,11 @@ def _quant_direction(op: Recurrent, d: int, in_scale: float, h_scale: float, pre
         pshift = choose_shift([mp], [rp.bound], [], f"{where} (direction {d} projection)")
         qd.proj, qd.proj_shift = _qmatrix(rp, mp, pshift, precision), pshift
     return qd
+
+
+def _picked_bound(rq: RowQuant) -> list[int]:
+    """max |acc[r]| when the input is one-hot (the integer 1 at one column): max_j |w[r, j]|."""
+    return [int(v) for v in (np.abs(rq.wq).max(axis=1) if rq.wq.shape[1] else np.zeros(rq.wq.shape[0]))]
 
 
 def _entry(stat: Optional[dict], scale: float, clipped: float = 0.0) -> dict:
@@ -161,27 +170,32 @@ def _check_graph(graph: Graph) -> None:
         if isinstance(op, FinalHidden) and not seen_rec:
             raise McuNnError(f"{op.source or f'op {i}'}: h_n readout with no recurrent layer before it")
     first = graph.ops[0] if graph.ops else None
-    if (graph.input_kind == "tokens") != isinstance(first, Embedding):
-        raise McuNnError(f"{graph.name}: a token model must start with an embedding (and only a token "
-                         f"model may); the graph's input kind is {graph.input_kind}")
+    reads_ids = isinstance(first, Embedding) or (isinstance(first, Recurrent) and first.input_ids)
+    if (graph.input_kind == "tokens") != reads_ids:
+        raise McuNnError(f"{graph.name}: a token model must start with an embedding or a one-hot recurrent "
+                         f"layer (and only a token model may); the graph's input kind is {graph.input_kind}")
+    for i, op in enumerate(graph.ops[1:], 1):
+        if isinstance(op, Recurrent) and op.input_ids:
+            raise McuNnError(f"{op.source or f'op {i}'}: a one-hot input is only supported for the first op")
 
 
 def quantize(graph: Graph, calib: np.ndarray, precision: str, *, ranges: str = DEFAULT_RANGE_METHOD,
-             head_all_steps: bool = True) -> QModel:
+             head_all_steps: bool = True, lengths: Optional[np.ndarray] = None) -> QModel:
     """Quantise ``graph`` with ranges measured on ``calib`` (see load_calibration).
 
     precision: "int8" (8-bit weights per row), "int16" (16-bit weights) — activations and
     state are int16 in both — or "float32" (the graph's float ops, every scale 1.0).
     ranges: how each free int16 range is chosen from the calibration values ("max",
     "headroom", "percentile" or "search", see calibrate.choose_range); head_all_steps:
-    calibrate a streaming classifier's head over every step, as the chip's _step runs it."""
+    calibrate a streaming classifier's head over every step, as the chip's _step runs it;
+    lengths: (N,) steps of each padded sequence (calibrate.CalibrationSet), None = all."""
     if precision not in ("int8", "int16", "float32"):
         raise McuNnError(f"unknown precision {precision!r}; choose int8, int16 or float32")
     if not graph.ops:
         raise McuNnError(f"{graph.name}: the model has no ops to quantise")
     _check_graph(graph)
-    calib = validate_calibration(calib, graph)
-    stats = collect_ranges(graph, calib, method=ranges, head_all_steps=head_all_steps)
+    calib = validate_calibration_set(calib, lengths, graph).x
+    stats = collect_ranges(graph, calib, method=ranges, head_all_steps=head_all_steps, lengths=lengths)
     return quantize_with_stats(graph, stats, precision, max_steps_hint=calib.shape[1])
 
 
@@ -247,7 +261,7 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
             ops.append(QRecurrent(kind=op.kind, input_size=op.input_size, hidden_size=op.hidden_size,
                                   proj_size=op.proj_size, bidirectional=op.bidirectional,
                                   directions=qdirs, in_scale=scale, h_scale=h_scale,
-                                  cell_frac=cell_frac, source=op.source, **wiring))
+                                  cell_frac=cell_frac, source=op.source, input_ids=op.input_ids, **wiring))
             scale = h_scale
             scales.update(zip(op.outputs[1:], [h_scale, 2.0 ** -cell_frac]))
             scales.update(zip(state_inputs(op), [h_scale, 2.0 ** -cell_frac]))

@@ -44,14 +44,14 @@ def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key:
         raise McuNnError(f"float simulator: unknown recurrent kind {op.kind!r} in {op.source or key}; "
                          f"expected one of {', '.join(GATES)}")
     dw = op.directions[d]
-    n, t_len, _ = x.shape
+    n, t_len = x.shape[:2]
     hsz, g = op.hidden_size, GATES[op.kind]
     w_ih, w_hh = np.asarray(dw.w_ih, F32), np.asarray(dw.w_hh, F32)
     b_ih, b_hh = _f32(dw.b_ih, g * hsz), _f32(dw.b_hh, g * hsz)
     w_hr = None if dw.w_hr is None else np.asarray(dw.w_hr, F32)
     s = op.state_size
 
-    xw = (x @ w_ih.T + b_ih).astype(F32)                # (N, T, G*H): input part of every step
+    xw = (input_part(op, w_ih, x) + b_ih).astype(F32)   # (N, T, G*H): input part of every step
     h = np.array(h0, F32)
     c = np.zeros((n, hsz), F32) if c0 is None else np.array(c0, F32)
     out = np.zeros((n, t_len, s), F32)
@@ -99,6 +99,18 @@ def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key:
                 trace[f"{key}.d{d}.{name}"] = arr
         trace[f"{key}.d{d}.h"] = out
     return out, h, (c if op.kind == "lstm" else None)
+
+
+def pick_columns(w: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """w @ one_hot(ids) for (N, T) ids: column id of w per step, zeros for ids outside
+    [0, w.shape[1]) (as F.one_hot would refuse them, the embedding's zero vector instead)."""
+    valid = (ids >= 0) & (ids < w.shape[1])
+    return np.where(valid[..., None], w.T[np.where(valid, ids, 0)], 0).astype(w.dtype)
+
+
+def input_part(op: Recurrent, w_ih: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """W_ih x of every step: a column pick when x is token ids fed one-hot."""
+    return pick_columns(w_ih, x) if op.input_ids else x @ w_ih.T
 
 
 def _check_input(graph: Graph, x: np.ndarray) -> None:

@@ -14,6 +14,7 @@ from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation
                   QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast, producers,
                   split_state, tensors)
 from ..quant import fixedpoint as fp
+from .float_sim import pick_columns
 
 
 GATE_SCALE = 2.0 ** -fp.GATE_FRAC
@@ -27,9 +28,12 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray, trace: Optional[dict] =
     With ``trace``, also records the dequantised gate pre-activations, c and h under
     run_float's names (f"{key}.d{d}.gates" / ".c" / ".h") for the quantisation report."""
     qd = layer.directions[d]
-    n, t_len, _ = x.shape
+    n, t_len = x.shape[:2]
     hid, s = layer.hidden_size, layer.state_size
-    acc_x = fp.matvec(qd.wx.w, x)                       # (N,T,G*H): the input part of every step
+    if layer.input_ids:                                 # one-hot ids: the integer 1 times column id
+        acc_x = pick_columns(fp._i64(qd.wx.w), x)
+    else:
+        acc_x = fp.matvec(qd.wx.w, x)                   # (N,T,G*H): the input part of every step
     mx, mh = fp._i64(qd.wx.mult), fp._i64(qd.wh.mult)
     h = np.zeros((n, s), dtype=np.int64) if h0 is None else fp._i64(h0)
     c = np.zeros((n, hid), dtype=np.int64) if c0 is None else fp._i64(c0)

@@ -145,6 +145,30 @@ class LSTMAutoencoder(nn.Module):
         return self.out(y)
 
 
+class LSTMAutoencoderRepeat(LSTMAutoencoder):
+    """Same autoencoder, the other common spelling: h_n[-1].unsqueeze(1).repeat(1, T, 1)."""
+
+    def forward(self, x):
+        _, (h, _) = self.encoder(x)
+        z = h[-1].unsqueeze(1).repeat(1, self.seq_len, 1)
+        y, _ = self.decoder(z)
+        return self.out(y)
+
+
+class MobileGRU(nn.Module):
+    """PyTorch Mobile deployment style: a plain GRU classifier saved with torch.jit.script
+    (then optimize_for_mobile in the app repo), flatten of the final hidden state."""
+
+    def __init__(self, n_in=6, hidden=16, n_classes=4):
+        super().__init__()
+        self.gru = nn.GRU(n_in, hidden, num_layers=2, batch_first=True, dropout=0.2)
+        self.fc = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, h = self.gru(x)
+        return torch.softmax(self.fc(h[-1]), dim=1)
+
+
 class GRULayerNorm(nn.Module):
     """GRU followed by nn.LayerNorm over features (common "normalise the RNN output" pattern)."""
 
@@ -335,6 +359,11 @@ CASES = [
     simple_case("lstm_autoencoder_expand", 8, LSTMAutoencoder, T=20, F=3, formats=ALL,
                 notes="batched LSTM autoencoder: h_n[-1].unsqueeze(1).expand(-1, T, -1) -> decoder LSTM -> "
                       "Linear per step"),
+    simple_case("lstm_autoencoder_repeat", 8, LSTMAutoencoderRepeat, T=20, F=3, formats=ALL,
+                notes="batched LSTM autoencoder: h_n[-1].unsqueeze(1).repeat(1, T, 1) -> decoder LSTM -> "
+                      "Linear per step"),
+    simple_case("mobile_gru_scripted", 8, MobileGRU, T=16, F=6, jit="script", formats=ALL,
+                notes="PyTorch Mobile style: 2-layer GRU classifier from h[-1], softmax, torch.jit.script"),
     simple_case("gru_layernorm", 8, GRULayerNorm, T=16, F=6, formats=ALL,
                 notes="GRU then nn.LayerNorm(hidden) then Linear on the last step"),
     simple_case("residual_lstm", 8, ResidualLSTM, T=16, F=6, formats=ALL,

@@ -141,6 +141,22 @@ class BiGRUClassifier(nn.Module):
         return self.fc(hidden)
 
 
+class BiLSTMTagger(nn.Module):
+    """NER/POS BiLSTM tagger without the CRF (the common baseline): embedding, batch-first
+    bidirectional LSTM, dropout, per-step Linear over 2H."""
+
+    def __init__(self, vocab_size=60, embedding_dim=8, hidden_dim=12, num_tags=5):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.lstm = nn.LSTM(embedding_dim, hidden_dim, batch_first=True, bidirectional=True)
+        self.dropout = nn.Dropout(0.5)
+        self.hidden2tag = nn.Linear(2 * hidden_dim, num_tags)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.embedding(x))
+        return self.hidden2tag(self.dropout(out))
+
+
 class PackedLSTMClassifier(nn.Module):
     """Variable-length batches: pack_padded_sequence(lengths, enforce_sorted=False), read h_n[-1]."""
 
@@ -333,6 +349,8 @@ CASES = [
                 tokens=50, formats=ALL,
                 notes="bentrevett/pytorch-sentiment-analysis: 2-layer bidirectional GRU, dropout, "
                       "cat(hidden[-2], hidden[-1])"),
+    simple_case("bilstm_ner_tagger", 8, BiLSTMTagger, T=14, F=0, tokens=60, formats=ALL,
+                notes="NER BiLSTM tagger baseline (no CRF): bidirectional per-step outputs, Linear(2H, tags)"),
     _packed_case("packed_lstm_hn", lambda: PackedLSTMClassifier(5, 12, 3),
                  "pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False), classify from h_n[-1]", NO_EXPORT),
     _packed_case("packed_gru_pad_packed", lambda: PackedGRUTagger(5, 12, 4, 12),

@@ -27,7 +27,7 @@ import numpy as np
 from .boards import BOARDS as ALL_BOARDS, Board
 from .build import linker_script
 from .errors import McuNnError
-from .exportdir import Export, open_export, stage_sources
+from .exportdir import Export, full_length_vectors, open_export, stage_sources
 from .toolchain import require, run_tool
 from .compare import differing
 
@@ -221,6 +221,7 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
     """Build, run and measure one export on an emulated board (see the module docstring)."""
     export_dir = Path(export_dir).resolve()   # the compiler runs in a temp dir
     ex = open_export(export_dir, allow_modified=allow_modified)
+    ex.vectors = full_length_vectors(ex.vectors)      # one sequence length in the firmware
     manifest, vec = ex.manifest, ex.vectors
     with tempfile.TemporaryDirectory(prefix="mcunn-bench-") as tmp:
         bdir = Path(build_dir) if build_dir else Path(tmp)

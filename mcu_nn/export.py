@@ -80,27 +80,36 @@ def measure_accuracy(graph: Graph, q: QModel, x: np.ndarray, lengths: Optional[n
 TREND_RATIO = 1.25     # later calibration inputs this much larger than earlier ones: a trend
 
 
-def warn_if_trending(graph: Graph, data: np.ndarray) -> None:
+def warn_if_trending(graph: Graph, data: np.ndarray, lengths: Optional[np.ndarray] = None) -> None:
     """Warn when the calibration inputs grow along the data (later sequences, or later steps,
-    reach further than earlier ones): deployed inputs will likely go further still."""
+    reach further than earlier ones): deployed inputs will likely go further still. The
+    99th percentile of |x| is compared, so the noise in a sample maximum does not trigger it."""
     if graph.input_kind == "tokens":
         return
     a = np.abs(np.asarray(data, np.float64))
+    valid = np.ones(a.shape, bool)
+    if lengths is not None:                      # padding is not data
+        valid &= (np.arange(a.shape[1])[None, :] < np.asarray(lengths)[:, None])[..., None]
+
+    def level(sl) -> float:
+        v = a[sl][valid[sl]]
+        return float(np.percentile(v, 99)) if v.size else 0.0
+
     pairs = []
     if a.shape[0] >= 2:
         h = a.shape[0] // 2
-        pairs.append(("sequences", a[:h].max(), a[h:].max()))
+        pairs.append(("sequences", level(np.s_[:h]), level(np.s_[h:])))
     if a.shape[1] >= 2:
         h = a.shape[1] // 2
-        pairs.append(("steps", a[:, :h].max(), a[:, h:].max()))
+        pairs.append(("steps", level(np.s_[:, :h]), level(np.s_[:, h:])))
     for what, early, late in pairs:
         if early > 0 and late > TREND_RATIO * early:
             warnings.warn(
-                f"calibration inputs grow along the data: |x| reaches {early:.3g} in the first half of the "
-                f"{what} and {late:.3g} in the second; inputs beyond the calibrated range will saturate on the "
-                "chip (verify and serial-test count them). Pass calibration data that covers the range you "
-                "expect in deployment (mcu-nn keeps the headroom the trend within the data shows, "
-                "see docs/numerics.md)", McuNnWarning, stacklevel=3)
+                f"calibration inputs grow along the data: |x| (99th percentile) is {early:.3g} in the first half "
+                f"of the {what} and {late:.3g} in the second; inputs beyond the calibrated range will saturate "
+                "on the chip (verify and serial-test count them). Pass calibration data that covers the range "
+                "you expect in deployment (mcu-nn keeps the headroom the trend within the data shows, see "
+                "docs/numerics.md)", McuNnWarning, stacklevel=3)
             return
 
 
@@ -139,10 +148,10 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     """Export ``model_path`` into ``out_dir`` and return what was written and measured.
     ``weight_layout="wide"`` stores int8 weights as int16: more flash, faster on DSP cores."""
     from .codegen import write_export
+    from .codegen.export import run_padded, saturation_counts
     from .frontend import load_model
     from .quant import quantize
     from .sim import run
-    from .sim.int_sim import saturation
 
     if precision not in PRECISIONS:
         raise McuNnError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -154,11 +163,13 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     q = quantize(graph, data, precision, lengths=lengths)
     accuracy = measure_accuracy(graph, q, data, lengths)
     vectors = data[:TEST_VECTORS]
-    expected = run(q, vectors)
-    warn_if_trending(graph, data)
+    vec_lengths = None if lengths is None else lengths[:TEST_VECTORS]
+    expected = run_padded(lambda xs: run(q, xs), vectors, vec_lengths, q.output_per_step)
+    warn_if_trending(graph, data, lengths)
     extra = {"source_model": str(Path(model_path).name), "accuracy": accuracy.as_dict(),
              "calibration_sequences": int(data.shape[0]),
              "state": state_manifest(q),
-             "saturation": {"calibration": saturation(q, data)}}
-    manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra, weight_layout=weight_layout)
+             "saturation": {"calibration": saturation_counts(q, data, lengths)}}
+    manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra, weight_layout=weight_layout,
+                            lengths=vec_lengths)
     return ExportResult(Path(out_dir), graph, q, manifest, accuracy, data, lengths)

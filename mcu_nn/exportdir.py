@@ -302,6 +302,10 @@ def read_vectors(m: dict, data: bytes, where: Path) -> dict[str, np.ndarray]:
         raise McuNnError(f"{where}: the test vectors have 0 steps; re-run mcu-nn export with real inputs")
     if m["max_steps"] and steps > m["max_steps"]:
         raise McuNnError(f"{where}: {steps} steps exceed the model's max_steps {m['max_steps']}")
+    if "lengths" in vec:
+        ln = vec["lengths"]
+        if ln.shape != (n,) or not np.issubdtype(ln.dtype, np.integer) or ln.min() < 1 or ln.max() > steps:
+            raise McuNnError(f"{where}: lengths must be {n} integers in 1..{steps}; re-run mcu-nn export")
     want = (n, steps, fout) if m["output_per_step"] else (n, fout)
     if exp.shape != want:
         raise McuNnError(f"{where}: expected has shape {exp.shape}, model.json says {want}; re-run mcu-nn export")
@@ -313,6 +317,23 @@ def read_vectors(m: dict, data: bytes, where: Path) -> dict[str, np.ndarray]:
             raise McuNnError(f"{where}: a float32 export needs 'float_drift' with {n} finite values >= 0; "
                              "re-run mcu-nn export")
     return vec
+
+
+def vector_lengths(vectors: dict[str, np.ndarray]) -> np.ndarray:
+    """Steps of each test vector: its ``lengths`` (variable-length exports) or all of them."""
+    xq = vectors["input_q"]
+    if "lengths" in vectors:
+        return np.asarray(vectors["lengths"], np.int64)
+    return np.full(xq.shape[0], xq.shape[1], np.int64)
+
+
+def full_length_vectors(vectors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Only the test vectors that run every step (the bench firmware runs one length)."""
+    if "lengths" not in vectors:
+        return vectors
+    keep = vector_lengths(vectors) == vectors["input_q"].shape[1]
+    n = len(keep)
+    return {k: (v[keep] if v.ndim and v.shape[0] == n else v) for k, v in vectors.items() if k != "lengths"}
 
 
 def load_export(export_dir: Path, *, allow_modified: bool = False) -> tuple[dict, dict]:

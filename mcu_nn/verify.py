@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import McuNnError
 from .compare import describe_rule, differing, float_tolerance, saturation_line
-from .exportdir import open_export, stage_sources
+from .exportdir import open_export, stage_sources, vector_lengths
 from .toolchain import find_cc, first_error_line, run_tool, section_sizes
 
 HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
@@ -80,6 +80,7 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True, al
                  cwd=build)
         with open(build / "vectors.bin", "wb") as f:
             f.write(np.array([n, steps, fin, fout], np.uint32).tobytes())
+            f.write(vector_lengths(vec).astype(np.uint32).tobytes())
             f.write(np.ascontiguousarray(xq.astype(in_dt)).tobytes())
         r = subprocess.run([str(exe), str(build / "vectors.bin"), str(build / "out.bin")],
                            capture_output=True, text=True, timeout=600)

@@ -30,10 +30,13 @@ def chip_input(q: QModel, x: np.ndarray) -> np.ndarray:
 
 
 def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.ndarray,
-                 extra: Optional[dict] = None, weight_layout: str = "packed") -> dict:
+                 extra: Optional[dict] = None, weight_layout: str = "packed",
+                 lengths: Optional[np.ndarray] = None) -> dict:
     """Write model.h, model.c, mcunn_fixedpoint.h, model.json and test_vectors.npz into
     ``out_dir``; returns the manifest. ``expected`` are the simulator's outputs on ``test_input``.
     ``weight_layout`` ("packed" or "wide", see codegen.emit) trades flash for speed on int8.
+    ``lengths``: steps of each test vector when they differ (``test_input`` is zero-padded
+    after them and ``expected`` holds zeros there for per-step outputs; see run_padded).
 
     The files are written into a temporary directory beside ``out_dir`` and renamed into place
     only when all are complete, so an interrupted export leaves no directory a later stage
@@ -43,7 +46,7 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
     _check_target(out_dir, q.name.lower())
     e = emit(q, weight_layout=weight_layout)
     sources = {"model.h": e.header, "model.c": e.source, RUNTIME_HEADER: render_runtime_header()}
-    vectors = _test_vectors(q, test_input, expected)
+    vectors = _test_vectors(q, test_input, expected, lengths)
     blobs = {name: text.encode() for name, text in sources.items()}
     blobs[VECTORS] = vectors
     flash = sum(a.nbytes for a in e.arrays)
@@ -70,17 +73,50 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
     for layer, arrs in zip(manifest["layers"], _arrays_by_op(e)):
         layer["flash_bytes"] = arrs
     extra = dict(extra or {})
-    manifest["saturation"] = {**extra.pop("saturation", {}), "test_vectors": _saturation(q, test_input)}
+    manifest["saturation"] = {**extra.pop("saturation", {}), "test_vectors": saturation_counts(q, test_input, lengths)}
     manifest.update(extra)
     blobs[MANIFEST] = manifest_bytes(manifest)
     _write_atomically(out_dir, blobs)
     return manifest
 
 
-def _saturation(q: QModel, x: np.ndarray) -> dict:
+def saturation_counts(q: QModel, x: np.ndarray, lengths: Optional[np.ndarray] = None) -> dict:
     """Where the simulator clips on the test vectors (verify and serial-test report it)."""
     from ..sim.int_sim import saturation
-    return saturation(q, np.asarray(x))
+    if lengths is None:
+        return saturation(q, np.asarray(x))
+    total: dict = {}
+    for idx, n in _groups(lengths):
+        for site, e in saturation(q, np.asarray(x)[idx, :n]).items():
+            t = total.setdefault(site, {"clipped": 0, "values": 0, "source": e["source"]})
+            t["clipped"] += e["clipped"]
+            t["values"] += e["values"]
+    return total
+
+
+def _groups(lengths: np.ndarray):
+    for n in np.unique(lengths):
+        yield np.flatnonzero(lengths == n), int(n)
+
+
+def run_padded(fn, x: np.ndarray, lengths: Optional[np.ndarray], per_step: bool) -> np.ndarray:
+    """``fn`` (a simulator run over (N, T, ...) inputs) on sequences of different lengths:
+    each group of equal length runs alone (the padding never runs, as on the chip); per-step
+    outputs are zero after each sequence's length."""
+    if lengths is None or np.all(np.asarray(lengths) == x.shape[1]):
+        return fn(x)
+    lengths = np.asarray(lengths, np.int64)
+    out = None
+    for idx, n in _groups(lengths):
+        y = np.asarray(fn(x[idx, :n]))
+        if out is None:
+            shape = (x.shape[0], x.shape[1], *y.shape[2:]) if per_step else (x.shape[0], *y.shape[1:])
+            out = np.zeros(shape, y.dtype)
+        if per_step:
+            out[idx, :n] = y
+        else:
+            out[idx] = y
+    return out
 
 
 def _check_target(out_dir: Path, name: str) -> None:
@@ -129,7 +165,8 @@ def _write_atomically(out_dir: Path, blobs: dict[str, bytes]) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _test_vectors(q: QModel, test_input: np.ndarray, expected: np.ndarray) -> bytes:
+def _test_vectors(q: QModel, test_input: np.ndarray, expected: np.ndarray,
+                  lengths: Optional[np.ndarray] = None) -> bytes:
     """test_vectors.npz: float inputs, the chip's inputs and the simulator's expected outputs."""
     x = np.asarray(test_input)
     fp32 = q.precision == "float32"
@@ -150,19 +187,25 @@ def _test_vectors(q: QModel, test_input: np.ndarray, expected: np.ndarray) -> by
     in_q = chip_input(q, input_arr)
     in_q = in_q.astype(np.float32 if fp32 else (np.int32 if tokens else np.int16))
     arrays = {"input": input_arr, "input_q": in_q, "expected": exp}
+    if lengths is not None and np.any(np.asarray(lengths) != x.shape[1]):
+        lengths = np.asarray(lengths, np.int64)
+        if lengths.shape != (x.shape[0],) or lengths.min() < 1 or lengths.max() > x.shape[1]:
+            raise McuNnError(f"write_export: lengths must be {x.shape[0]} values in 1..{x.shape[1]}")
+        arrays["lengths"] = lengths.astype(np.int32)
     if fp32:
-        arrays["float_drift"] = _float_drift(q, input_arr, exp)
+        arrays["float_drift"] = _float_drift(q, input_arr, exp, lengths)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
 
 
-def _float_drift(q: QModel, x: np.ndarray, expected: np.ndarray) -> np.ndarray:
+def _float_drift(q: QModel, x: np.ndarray, expected: np.ndarray,
+                 lengths: Optional[np.ndarray] = None) -> np.ndarray:
     """Per vector, the largest distance of the float32 simulation from the same computation
     in float64: the scale of summation-order differences (see mcu_nn.compare)."""
     from ..sim.float_sim import run_float64
     from ..sim.int_sim import as_graph
-    ref = run_float64(as_graph(q), x)
+    ref = run_padded(lambda xs: run_float64(as_graph(q), xs), x, lengths, q.output_per_step)
     err = np.abs(expected.astype(np.float64) - ref).reshape(len(x), -1)
     return np.nan_to_num(err.max(axis=1), nan=0.0, posinf=0.0).astype(np.float32)
 

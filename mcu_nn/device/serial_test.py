@@ -14,7 +14,7 @@ import numpy as np
 from ..boards import BOARDS, DEFAULT_BOARD, get_board
 from ..build import build_firmware, firmware_path, is_up_to_date
 from ..compare import describe_rule, differing, saturation_line
-from ..exportdir import Export, open_export
+from ..exportdir import Export, open_export, vector_lengths
 from ..errors import McuNnError
 from .client import DeviceClient
 from .emulator import Emulator
@@ -104,12 +104,13 @@ def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional
         log(f"board {info.board}: model {info.name} ({info.precision}), sha256 {info.sha256[:16]}… matches "
             f"the export{' (modified on purpose: --allow-modified)' if info.modified else ''}; "
             f"{info.input_size} in / {info.output_size} out per step")
-        return _compare(client, info, inputs, expected, manifest, log, progress, ex.vectors.get("float_drift"))
+        return _compare(client, info, inputs, expected, manifest, log, progress, ex.vectors.get("float_drift"),
+                        vector_lengths(ex.vectors))
 
 
 def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expected: np.ndarray,
              manifest: dict, log: Callable[[str], None], progress: bool,
-             drift: Optional[np.ndarray] = None) -> SerialTestResult:
+             drift: Optional[np.ndarray] = None, lengths: Optional[np.ndarray] = None) -> SerialTestResult:
     precision = manifest["precision"]
     n = inputs.shape[0]
     passed, first, outputs, per_step_ticks = 0, "", [], []
@@ -119,10 +120,16 @@ def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expecte
         bar = tqdm(total=n, desc="serial-test", unit="vector", file=sys.stderr, leave=False)
     try:
         for i in range(n):
-            x, exp = inputs[i], expected[i]
-            steps = x.shape[0]
+            steps = int(lengths[i]) if lengths is not None else inputs.shape[1]
+            x = inputs[i, :steps]                         # the padding after a sequence never runs
+            exp = expected[i, :steps] if info.output_per_step else expected[i]
             got, ticks = client.run(x)
-            outputs.append(got)
+            if info.output_per_step and steps < inputs.shape[1]:   # pad as the test vectors are
+                got_padded = np.zeros((inputs.shape[1],) + got.shape[1:], got.dtype)
+                got_padded[:steps] = got
+                outputs.append(got_padded)
+            else:
+                outputs.append(got)
             checks = [("RUN", got)]
             if not info.has_step:
                 per_step_ticks.append(ticks / steps)

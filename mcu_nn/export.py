@@ -82,8 +82,9 @@ TREND_RATIO = 1.25     # later calibration inputs this much larger than earlier 
 
 def warn_if_trending(graph: Graph, data: np.ndarray, lengths: Optional[np.ndarray] = None) -> None:
     """Warn when the calibration inputs grow along the data (later sequences, or later steps,
-    reach further than earlier ones): deployed inputs will likely go further still. The
-    99th percentile of |x| is compared, so the noise in a sample maximum does not trigger it."""
+    reach further than earlier ones): deployed inputs will likely go further still. Both the
+    99th percentile and the mean of |x| must grow, so the noise of a small sample does not
+    trigger it."""
     if graph.input_kind == "tokens":
         return
     a = np.abs(np.asarray(data, np.float64))
@@ -91,9 +92,9 @@ def warn_if_trending(graph: Graph, data: np.ndarray, lengths: Optional[np.ndarra
     if lengths is not None:                      # padding is not data
         valid &= (np.arange(a.shape[1])[None, :] < np.asarray(lengths)[:, None])[..., None]
 
-    def level(sl) -> float:
+    def level(sl) -> tuple[float, float]:
         v = a[sl][valid[sl]]
-        return float(np.percentile(v, 99)) if v.size else 0.0
+        return (float(np.percentile(v, 99)), float(v.mean())) if v.size else (0.0, 0.0)
 
     pairs = []
     if a.shape[0] >= 2:
@@ -102,8 +103,8 @@ def warn_if_trending(graph: Graph, data: np.ndarray, lengths: Optional[np.ndarra
     if a.shape[1] >= 2:
         h = a.shape[1] // 2
         pairs.append(("steps", level(np.s_[:, :h]), level(np.s_[:, h:])))
-    for what, early, late in pairs:
-        if early > 0 and late > TREND_RATIO * early:
+    for what, (early, early_mean), (late, late_mean) in pairs:
+        if early > 0 and late > TREND_RATIO * early and late_mean > TREND_RATIO * early_mean:
             warnings.warn(
                 f"calibration inputs grow along the data: |x| (99th percentile) is {early:.3g} in the first half "
                 f"of the {what} and {late:.3g} in the second; inputs beyond the calibrated range will saturate "

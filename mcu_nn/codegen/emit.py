@@ -296,11 +296,11 @@ class _Builder:
             O, IG, K = (op.weight if self.fp else op.w).shape
             L.update(O=O, I=op.in_size, IG=IG, OG=O // op.groups, K=K, D=op.dilation, groups=op.groups)
             if self.fp:
-                L["w"] = self.arr("float", f"op{k}_w", op.weight, src)
+                L["w"] = self.arr("float", f"op{k}_w", np.asarray(op.weight).reshape(O, -1), src)
                 L["b"] = self.arr("float", f"op{k}_b", op.bias if op.bias is not None else np.zeros(O), src)
             else:
                 w = np.asarray(op.w, np.int64)
-                L["w"] = self.arr(self.wtype(w), f"op{k}_w", w, src + " weights")
+                L["w"] = self.arr(self.wtype(w), f"op{k}_w", w.reshape(O, -1), src + " weights")
                 L["m"] = self.arr("int32_t", f"op{k}_mult", np.asarray(op.mult, np.int64), src + " multipliers")
                 L["b"] = self.arr("int64_t", f"op{k}_b", np.asarray(op.bias_q, np.int64), src + " bias")
                 L["shift"] = int(op.shift)

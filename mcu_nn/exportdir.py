@@ -122,7 +122,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "input_values_per_step": (_int(1), "an integer >= 1"),
     "output_size": (_int(1), "an integer >= 1"),
     "output_per_step": (lambda v: isinstance(v, bool), "true or false"),
-    "bidirectional": (lambda v: isinstance(v, bool), "true or false"),
+    "has_step": (lambda v: isinstance(v, bool), "true or false (false: no <name>_step, whole sequences only)"),
     "max_steps": (_int(0), "an integer >= 0"),
     "input_scale": (_scale, "a positive number"),
     "output_scale": (_scale, "a positive number"),
@@ -257,10 +257,10 @@ def check_header(m: dict, header: str, where: Path) -> None:
                          "does not match the header; re-run mcu-nn export")
     expect = {f"{P}_INPUT_SIZE": m["input_values_per_step"], f"{P}_OUTPUT_SIZE": m["output_size"],
               f"{P}_MAX_STEPS": m["max_steps"], f"{P}_OUTPUT_PER_STEP": int(m["output_per_step"]),
-              f"{P}_HAS_STEP": int(not m["bidirectional"])}
+              f"{P}_HAS_STEP": int(m["has_step"])}
     fields = {f"{P}_INPUT_SIZE": "input_values_per_step", f"{P}_OUTPUT_SIZE": "output_size",
               f"{P}_MAX_STEPS": "max_steps", f"{P}_OUTPUT_PER_STEP": "output_per_step",
-              f"{P}_HAS_STEP": "bidirectional"}
+              f"{P}_HAS_STEP": "has_step"}
     if m["input_kind"] == "tokens":
         expect[f"{P}_VOCAB_SIZE"], fields[f"{P}_VOCAB_SIZE"] = m["input_size"], "input_size"
     for macro, want in expect.items():

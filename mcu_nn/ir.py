@@ -270,7 +270,8 @@ def tensors(model) -> dict[str, Tensor]:
     out = {INPUT: Tensor(INPUT, 1 if tokens else model.input_size, True,
                          model.input_scale if quant and not tokens else 1.0)}
     for i, op in enumerate(model.ops):
-        missing = [n for n in op.inputs[:1] if n not in out]
+        missing = [n for n in op.inputs if n and n not in out] if hasattr(op, "outs") else \
+            [n for n in op.inputs[:1] if n not in out]
         if missing:
             raise McuNnError(f"{getattr(op, 'source', '') or f'op {i}'} reads tensor {missing[0]!r}, which no "
                              f"earlier op writes (the ops are not in topological order)")
@@ -294,6 +295,8 @@ def tensors(model) -> dict[str, Tensor]:
             sizes = [(int(rows), x.per_step, getattr(op, "out_scale", 1.0))]
         elif isinstance(op, (Activation, QActivation)):
             sizes = [(x.size, x.per_step, getattr(op, "out_scale", x.scale))]
+        elif hasattr(op, "outs"):             # an op of mcu_nn.ops
+            sizes = op.outs([out[n] for n in op.inputs])
         elif isinstance(op, SelectLast):
             sizes = [(x.size, False, x.scale)]
         elif isinstance(op, FinalHidden):
@@ -306,6 +309,13 @@ def tensors(model) -> dict[str, Tensor]:
     return out
 
 
+def whole_sequence(model) -> bool:
+    """The model needs whole sequences (no ``_step``): a bidirectional layer or an op over time
+    that reads future steps or changes the rate (an op of mcu_nn.ops whose ``bidirectional``
+    says so; the export manifest's "bidirectional" flag is this)."""
+    return any(getattr(op, "bidirectional", False) for op in model.ops)
+
+
 def macs_per_step(op: Op) -> int:
     """Multiply-accumulates one time step costs (the benchmark's definition)."""
     if isinstance(op, Recurrent):
@@ -315,6 +325,8 @@ def macs_per_step(op: Op) -> int:
         return per_dir * len(op.directions)
     if isinstance(op, Linear):
         return int(op.weight.shape[0] * op.weight.shape[1])
+    if hasattr(op, "macs"):
+        return op.macs()
     return 0
 
 
@@ -327,6 +339,8 @@ def param_count(op: Op) -> int:
         arrays += [op.weight, op.bias]
     elif isinstance(op, Embedding):
         arrays += [op.weight]
+    elif hasattr(op, "weight"):           # an op of mcu_nn.ops with parameters
+        arrays += [op.weight, getattr(op, "bias", None)]
     return int(sum(a.size for a in arrays if a is not None))
 
 

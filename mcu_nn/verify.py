@@ -60,7 +60,7 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True, al
         log(f"warning: verifying modified files ({', '.join(ex.modified)}), as --allow-modified asks")
     manifest, vec = ex.manifest, ex.vectors
     name, fp32 = manifest["name"], manifest["precision"] == "float32"
-    bidir, per_step = bool(manifest["bidirectional"]), bool(manifest["output_per_step"])
+    bidir, per_step = not manifest["has_step"], bool(manifest["output_per_step"])
     xq, expected = vec["input_q"], vec["expected"]
     n, steps = xq.shape[0], xq.shape[1]
     fin, fout = int(manifest.get("input_values_per_step", 1 if xq.ndim == 2 else xq.shape[2])), manifest["output_size"]

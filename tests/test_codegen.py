@@ -136,7 +136,7 @@ int main(void)
 
 def test_manifest_describes_the_export(exports):
     m = json.loads((exports["gru_int16_bidir"] / "model.json").read_text())
-    assert m["name"] == "model" and m["precision"] == "int16" and m["bidirectional"] is True
+    assert m["name"] == "model" and m["precision"] == "int16" and m["has_step"] is False
     assert m["max_steps"] == 10 and m["output_per_step"] is False and m["output_size"] == 12
     assert m["in_ctype"] == "int16_t" and m["out_ctype"] == "int16_t"
     assert m["macs_per_step"] == sum(layer["macs_per_step"] for layer in m["layers"]) > 0

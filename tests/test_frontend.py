@@ -350,17 +350,17 @@ class _Readout(nn.Module):
 
 
 @pytest.mark.parametrize("model,pattern", [
-    (_Conv(), r"unsupported op aten\.conv1d\.default \(from module 'features\.conv' \(Conv1d\)\); supported: LSTM, GRU"),
+    (_Conv(), r"Conv1d \(from module 'features\.conv' \(Conv1d\)\) reads an \(N, T, C\) sequence; mcu-nn follows "
+              r"Conv1d over time on x\.transpose\(1, 2\)"),
     (_Norm(), r"unsupported op aten\.layer_norm\.default \(from module 'norm' \(LayerNorm\)\)"),
     (_Readout("c_n"), r"cell state c_n; supported readouts: out\[:, -1\], h_n\[-1\]"),
     (_Readout("lower", num_layers=2), r"h_n\[0\], the state of a lower layer"),
     (_Readout("flatten"), r"mixing the time axis with the features"),
-    (_Readout("middle_step"), r"selects time step 2; only the last step"),
     (_Readout("softmax_mid"), r"Softmax/LogSoftmax is supported only as the last op"),
     (_Readout("two_outputs"), r"returns 2 outputs"),
     (_Readout("branch"), r"branches and skip connections are unsupported"),
     (_Readout("h0"), r"initial state that is not zeros"),
-], ids=["conv1d", "layernorm", "c_n", "lower_layer", "flatten_time", "middle_step", "softmax_mid",
+], ids=["conv1d", "layernorm", "c_n", "lower_layer", "flatten_time", "softmax_mid",
         "two_outputs", "branch", "nonzero_h0"])
 def test_unsupported_models(model: nn.Module, pattern: str, tmp_path: Path) -> None:
     with pytest.raises(McuNnError, match=pattern) as e:

@@ -151,7 +151,7 @@ MANIFEST_EDITS = {
     "output_size negative": (_set("output_size", -1), "'output_size'"),
     "output_size changed": (_set("output_size", 3), "'output_size'"),
     "input size changed": (_set("input_values_per_step", 4), "'input_values_per_step'"),
-    "bidirectional flipped": (_set("bidirectional", True), "'bidirectional'"),
+    "has_step flipped": (_set("has_step", False), "'has_step'"),
     "max_steps changed": (_set("max_steps", 8), "'max_steps'"),
     "output per step flipped": (_set("output_per_step", False), "'output_per_step'"),
     "in_ctype float": (_set("in_ctype", "float"), "'in_ctype'"),

@@ -16,7 +16,13 @@ import numpy as np
 from .. import __version__
 from ..errors import McuNnError
 from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbedding, QLinear,
-                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast, producers, state_slots, tensors)
+                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast, producers, state_slots, tensors,
+                  whole_sequence)
+from ..ops.conv1d import Conv1d, QConv1d
+from ..ops.pooling import TimePool, TimeReduce, TimeSelect, TimeSlice
+from ..ops.repeat import Repeat
+from ..ops.attention import AttentionPool
+from . import schedule
 from ..quant import fixedpoint as fp
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -295,6 +301,36 @@ class _Builder:
         self.kernels.append(self.env.get_template("activation.c.j2").render(L=L, fp=self.fp, vt=self.vt))
         return L
 
+    def time_op(self, k: int, op, shapes: dict) -> int:
+        """The kernel of an op of mcu_nn.ops (templates/ops/); returns its MACs per output step."""
+        src = op.source or f"op {k}"
+        L = {"source": src, "fn": f"{self.p}_op{k}", "C": shapes[op.inputs[0]].size}
+        macs = 0
+        if isinstance(op, (Conv1d, QConv1d)):
+            O, IG, K = (op.weight if self.fp else op.w).shape
+            L.update(O=O, I=op.in_size, IG=IG, OG=O // op.groups, K=K, D=op.dilation, groups=op.groups)
+            if self.fp:
+                L["w"] = self.arr("float", f"op{k}_w", np.asarray(op.weight).reshape(O, -1), src)
+                L["b"] = self.arr("float", f"op{k}_b", op.bias if op.bias is not None else np.zeros(O), src)
+            else:
+                w = np.asarray(op.w, np.int64)
+                L["w"] = self.arr(self.wtype(w), f"op{k}_w", w.reshape(O, -1), src + " weights")
+                L["m"] = self.arr("int32_t", f"op{k}_mult", np.asarray(op.mult, np.int64), src + " multipliers")
+                L["b"] = self.arr("int64_t", f"op{k}_b", np.asarray(op.bias_q, np.int64), src + " bias")
+                L["shift"] = int(op.shift)
+                bound = np.abs(w).reshape(O, -1).sum(axis=1) * 32768
+                self.check_requant([(bound, op.mult)], op.bias_q, src)
+            macs = int(O * IG * K)
+        elif isinstance(op, TimePool):
+            L.update(kind=op.kind, K=op.kernel)
+        elif isinstance(op, TimeReduce):
+            L.update(kind=op.kind, mult=int(op.mult), shift=int(op.shift))
+        elif isinstance(op, AttentionPool):
+            L.update(mult=int(op.exp_mult), shift=int(op.exp_shift))
+        L["max_acc"] = 65535
+        self.kernels.append(self.env.get_template(op.template).render(L=L, fp=self.fp, vt=self.vt))
+        return macs
+
     def embedding(self, k: int, op) -> dict:
         table = op.weight if self.fp else np.asarray(op.table, np.int64)
         src = op.source or f"op {k}"
@@ -322,13 +358,14 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
     p = p.lower()
     b = _Builder(q, p, weight_layout)
     vt = b.vt
-    bidir = any(_is_rec(o) and o.bidirectional for o in q.ops)
+    bidir = whole_sequence(q)                  # no _step: the whole-sequence schedule
     tokens = q.input_kind == "tokens"
     in_size = 1 if tokens else q.input_size
     state: list[tuple[str, int]] = []          # (declaration, bytes)
 
-    def member(name: str, n: int) -> str:
-        state.append((f"{vt} {name}[{n}]", n * b.vsize))
+    def member(name: str, n: int, ctype: str = vt) -> str:
+        size = {"float": 4, "int16_t": 2, "int32_t": 4, "int64_t": 8}[ctype]
+        state.append((f"{ctype} {name}[{n}]", n * size))
         return f"s->{name}"
 
     # pass 1: kernels, sizes (ops in graph order)
@@ -356,7 +393,9 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
             src = made.get(op.inputs[0], (None, None))[1]
             if not _is_rec(src) or any(d not in range(len(src.directions)) for d in op.directions):
                 raise McuNnError(f"FinalHidden{op.directions}: no such direction in the recurrent layer it reads")
-        elif not isinstance(op, SelectLast):
+        elif hasattr(op, "template"):        # an op of mcu_nn.ops with a kernel
+            macs = b.time_op(k, op, shapes)
+        elif not isinstance(op, (SelectLast, TimeSelect, TimeSlice, Repeat)):
             raise McuNnError(f"codegen: unsupported op {type(op).__name__} in model {q.name!r}")
         size = shapes[op.outputs[0]].size
         dims.append(size)
@@ -366,16 +405,10 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         raise McuNnError(f"model {q.name!r}: ops produce {shapes[main].size} outputs but QModel.output_size is "
                          f"{q.output_size}")
     if bidir and q.max_steps <= 0:
-        raise McuNnError(f"model {q.name!r} is bidirectional but max_steps is {q.max_steps}; set the longest sequence")
-    # the schedule: ops with per-step outputs run every step (advance), the others once per sequence (head)
-    per_step_ops = [k for k, op in enumerate(q.ops) if shapes[op.outputs[0]].per_step]
-    head_ops = [k for k, op in enumerate(q.ops) if not shapes[op.outputs[0]].per_step]
-    for k in per_step_ops:
-        if not shapes[q.ops[k].inputs[0]].per_step:
-            raise McuNnError(f"codegen: {type(q.ops[k]).__name__} ({q.ops[k].source or f'op {k}'}) after a readout "
-                             "(SelectLast/FinalHidden) is not supported")
+        raise McuNnError(f"model {q.name!r} needs whole sequences but max_steps is {q.max_steps}; set the longest "
+                         "sequence")
 
-    # state: recurrent h/c per direction, then scratch
+    # state: recurrent h/c per direction, then what the schedule needs (scratch, accumulators, buffers)
     for k, op in enumerate(q.ops):
         if _is_rec(op):
             for d in range(len(op.directions)):
@@ -383,89 +416,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
                 if op.kind == "lstm":
                     member(f"op{k}_c{d}", op.hidden_size)
     hnew = member("hnew", max_h)
-    maxdim = max(dims + [1])
-    va, vb = member("va", maxdim), member("vb", maxdim)
-
-    def rec_call(k: int, op, d: int, x: str) -> str:
-        c = f"s->op{k}_c{d}, " if op.kind == "lstm" else ""
-        if getattr(op, "input_ids", False):            # one-hot input: the kernel takes the token id
-            x = f"(int32_t)*({x})"
-        return f"{p}_op{k}_d{d}(s->op{k}_h{d}, {c}{x}, {hnew});"
-
-    def alloc(pool: list[str], section: list[int], k: int, loc: dict[str, str], alias: dict[str, str]) -> str:
-        """The first buffer of ``pool`` holding no tensor that op ``k`` or a later op of ``section`` reads."""
-        busy = {alias.get(loc[n], loc[n]) for j in section if j >= k for n in q.ops[j].inputs if n in loc}
-        return next(buf for buf in pool if buf not in busy)
-
-    loc: dict[str, str] = {q.input_names[0]: "x"}     # tensor name -> the C pointer that holds it
-    advance: list[str] = []
-    seq: list[str] = []
-    result = q.input_names[0]                           # what the per-step part hands to the head
-    if not bidir:
-        for k in per_step_ops:
-            op, name = q.ops[k], q.ops[k].outputs[0]
-            x_in = loc[op.inputs[0]]
-            if isinstance(op, (QEmbedding, Embedding)):
-                loc[name] = alloc([va, vb], per_step_ops, k, loc, {})
-                advance.append(f"{p}_op{k}(x[0], {loc[name]});")
-            elif _is_rec(op):
-                advance.append(rec_call(k, op, 0, x_in))
-                loc[name] = f"s->op{k}_h0"
-            else:
-                loc[name] = alloc([va, vb], per_step_ops, k, loc, {})
-                advance.append(f"{p}_op{k}({x_in}, {loc[name]});")
-            result = name
-        advance.append(f"return {loc[result]};")
-    else:
-        ba, bb = member("ba", q.max_steps * maxdim), member("bb", q.max_steps * maxdim)
-        stride = {q.input_names[0]: in_size}
-        for k in per_step_ops:
-            op, name = q.ops[k], q.ops[k].outputs[0]
-            cur = loc[op.inputs[0]]
-            out = loc[name] = alloc([ba, bb], per_step_ops, k, loc, {})
-            od = stride[name] = shapes[name].size
-            if isinstance(op, (QEmbedding, Embedding)):
-                seq.append(f"for (t = 0; t < steps; ++t) {p}_op{k}(x[t], {out} + t * {od});")
-            elif _is_rec(op):
-                S = op.state_size
-                for d in range(len(op.directions)):
-                    loop = "for (t = 0; t < steps; ++t)" if d == 0 else "for (t = steps; t-- > 0;)"
-                    seq.append(f"{loop} {{")
-                    seq.append(f"    int j;")
-                    seq.append(f"    {rec_call(k, op, d, f'{cur} + t * {stride[op.inputs[0]]}')}")
-                    seq.append(f"    for (j = 0; j < {S}; ++j) {out}[t * {od} + {d * S} + j] = s->op{k}_h{d}[j];")
-                    seq.append("}")
-            else:
-                seq.append(f"for (t = 0; t < steps; ++t) {p}_op{k}({cur} + t * {stride[op.inputs[0]]}, {out} + t * {od});")
-            result = name
-        if q.output_per_step:
-            seq.append(f"for (t = 0; t < steps; ++t) {{ int j; for (j = 0; j < {q.output_size}; ++j) "
-                       f"y[t * {q.output_size} + j] = {loc[result]}[t * {stride[result]} + j]; }}")
-        else:
-            seq.append(f"{p}_head(s, {loc[result]} + (steps - 1) * {stride[result]}, y);")
-
-    # the ops after the readout (vectors, once per sequence); "cur" is the per-step result
-    head: list[str] = ["(void)s;", "(void)cur;"]
-    alias = {"cur": loc[result]}
-    loc[result] = "cur"
-    for k in head_ops:
-        op, name = q.ops[k], q.ops[k].outputs[0]
-        if isinstance(op, FinalHidden):
-            rk, rop = made[op.inputs[0]]
-            dst, off = alloc([va, vb], head_ops, k, loc, alias), 0
-            for d in op.directions:
-                head.append(f"{{ int j; for (j = 0; j < {rop.state_size}; ++j) {dst}[{off} + j] = s->op{rk}_h{d}[j]; }}")
-                off += rop.state_size
-            loc[name] = dst
-        elif isinstance(op, SelectLast):
-            if op.inputs[0] != result:
-                raise McuNnError(f"codegen: out[:, -1] ({op.source or f'op {k}'}) reads {op.inputs[0]!r}, not the "
-                                 f"last per-step tensor {result!r}; unsupported")
-            loc[name] = "cur"
-        else:
-            loc[name] = alloc([va, vb], head_ops, k, loc, alias)
-            head.append(f"{p}_op{k}({loc[op.inputs[0]]}, {loc[name]});")
-    head.append(f"{{ int j; for (j = 0; j < {q.output_size}; ++j) y[j] = {loc[main]}[j]; }}")
+    sch = schedule.build(q, p, vt, b.fp, member, in_size, hnew, max(dims + [1]))
 
     # _get_state / _set_state copy the recurrent state in ir.state_slots' flat layout
     slots, at = [], 0
@@ -484,7 +435,8 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         in_t="float" if fp_ else ("int32_t" if tokens else "int16_t"), out_t="float" if fp_ else "int16_t",
         state=[decl for decl, _ in state], state_bytes=state_bytes, weight_layout=weight_layout,
         slots=slots, state_size=at,
-        arrays=b.arrays, kernels=b.kernels, advance=advance, head=head, seq=seq,
+        arrays=b.arrays, kernels=b.kernels, advance=sch.advance, head=sch.head, seq=sch.seq, reset=sch.reset,
+        why_whole=sch.why_whole,
         inv_scale=f32_literal(1.0 / q.input_scale) if not tokens and not fp_ else "1.0f",
         out_scale=f32_literal(q.output_scale),
         quant_doc=("identity (float32 model)" if fp_ else "token ids pass through (NaN/out of range -> -1, a zero embedding)"

@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import McuNnError
 from ..exportdir import (MANIFEST, SCHEMA_VERSION, VECTORS, file_sha256, is_source, manifest_bytes,
                          source_digest)
-from ..ir import QModel
+from ..ir import QModel, whole_sequence
 from .emit import emit, render_runtime_header
 
 RUNTIME_HEADER = "mcunn_fixedpoint.h"
@@ -50,7 +50,7 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
     blobs = {name: text.encode() for name, text in sources.items()}
     blobs[VECTORS] = vectors
     flash = sum(a.nbytes for a in e.arrays)
-    bidir = any(getattr(o, "bidirectional", False) for o in q.ops)
+    streams = not whole_sequence(q)          # False: bidirectional layers or ops that read ahead
     tokens = q.input_kind == "tokens"
     fp32 = q.precision == "float32"
     manifest = {
@@ -58,7 +58,7 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
         "name": q.name.lower(), "precision": q.precision, "input_kind": q.input_kind,
         "input_size": q.input_size, "input_values_per_step": 1 if tokens else q.input_size,
         "output_size": q.output_size, "output_per_step": q.output_per_step,
-        "max_steps": q.max_steps if bidir else 0, "seq_len": q.seq_len, "bidirectional": bidir,
+        "max_steps": 0 if streams else q.max_steps, "seq_len": q.seq_len, "has_step": streams,
         "input_scale": q.input_scale, "output_scale": q.output_scale,
         "in_ctype": "float" if fp32 else ("int32_t" if tokens else "int16_t"),
         "out_ctype": "float" if fp32 else "int16_t", "postprocess": q.postprocess,

@@ -19,9 +19,10 @@ from torch.fx import Node
 
 from .. import ir
 from ..errors import McuNnError
+from . import time_ops
 
 SUPPORTED = ("LSTM, GRU, RNN (tanh/relu), Linear, Embedding, ReLU, Tanh, Sigmoid, "
-             "Softmax/LogSoftmax (last op), Dropout, Flatten")
+             "Softmax/LogSoftmax (last op), Dropout, Flatten, " + time_ops.SUPPORTED)
 READOUTS = "out[:, -1], h_n[-1], h_n[-2] or torch.cat([h_n[-2], h_n[-1]], dim=1) of the last recurrent layer"
 
 RNN_OPS = {"aten.lstm.input": "lstm", "aten.gru.input": "gru",
@@ -76,6 +77,10 @@ class _Val:
     tensor: Optional[torch.Tensor] = None
     rows: str = ""                   # seq flattened to (rows, F) by out.reshape(-1, H): "T*N" or "N*T"
     vocab: int = 0                   # onehot: the number of classes
+    cf: bool = False                 # seq in (N, C, T) layout (after transpose(1, 2)): channels first
+    pad: tuple = ()                  # seq: (left, right) zero padding of time, pending for a Conv1d
+    refs: tuple = ()                 # attention parts: (values tensor, scores tensor)
+    items: tuple = ()                # multi: the values of a tuple-returning op
 
 
 @dataclass
@@ -132,10 +137,16 @@ class Walker:
             raise self.fail(f"{_opname(consumer)}{self.where(consumer)} takes an input mcu-nn cannot follow")
         return self.vals[node]
 
-    def data(self, node: Any, consumer: Node) -> _Val:
+    def data(self, node: Any, consumer: Node, allow_pad: bool = False) -> _Val:
         """The data value ``consumer`` reads, made concrete (a pending h_n readout becomes FinalHidden)."""
         v = self.val(node, consumer)
         what = f"{_opname(consumer)}{self.where(consumer)}"
+        if v.pad and not allow_pad:
+            raise self.fail(f"{what} reads a zero-padded sequence; padding of the time axis is supported only "
+                            "right before a Conv1d")
+        if v.kind in time_ops.PENDING:
+            raise self.fail(f"{what} uses attention weights (softmax over time) other than in the weighted sum "
+                            "of the values (torch.sum(w * out, dim=1) or torch.bmm(w.transpose(1, 2), out))")
         if v.post:
             raise self.fail(f"{what} comes after {v.post}; Softmax/LogSoftmax is supported only as the last op")
         if v.kind == "cn":
@@ -273,7 +284,7 @@ class Walker:
             x = self.data(node.args[0], node)
             self.no_tokens(x, node)
             self.emit(ir.Activation(ACTIVATIONS[name], source=self.source(node)))
-            self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim, rows=x.rows)
+            self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim, rows=x.rows, cf=x.cf)
             return
         if name == "aten.embedding.default":
             return self.embedding(node)
@@ -290,6 +301,8 @@ class Walker:
         if name in ("aten.transpose.int", "aten.permute.default", "aten.t.default", "aten.swapaxes.default",
                     "aten.numpy_T.default"):
             return self.transpose(node)
+        if time_ops.handles(self, node, name):
+            return time_ops.call(self, node, name)
         raise self.unsupported(node)
 
     def unsupported(self, node: Node, why: str = "") -> McuNnError:
@@ -321,6 +334,7 @@ class Walker:
         if ids and self.ops:
             raise self.fail(f"{RNN_CLASS[kind]}{where} receives a one-hot vector computed after other layers; "
                             "one-hot inputs are supported on the model input only")
+        self.features_last(x, node)
         if x.kind not in ("seq", "onehot"):
             what = "integer token ids (add an nn.Embedding first)" if x.kind == "tokens" else \
                 "a single vector, not a sequence"
@@ -366,6 +380,17 @@ class Walker:
         info = _Rnn(kind, int(num_layers), ndir, int(state), path, top=self.ops[-1])
         self.res.state_inputs += [(self.ops[-1], what, name) for what, name in given]
         self.vals[node] = _Val("rnn", len(self.ops), rnn=info, time_dim=want)
+
+    def features_last(self, x: _Val, node: Node) -> None:
+        if x.cf:
+            raise self.fail(f"{_opname(node)}{self.where(node)} reads a sequence in (N, C, T) layout; mcu-nn runs "
+                            "it only through Conv1d/BatchNorm1d/pools/activations: transpose it back to (N, T, C) "
+                            "first (x.transpose(1, 2) or x.permute(0, 2, 1))")
+
+    def commutes_to_rnn(self) -> bool:
+        """out[:, -1] may move right after the last recurrent layer: only per-step maps follow it."""
+        last = max((i for i, o in enumerate(self.ops) if isinstance(o, ir.Recurrent)), default=-1)
+        return last >= 0 and all(isinstance(o, (ir.Linear, ir.Activation)) for o in self.ops[last + 1:])
 
     def is_zero_state(self, node: Any) -> bool:
         if not isinstance(node, Node):
@@ -431,6 +456,9 @@ class Walker:
     def getitem(self, node: Node) -> None:
         src, idx = node.args
         v = self.val(src, node)
+        if v.kind == "multi":
+            self.vals[node] = v.items[idx]
+            return
         if v.kind != "rnn":
             raise self.unsupported(node, " (indexing a multi-output op)")
         kind = ["seq", "hn", "cn"][idx]
@@ -439,6 +467,7 @@ class Walker:
     def linear(self, node: Node) -> None:
         x = self.data(node.args[0], node)
         self.no_tokens(x, node)
+        self.features_last(x, node)
         _, w = self.param(node.args[1], node)
         b_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         b = self.param(b_node, node)[1] if b_node is not None else None
@@ -457,6 +486,8 @@ class Walker:
     def softmax(self, node: Node, kind: str) -> None:
         x = self.data(node.args[0], node)
         rank = len(_shape(node))
+        if time_ops.attention_softmax(self, node, x, kind):
+            return
         if node.args[1] % rank != rank - 1:
             raise self.fail(f"{kind}{self.where(node)} is over axis {node.args[1]}, not the features; unsupported")
         self.res.postprocess = kind
@@ -489,9 +520,9 @@ class Walker:
             raise self.fail(f"{_opname(node)}{self.where(node)} selects along the {axis} axis; supported "
                             f"readouts: {READOUTS}")
         steps = shape[dim]
-        if index % steps != steps - 1:
-            raise self.fail(f"{_opname(node)}{self.where(node)} selects time step {index}; only the last step "
-                            f"(out[:, -1]) is supported")
+        self.features_last(x, node)
+        if index % steps != steps - 1 or not self.commutes_to_rnn():
+            return time_ops.time_select(self, node, x, index)
         self.readout_check(node)
         last = max(i for i, o in enumerate(self.ops) if isinstance(o, ir.Recurrent))
         # per-step ops between the RNN and the selection commute with it: select right after the RNN
@@ -519,6 +550,8 @@ class Walker:
         size = _shape(src)[dim]
         if (start in (None, 0) or start <= -size) and (end is None or end >= size) and step == 1:
             self.vals[node] = self.val(src, node)
+            return
+        if time_ops.time_slice(self, node, dim, start, end, step):
             return
         raise self.unsupported(node, f" (slicing [{start}:{end}] of axis {dim}; only whole-axis slices are no-ops)")
 
@@ -548,6 +581,10 @@ class Walker:
         if x.kind == "vec" and new and new[-1] == old[-1] and math.prod(new[:-1]) == math.prod(old[:-1]):
             self.vals[node] = x
             return
+        if x.kind == "vec" and old and new and old[0] == new[0] and \
+                [d for d in old[1:] if d != 1] == [d for d in new[1:] if d != 1]:   # (N, C, 1) <-> (N, C)
+            self.vals[node] = x
+            return
         if x.kind == "seq" and new and new[-1] != old[-1] and old[x.time_dim] > 1 and len(new) < len(old):
             raise self.fail(f"{_opname(node)}{self.where(node)} flattens {list(old)} into {list(new)}, mixing the "
                             "time axis with the features; unsupported: read out one step first (out[:, -1]) or "
@@ -555,6 +592,8 @@ class Walker:
         raise self.unsupported(node, f" (reshape {list(old)} -> {list(new)})")
 
     def transpose(self, node: Node) -> None:
+        if time_ops.transpose(self, node):
+            return
         x = self.data(node.args[0], node)
         name, rank = _opname(node), len(_shape(node.args[0]))
         if name == "aten.permute.default":
@@ -591,6 +630,7 @@ class Walker:
             raise self.fail("the model does no computation mcu-nn can run (no layers found)")
         if x.kind not in ("seq", "vec"):
             raise self.fail(f"the model returns a {x.kind} value; mcu-nn needs one output tensor")
+        self.features_last(x, node)
         if x.version != len(self.ops):
             raise self.fail("the model output does not come from its last layer: branches are unsupported")
         self.res.layout["output"] = _output_axes(x, len(_shape(outs[0])))

@@ -14,7 +14,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 
 from ..errors import McuNnError
-from ..ir import FinalHidden, Graph, SelectLast
+from ..ir import FinalHidden, Graph, SelectLast, whole_sequence
 from ..sim.float_sim import run_float
 
 CALIB_KEYS = ("x", "input", "calib")
@@ -258,7 +258,7 @@ def _head_ops(graph: Graph) -> tuple[int, list]:
     head to every step's h, so its ranges must hold over all steps, not only the last."""
     for i, op in enumerate(graph.ops):
         if isinstance(op, (SelectLast, FinalHidden)):
-            if graph.bidirectional or (isinstance(op, FinalHidden) and op.directions != [0]):
+            if whole_sequence(graph) or (isinstance(op, FinalHidden) and op.directions != [0]):
                 return -1, []
             return i, list(graph.ops[i + 1:])
     return -1, []

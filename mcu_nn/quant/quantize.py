@@ -14,8 +14,8 @@ import numpy as np
 from ..errors import McuNnError
 from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent, Recurrent,
-                  SelectLast, state_inputs)
-from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration_set
+                  SelectLast, Tensor, state_inputs, whole_sequence)
+from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration, validate_calibration_set
 
 QMAX = {"int8": 127, "int16": 32767}
 WDTYPE = {"int8": np.int8, "int16": np.int16}
@@ -206,7 +206,7 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
     if precision not in ("int8", "int16", "float32"):
         raise McuNnError(f"unknown precision {precision!r}; choose int8, int16 or float32")
     _check_graph(graph)
-    max_steps = (graph.seq_len if graph.seq_len > 0 else max_steps_hint) if graph.bidirectional else 0
+    max_steps = (graph.seq_len if graph.seq_len > 0 else max_steps_hint) if whole_sequence(graph) else 0
     common = dict(name=graph.name, precision=precision, input_kind=graph.input_kind,
                   input_size=graph.input_size, seq_len=graph.seq_len,
                   output_per_step=graph.output_per_step, output_size=graph.output_size,
@@ -288,6 +288,11 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
                 scale = Q15_SCALE
         elif isinstance(op, (SelectLast, FinalHidden)):
             ops.append(op)
+        elif hasattr(op, "quantize"):         # an op of mcu_nn.ops
+            ins = [scales[n] for n in op.inputs]
+            qop = op.quantize(ins, stats, key, precision, where)
+            ops.append(qop)
+            scale = qop.outs([Tensor(n, 0, True, s) for n, s in zip(op.inputs, ins)])[0][2]
         else:
             raise McuNnError(f"{where}: cannot quantise op type {type(op).__name__}")
         scales[op.outputs[0]] = scale

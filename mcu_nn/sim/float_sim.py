@@ -167,6 +167,8 @@ def run_float_all(graph: Graph, x: np.ndarray, trace: Optional[dict] = None,
             outs = [(cur @ w.T + _f32(op.bias, w.shape[0])).astype(F32)]
         elif isinstance(op, Activation):
             outs = [_act(op.kind, cur).astype(F32)]
+        elif hasattr(op, "run_float"):        # an op of mcu_nn.ops
+            outs = op.run_float([env[n] for n in op.inputs])
         elif isinstance(op, SelectLast):
             outs = [cur[:, -1]]
         elif isinstance(op, FinalHidden):

@@ -139,6 +139,8 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
             outs = [_linear(op, cur)]
         elif isinstance(op, QActivation):
             outs = [_activation(op, cur)]
+        elif hasattr(op, "run_int"):          # an op of mcu_nn.ops
+            outs = op.run_int([env[n] for n in op.inputs])
         elif isinstance(op, SelectLast):
             outs = [cur[:, -1]]
         elif isinstance(op, FinalHidden):
@@ -158,7 +160,8 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
 def as_graph(q: QModel) -> Graph:
     """The float ``Graph`` view of a float32 QModel (whose ops are the float ops)."""
     for op in q.ops:
-        if not isinstance(op, (Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden)):
+        if not isinstance(op, (Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden)) and \
+                not hasattr(op, "run_float"):
             raise McuNnError(f"model {q.name!r} is float32 but holds integer op {type(op).__name__}")
     return Graph(name=q.name, input_kind=q.input_kind, input_size=q.input_size, seq_len=q.seq_len,
                  ops=list(q.ops), postprocess=q.postprocess, inputs=list(q.inputs), outputs=list(q.outputs))

@@ -17,6 +17,8 @@ from .. import __version__
 from ..errors import McuNnError
 from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbedding, QLinear,
                   QMatrix, QModel, QRecurrent, Recurrent, SelectLast, producers, state_slots, tensors)
+from ..ops import unit_of
+from ..ops.unit import EmitCtx
 from ..quant import fixedpoint as fp
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -153,6 +155,7 @@ class _Builder:
         self.arrays: list[Array] = []
         self.kernels: list[str] = []
         self.layers: list[dict] = []
+        self.unit_info: dict[int, dict] = {}      # op index -> manifest fields an op unit reported
         self.env = environment()
 
     # ---------------------------------------------------------------- arrays
@@ -341,11 +344,15 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
             src = made.get(op.inputs[0], (None, None))[1]
             if not _is_rec(src) or any(d not in range(len(src.directions)) for d in op.directions):
                 raise McuNnError(f"FinalHidden{op.directions}: no such direction in the recurrent layer it reads")
+        elif unit_of(op) is not None:          # an op unit (mcu_nn/ops) renders its own kernel
+            ctx = EmitCtx(b, k, f"{p}_op{k}", [shapes[n].size for n in op.inputs], shapes[op.outputs[0]].size)
+            b.kernels.append(unit_of(op).render(op, ctx))
+            b.unit_info[k] = ctx.info
         elif not isinstance(op, SelectLast):
             raise McuNnError(f"codegen: unsupported op {type(op).__name__} in model {q.name!r}")
         size = shapes[op.outputs[0]].size
         dims.append(size)
-        b.layers.append(_layer_entry(k, op, q, macs, size))
+        b.layers.append({**_layer_entry(k, op, q, macs, size), **b.unit_info.get(k, {})})
     main = q.output_names[0]
     if shapes[main].size != q.output_size:
         raise McuNnError(f"model {q.name!r}: ops produce {shapes[main].size} outputs but QModel.output_size is "
@@ -356,7 +363,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
     per_step_ops = [k for k, op in enumerate(q.ops) if shapes[op.outputs[0]].per_step]
     head_ops = [k for k, op in enumerate(q.ops) if not shapes[op.outputs[0]].per_step]
     for k in per_step_ops:
-        if not shapes[q.ops[k].inputs[0]].per_step:
+        if not all(shapes[n].per_step for n in q.ops[k].inputs[:1 if _is_rec(q.ops[k]) else None]):
             raise McuNnError(f"codegen: {type(q.ops[k]).__name__} ({q.ops[k].source or f'op {k}'}) after a readout "
                              "(SelectLast/FinalHidden) is not supported")
 
@@ -370,17 +377,29 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
     hnew = member("hnew", max_h)
     maxdim = max(dims + [1])
     va, vb = member("va", maxdim), member("vb", maxdim)
+    step_pool = [va, vb]                  # scratch vectors; more are added when ops keep more tensors live
 
     def rec_call(k: int, op, d: int, x: str) -> str:
         c = f"s->op{k}_c{d}, " if op.kind == "lstm" else ""
         return f"{p}_op{k}_d{d}(s->op{k}_h{d}, {c}{x}, {hnew});"
 
     def alloc(pool: list[str], section: list[int], k: int, loc: dict[str, str], alias: dict[str, str]) -> str:
-        """The first buffer of ``pool`` holding no tensor that op ``k`` or a later op of ``section`` reads."""
+        """The first buffer of ``pool`` holding no tensor that op ``k`` or a later op of ``section`` reads;
+        a new buffer (of the pool's size) when every one is still needed."""
         busy = {alias.get(loc[n], loc[n]) for j in section if j >= k for n in q.ops[j].inputs if n in loc}
-        return next(buf for buf in pool if buf not in busy)
+        free = next((buf for buf in pool if buf not in busy), None)
+        if free is None:
+            stem = pool[0][len("s->"):-1]
+            free = member(f"{stem}{chr(ord('a') + len(pool))}", maxdim * (q.max_steps if stem == "b" else 1))
+            pool.append(free)
+        return free
+
+    def args(op, off: str = "") -> str:
+        """The C pointers of every tensor ``op`` reads (plus a per-step offset in the sequence path)."""
+        return ", ".join(loc[n] + (f" + t * {stride[n]}" if off else "") for n in op.inputs)
 
     loc: dict[str, str] = {q.input_names[0]: "x"}     # tensor name -> the C pointer that holds it
+    stride: dict[str, int] = {}                         # sequence path: tensor name -> values per step
     advance: list[str] = []
     seq: list[str] = []
     result = q.input_names[0]                           # what the per-step part hands to the head
@@ -389,23 +408,24 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
             op, name = q.ops[k], q.ops[k].outputs[0]
             x_in = loc[op.inputs[0]]
             if isinstance(op, (QEmbedding, Embedding)):
-                loc[name] = alloc([va, vb], per_step_ops, k, loc, {})
+                loc[name] = alloc(step_pool, per_step_ops, k, loc, {})
                 advance.append(f"{p}_op{k}(x[0], {loc[name]});")
             elif _is_rec(op):
                 advance.append(rec_call(k, op, 0, x_in))
                 loc[name] = f"s->op{k}_h0"
             else:
-                loc[name] = alloc([va, vb], per_step_ops, k, loc, {})
-                advance.append(f"{p}_op{k}({x_in}, {loc[name]});")
+                loc[name] = alloc(step_pool, per_step_ops, k, loc, {})
+                advance.append(f"{p}_op{k}({args(op)}, {loc[name]});")
             result = name
         advance.append(f"return {loc[result]};")
     else:
         ba, bb = member("ba", q.max_steps * maxdim), member("bb", q.max_steps * maxdim)
-        stride = {q.input_names[0]: in_size}
+        seq_pool = [ba, bb]
+        stride.update({q.input_names[0]: in_size})
         for k in per_step_ops:
             op, name = q.ops[k], q.ops[k].outputs[0]
             cur = loc[op.inputs[0]]
-            out = loc[name] = alloc([ba, bb], per_step_ops, k, loc, {})
+            out = loc[name] = alloc(seq_pool, per_step_ops, k, loc, {})
             od = stride[name] = shapes[name].size
             if isinstance(op, (QEmbedding, Embedding)):
                 seq.append(f"for (t = 0; t < steps; ++t) {p}_op{k}(x[t], {out} + t * {od});")
@@ -419,7 +439,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
                     seq.append(f"    for (j = 0; j < {S}; ++j) {out}[t * {od} + {d * S} + j] = s->op{k}_h{d}[j];")
                     seq.append("}")
             else:
-                seq.append(f"for (t = 0; t < steps; ++t) {p}_op{k}({cur} + t * {stride[op.inputs[0]]}, {out} + t * {od});")
+                seq.append(f"for (t = 0; t < steps; ++t) {p}_op{k}({args(op, 't')}, {out} + t * {od});")
             result = name
         if q.output_per_step:
             seq.append(f"for (t = 0; t < steps; ++t) {{ int j; for (j = 0; j < {q.output_size}; ++j) "
@@ -435,7 +455,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         op, name = q.ops[k], q.ops[k].outputs[0]
         if isinstance(op, FinalHidden):
             rk, rop = made[op.inputs[0]]
-            dst, off = alloc([va, vb], head_ops, k, loc, alias), 0
+            dst, off = alloc(step_pool, head_ops, k, loc, alias), 0
             for d in op.directions:
                 head.append(f"{{ int j; for (j = 0; j < {rop.state_size}; ++j) {dst}[{off} + j] = s->op{rk}_h{d}[j]; }}")
                 off += rop.state_size
@@ -446,8 +466,8 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
                                  f"last per-step tensor {result!r}; unsupported")
             loc[name] = "cur"
         else:
-            loc[name] = alloc([va, vb], head_ops, k, loc, alias)
-            head.append(f"{p}_op{k}({loc[op.inputs[0]]}, {loc[name]});")
+            loc[name] = alloc(step_pool, head_ops, k, loc, alias)
+            head.append(f"{p}_op{k}({args(op)}, {loc[name]});")
     head.append(f"{{ int j; for (j = 0; j < {q.output_size}; ++j) y[j] = {loc[main]}[j]; }}")
 
     # _get_state / _set_state copy the recurrent state in ir.state_slots' flat layout

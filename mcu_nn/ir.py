@@ -112,7 +112,7 @@ class FinalHidden:
     outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
-Op = Union[Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden]
+Op = Union[Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden]   # + the float types of mcu_nn/ops units
 
 
 @dataclass
@@ -269,9 +269,10 @@ def tensors(model) -> dict[str, Tensor]:
     tokens = model.input_kind == "tokens"
     out = {INPUT: Tensor(INPUT, 1 if tokens else model.input_size, True,
                          model.input_scale if quant and not tokens else 1.0)}
+    from .ops import unit_of               # op units (mcu_nn/ops) say their own output shapes
     for i, op in enumerate(model.ops):
-        missing = [n for n in op.inputs if n and n not in out] if hasattr(op, "outs") else \
-            [n for n in op.inputs[:1] if n not in out]
+        unit = unit_of(op)
+        missing = [n for n in (op.inputs if unit or hasattr(op, "outs") else op.inputs[:1]) if n and n not in out]
         if missing:
             raise McuNnError(f"{getattr(op, 'source', '') or f'op {i}'} reads tensor {missing[0]!r}, which no "
                              f"earlier op writes (the ops are not in topological order)")
@@ -302,6 +303,8 @@ def tensors(model) -> dict[str, Tensor]:
         elif isinstance(op, FinalHidden):
             ndir = len(producers(model)[op.inputs[0]][1].directions)
             sizes = [(x.size // ndir * len(op.directions), False, x.scale)]
+        elif unit is not None:
+            sizes = unit.out_shapes(op, [out[n] for n in op.inputs])
         else:
             raise McuNnError(f"unknown op {type(op).__name__} at op {i}")
         for name, (size, per_step, scale) in zip(op.outputs, sizes):
@@ -339,8 +342,12 @@ def param_count(op: Op) -> int:
         arrays += [op.weight, op.bias]
     elif isinstance(op, Embedding):
         arrays += [op.weight]
-    elif hasattr(op, "weight"):           # an op of mcu_nn.ops with parameters
+    elif hasattr(op, "weight"):           # an op over time of mcu_nn.ops with parameters
         arrays += [op.weight, getattr(op, "bias", None)]
+    else:
+        from .ops import unit_of
+        unit = unit_of(op)
+        arrays += unit.params(op) if unit else []
     return int(sum(a.size for a in arrays if a is not None))
 
 
@@ -430,7 +437,7 @@ class QActivation:
     outputs: list[str] = field(default_factory=list)   # tensor names written
 
 
-QOp = Union[QEmbedding, QRecurrent, QLinear, QActivation, SelectLast, FinalHidden]
+QOp = Union[QEmbedding, QRecurrent, QLinear, QActivation, SelectLast, FinalHidden]   # + the quant types of mcu_nn/ops units
 
 
 @dataclass

@@ -311,10 +311,10 @@ class _Norm(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.rnn = nn.LSTM(3, 4, batch_first=True)
-        self.norm = nn.LayerNorm(4)
+        self.norm = nn.LayerNorm((T, 4))          # over time and features: not a per-step op
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.rnn(x)[0][:, -1])
+        return self.norm(self.rnn(x)[0])
 
 
 class _Readout(nn.Module):
@@ -352,7 +352,7 @@ class _Readout(nn.Module):
 @pytest.mark.parametrize("model,pattern", [
     (_Conv(), r"Conv1d \(from module 'features\.conv' \(Conv1d\)\) reads an \(N, T, C\) sequence; mcu-nn follows "
               r"Conv1d over time on x\.transpose\(1, 2\)"),
-    (_Norm(), r"unsupported op aten\.layer_norm\.default \(from module 'norm' \(LayerNorm\)\)"),
+    (_Norm(), r"LayerNorm \(from module 'norm' \(LayerNorm\)\) normalises over \[\d+, 4\]; supported: the feature axis"),
     (_Readout("c_n"), r"cell state c_n; supported readouts: out\[:, -1\], h_n\[-1\]"),
     (_Readout("lower", num_layers=2), r"h_n\[0\], the state of a lower layer"),
     (_Readout("flatten"), r"mixing the time axis with the features"),

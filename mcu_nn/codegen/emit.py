@@ -23,6 +23,8 @@ from ..ops.pooling import TimePool, TimeReduce, TimeSelect, TimeSlice
 from ..ops.repeat import Repeat
 from ..ops.attention import AttentionPool
 from . import schedule
+from ..ops import unit_of
+from ..ops.unit import EmitCtx
 from ..quant import fixedpoint as fp
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -159,6 +161,7 @@ class _Builder:
         self.arrays: list[Array] = []
         self.kernels: list[str] = []
         self.layers: list[dict] = []
+        self.unit_info: dict[int, dict] = {}      # op index -> manifest fields an op unit reported
         self.env = environment()
 
     # ---------------------------------------------------------------- arrays
@@ -393,13 +396,17 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
             src = made.get(op.inputs[0], (None, None))[1]
             if not _is_rec(src) or any(d not in range(len(src.directions)) for d in op.directions):
                 raise McuNnError(f"FinalHidden{op.directions}: no such direction in the recurrent layer it reads")
+        elif unit_of(op) is not None:          # an op unit (mcu_nn/ops) renders its own kernel
+            ctx = EmitCtx(b, k, f"{p}_op{k}", [shapes[n].size for n in op.inputs], shapes[op.outputs[0]].size)
+            b.kernels.append(unit_of(op).render(op, ctx))
+            b.unit_info[k] = ctx.info
         elif hasattr(op, "template"):        # an op of mcu_nn.ops with a kernel
             macs = b.time_op(k, op, shapes)
         elif not isinstance(op, (SelectLast, TimeSelect, TimeSlice, Repeat)):
             raise McuNnError(f"codegen: unsupported op {type(op).__name__} in model {q.name!r}")
         size = shapes[op.outputs[0]].size
         dims.append(size)
-        b.layers.append(_layer_entry(k, op, q, macs, size))
+        b.layers.append({**_layer_entry(k, op, q, macs, size), **b.unit_info.get(k, {})})
     main = q.output_names[0]
     if shapes[main].size != q.output_size:
         raise McuNnError(f"model {q.name!r}: ops produce {shapes[main].size} outputs but QModel.output_size is "

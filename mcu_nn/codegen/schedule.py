@@ -20,6 +20,7 @@ from typing import Callable
 from ..errors import McuNnError
 from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbedding, QLinear, QRecurrent,
                   Recurrent, SelectLast, producers, tensors, whole_sequence)
+from ..ops import unit_of
 from ..ops.attention import AttentionPool
 from ..ops.conv1d import Conv1d, QConv1d
 from ..ops.pooling import TimePool, TimeReduce, TimeSelect, TimeSlice
@@ -27,6 +28,12 @@ from ..ops.repeat import Repeat
 
 MAPS = (QEmbedding, Embedding, QLinear, Linear, QActivation, Activation)
 CONVS = (Conv1d, QConv1d)
+
+
+def is_map(op) -> bool:
+    """A step-wise op: each output step from the same step of its inputs (one or several: add,
+    cat, ...); an op unit of mcu_nn.ops (activations, element-wise, cat, LayerNorm) is one."""
+    return isinstance(op, MAPS) or unit_of(op) is not None
 
 
 def is_rec(op) -> bool:
@@ -147,9 +154,9 @@ def _stream(q, p, vt, fp_, member, in_size, hnew, maxdim, shapes, made, sch: Sch
         elif is_rec(op):
             sch.advance.append(_rec_call(p, k, op, 0, x_in, hnew))
             loc[name] = f"s->op{k}_h0"
-        elif isinstance(op, MAPS):
+        elif is_map(op):
             loc[name] = pool.get(busy(adv_ks, k))
-            sch.advance.append(f"{p}_op{k}({x_in}, {loc[name]});")
+            sch.advance.append(f"{p}_op{k}({', '.join(loc[n] for n in op.inputs)}, {loc[name]});")
         elif isinstance(op, CONVS):           # causal: the last `history` input steps live in the state
             hist, i_sz = op.history, op.in_size
             win = member(f"op{k}_win", (hist + 1) * i_sz)
@@ -201,9 +208,9 @@ def _stream(q, p, vt, fp_, member, in_size, hnew, maxdim, shapes, made, sch: Sch
             loc[name] = dst
         elif isinstance(op, (SelectLast, TimeSelect)):
             pass                               # located during the step
-        elif isinstance(op, MAPS):
+        elif is_map(op):
             loc[name] = pool.get(busy(head_ks, k, alias) | {alias["cur"]})
-            sch.head.append(f"{p}_op{k}({loc[op.inputs[0]]}, {loc[name]});")
+            sch.head.append(f"{p}_op{k}({', '.join(loc[n] for n in op.inputs)}, {loc[name]});")
         else:
             raise McuNnError(f"codegen: {type(op).__name__} ({op.source or f'op {k}'}) cannot run on a "
                              "per-sequence vector")
@@ -265,11 +272,11 @@ def _whole(q, p, vt, fp_, member, in_size, hnew, maxdim, shapes, made, sch: Sche
                 loop = f"for (t = 0; t < (size_t){n_in}; ++t)" if d == 0 else f"for (t = (size_t){n_in}; t-- > 0;)"
                 seq += [f"{loop} {{", f"    {_rec_call(p, k, op, d, f'{cur} + t * {stride[ins[0]]}', hnew)}",
                         f"    {_copy(f'({loc[name]} + t * {od} + {d * S})', f's->op{k}_h{d}', S)}", "}"]
-        elif isinstance(op, MAPS) and per[name]:
-            seq.append(f"for (t = 0; t < (size_t){n_in}; ++t) "
-                       f"{p}_op{k}({cur} + t * {stride[ins[0]]}, {loc[name]} + t * {od});")
-        elif isinstance(op, MAPS):
-            seq.append(f"{p}_op{k}({cur}, {loc[name]});")
+        elif is_map(op) and per[name]:
+            args = ", ".join(f"{loc[n]} + t * {stride[n]}" for n in ins)
+            seq.append(f"for (t = 0; t < (size_t){n_in}; ++t) {p}_op{k}({args}, {loc[name]} + t * {od});")
+        elif is_map(op):
+            seq.append(f"{p}_op{k}({', '.join(loc[n] for n in ins)}, {loc[name]});")
         elif isinstance(op, (CONVS, TimePool)):
             kern, st, dil = (op.kernel, op.stride, getattr(op, "dilation", 1))
             pl, pr = getattr(op, "pad_left", 0), getattr(op, "pad_right", 0)

@@ -33,6 +33,9 @@ REPEAT = {"aten.repeat.default", "aten.expand.default"}
 def handles(w, node: Node, name: str) -> bool:
     if name == "aten.mul.Tensor":          # only the attention product; other products are not ours
         return any(isinstance(a, Node) and a in w.vals and w.vals[a].kind == "attw" for a in node.args[:2])
+    if name in BN:                         # on (N, C, T) after a Conv1d; on (N, C) features: walk_ops folds it
+        x = node.args[0]
+        return isinstance(x, Node) and x in w.vals and w.vals[x].cf
     return name in CONV or name in PAD or name in BN or name in POOL or name in REDUCE or name in REPEAT \
         or name == "aten.bmm.default"
 

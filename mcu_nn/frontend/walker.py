@@ -1,10 +1,11 @@
 """One walker over the ATen FX graph of an ExportedProgram -> ``ir.Graph``.
 
-The graph must be a single chain "embedding? -> recurrent layers -> readout? -> head".
-Each FX value gets an abstract ``_Val`` saying what it is (a per-step sequence, a
-per-sequence vector, an RNN's h_n, ...); ops are appended to the IR as their nodes are
-met. A value may only be consumed if no IR op was emitted after it (``version``), which
-rejects branches and skip connections without a separate analysis.
+The graph is "embedding? -> recurrent layers -> readout? -> head" with branches between:
+each FX value gets an abstract ``_Val`` saying what it is (a per-step sequence, a per-sequence
+vector, an RNN's h_n, ...); ops are appended to the IR as their nodes are met. A value made
+before the last IR op (``version``) is a branch or skip connection: the op reading it gets
+explicit tensor names (see ``emit``); ops reading the latest value are wired as a chain.
+The ops around the cells (mcu_nn/ops units) are recognised in :mod:`.walk_ops`.
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from torch.fx import Node
 
 from .. import ir
 from ..errors import McuNnError
-from . import time_ops
+from . import time_ops, walk_ops
 
-SUPPORTED = ("LSTM, GRU, RNN (tanh/relu), Linear, Embedding, ReLU, Tanh, Sigmoid, "
-             "Softmax/LogSoftmax (last op), Dropout, Flatten, " + time_ops.SUPPORTED)
+SUPPORTED = ("LSTM, GRU, RNN (tanh/relu), Linear, Embedding, ReLU, Tanh, Sigmoid, LeakyReLU, Hardtanh, ReLU6, "
+             "Hardsigmoid, GELU, SiLU, Softsign, add/sub/mul of two tensors, cat of features, LayerNorm, "
+             "BatchNorm1d after Linear, Softmax/LogSoftmax (last op), Dropout, Flatten, " + time_ops.SUPPORTED)
 READOUTS = "out[:, -1], h_n[-1], h_n[-2] or torch.cat([h_n[-2], h_n[-1]], dim=1) of the last recurrent layer"
 
 RNN_OPS = {"aten.lstm.input": "lstm", "aten.gru.input": "gru",
@@ -81,6 +83,7 @@ class _Val:
     pad: tuple = ()                  # seq: (left, right) zero padding of time, pending for a Conv1d
     refs: tuple = ()                 # attention parts: (values tensor, scores tensor)
     items: tuple = ()                # multi: the values of a tuple-returning op
+    src: Any = None                  # walk_ops patterns (softsign's |x|): the FX node of x
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Walker:
         self.res = WalkResult()
         self.input_shape: tuple = ()
         self._specs = _parameter_specs(ep)
+        self.inserted = False                     # a readout was moved up the chain (see select)
 
     # ------------------------------------------------------------------ helpers
     def fail(self, msg: str) -> McuNnError:
@@ -158,9 +162,12 @@ class Walker:
         if v.kind == "state":
             raise self.fail(f"{what} reads model input {v.name!r}; inputs after the sequence are supported only "
                             "as the initial state (h0, c0) of a single-layer recurrent module")
+        if v.kind in walk_ops.PATTERN_KINDS:
+            raise self.fail(f"{what} reads torch.abs(x) (or |x| + 1); supported only inside softsign "
+                            "x / (1 + |x|)")
         if v.kind in ("rnn", "int", "param", "const"):
             raise self.fail(f"{what} reads a {v.kind} value, not the data flowing through the model; unsupported")
-        if v.version != len(self.ops):
+        if v.version != len(self.ops) and (v.kind == "hn_dirs" or self.inserted):
             raise self.chain_error(consumer)
         if v.kind == "hn_dirs":
             self.readout_check(consumer)
@@ -172,8 +179,19 @@ class Walker:
         return self.fail(f"{_opname(node)}{self.where(node)} reads a tensor computed before the last layer: "
                          "branches and skip connections are unsupported (the model must be a single chain)")
 
-    def emit(self, op: Any) -> None:
+    def emit(self, op: Any, *reads: _Val) -> None:
+        """Append ``op`` reading ``reads``. An op reading anything but the latest value alone gets
+        explicit tensor names (op indices are final once such an op exists, see ``select``)."""
+        if len(reads) > 1 or any(r.version != len(self.ops) for r in reads):
+            op.inputs = [self.tensor_name(r) for r in reads]
         self.ops.append(op)
+
+    def tensor_name(self, v: _Val) -> str:
+        """The IR tensor a data value is: the model input or the main output of the op that made it."""
+        if v.version == 0:
+            return ir.INPUT
+        op = self.ops[v.version - 1]
+        return (op.outputs or ir.default_outputs(op, v.version - 1))[0]
 
     def readout_check(self, node: Node) -> None:
         if any(isinstance(o, (ir.SelectLast, ir.FinalHidden)) for o in self.ops):
@@ -283,7 +301,7 @@ class Walker:
         if name in ACTIVATIONS:
             x = self.data(node.args[0], node)
             self.no_tokens(x, node)
-            self.emit(ir.Activation(ACTIVATIONS[name], source=self.source(node)))
+            self.emit(ir.Activation(ACTIVATIONS[name], source=self.source(node)), x)
             self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim, rows=x.rows, cf=x.cf)
             return
         if name == "aten.embedding.default":
@@ -303,6 +321,8 @@ class Walker:
             return self.transpose(node)
         if time_ops.handles(self, node, name):
             return time_ops.call(self, node, name)
+        if walk_ops.call(self, node, name):
+            return
         raise self.unsupported(node)
 
     def unsupported(self, node: Node, why: str = "") -> McuNnError:
@@ -375,7 +395,7 @@ class Walker:
             proj = dirs[0].w_hr.shape[0] if dirs[0].w_hr is not None else 0
             src = f"{path} (layer {layer})" if num_layers > 1 else path
             self.emit(ir.Recurrent(kind, int(dirs[0].w_ih.shape[1]), int(hidden), int(proj), bool(bidirectional),
-                                   dirs, source=src, input_ids=ids and layer == 0))
+                                   dirs, source=src, input_ids=ids and layer == 0), *([x] if layer == 0 else []))
             state = proj or hidden
         info = _Rnn(kind, int(num_layers), ndir, int(state), path, top=self.ops[-1])
         self.res.state_inputs += [(self.ops[-1], what, name) for what, name in given]
@@ -471,7 +491,7 @@ class Walker:
         _, w = self.param(node.args[1], node)
         b_node = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         b = self.param(b_node, node)[1] if b_node is not None else None
-        self.emit(ir.Linear(w, b, source=self.source(node)))
+        self.emit(ir.Linear(w, b, source=self.source(node)), x)
         self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim, rows=x.rows)
 
     def embedding(self, node: Node) -> None:
@@ -524,9 +544,16 @@ class Walker:
         if index % steps != steps - 1 or not self.commutes_to_rnn():
             return time_ops.time_select(self, node, x, index)
         self.readout_check(node)
+        if any(o.inputs for o in self.ops):       # explicitly wired ops name tensors by op index
+            if x.version != len(self.ops):
+                raise self.chain_error(node)
+            self.emit(ir.SelectLast(source=self.source(node)), x)
+            self.vals[node] = _Val("vec", len(self.ops))
+            return
         last = max(i for i, o in enumerate(self.ops) if isinstance(o, ir.Recurrent))
         # per-step ops between the RNN and the selection commute with it: select right after the RNN
         self.ops.insert(last + 1, ir.SelectLast(source=self.source(node)))
+        self.inserted = True
         self.vals[node] = _Val("vec", len(self.ops))
 
     def cat(self, node: Node) -> None:
@@ -539,7 +566,10 @@ class Walker:
             if same and dim % 2 == 1 and len(set(dirs)) == len(dirs):
                 self.vals[node] = _Val("hn_dirs", parts[0].version, rnn=parts[0].rnn, dirs=dirs)
                 return
-        raise self.unsupported(node, f" (only {READOUTS} may be concatenated)")
+        if walk_ops.cat(self, node, dim):
+            return
+        raise self.unsupported(node, f" (only {READOUTS}, or data tensors along the feature axis, may be "
+                                     "concatenated)")
 
     def slice(self, node: Node) -> None:
         src = node.args[0]

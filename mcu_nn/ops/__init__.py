@@ -1,8 +1,38 @@
 """Ops around the recurrent cells, one module per op family (DESIGN.md, "Units of growth").
 
-Each op is a float IR dataclass and its integer twin with the methods the stages call:
-``outs`` (sizes, per-step-ness and scales of what it writes, for ``ir.tensors``),
-``run_float`` / ``run_int`` (the simulators, over whole sequences), ``quantize`` (float ->
-integer op) and ``template`` (its C kernel under templates/ops/). The stages dispatch on
-those methods, so adding an op touches no central table.
+Two forms live here today (to be made one, with the cells, in issue 9's unit refactor):
+
+- ops over time (conv1d, pooling, attention, repeat) are IR dataclasses that carry their own
+  methods: ``outs`` (sizes, per-step-ness and scales, for ``ir.tensors``), ``run_float`` /
+  ``run_int`` (the simulators, over whole sequences), ``quantize`` and ``template``;
+- step-wise op units (activations, element-wise, concat, layernorm) register a unit object
+  holding the IR dataclasses (float and integer), float step, quantisation rule, integer step
+  and C template; the stages ask :func:`unit_of`. A module in this package registers its unit
+  on import; all are imported on first use, so adding a family is adding a file.
 """
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Any, Optional
+
+_UNITS: dict[type, Any] = {}
+_loaded = False
+
+
+def register(unit: Any) -> Any:
+    """Make ``unit`` the handler of its ``float_types`` and ``quant_types``."""
+    for t in (*unit.float_types, *unit.quant_types):
+        _UNITS[t] = unit
+    return unit
+
+
+def unit_of(op: Any) -> Optional[Any]:
+    """The unit that handles ``op`` (a float or integer IR op), or None."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for m in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{m.name}")
+    return _UNITS.get(type(op))

@@ -15,6 +15,7 @@ from ..errors import McuNnError
 from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent, Recurrent,
                   SelectLast, Tensor, state_inputs, whole_sequence)
+from ..ops import unit_of
 from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration, validate_calibration_set
 
 QMAX = {"int8": 127, "int16": 32767}
@@ -288,11 +289,21 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
                 scale = Q15_SCALE
         elif isinstance(op, (SelectLast, FinalHidden)):
             ops.append(op)
-        elif hasattr(op, "quantize"):         # an op of mcu_nn.ops
+        elif hasattr(op, "quantize"):         # an op over time of mcu_nn.ops
             ins = [scales[n] for n in op.inputs]
             qop = op.quantize(ins, stats, key, precision, where)
             ops.append(qop)
             scale = qop.outs([Tensor(n, 0, True, s) for n, s in zip(op.inputs, ins)])[0][2]
+        elif unit_of(op) is not None:             # an op unit (mcu_nn/ops): its own rule
+            from ..ops.unit import QuantCtx
+            ctx = QuantCtx(key, where, precision, [scales[n] for n in op.inputs], stats)
+            qop = unit_of(op).quantize(op, ctx)
+            qop.inputs, qop.outputs = list(op.inputs), list(op.outputs)
+            ops.append(qop)
+            scale = qop.out_scale
+            scales[op.outputs[0]] = scale
+            cal[f"{key}.out"] = _entry(stats.get(f"{key}.out"), scale, ctx.clipped)
+            continue
         else:
             raise McuNnError(f"{where}: cannot quantise op type {type(op).__name__}")
         scales[op.outputs[0]] = scale

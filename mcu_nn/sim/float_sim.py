@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import McuNnError
+from ..ops import unit_of
 from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, Recurrent,
                   SelectLast, producers, split_state)
 
@@ -174,6 +175,8 @@ def run_float_all(graph: Graph, x: np.ndarray, trace: Optional[dict] = None,
         elif isinstance(op, FinalHidden):
             size = cur.shape[-1] // _ndirs(graph, op.inputs[0])
             outs = [np.concatenate([cur[:, d * size:(d + 1) * size] for d in op.directions], axis=-1)]
+        elif unit_of(op) is not None:
+            outs = unit_of(op).float_step(op, [env[n] for n in op.inputs])
         else:
             raise McuNnError(f"float simulator: unsupported op {type(op).__name__} at {key}")
         env.update(zip(op.outputs, outs))

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import McuNnError
+from ..ops import unit_of
 from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast, producers,
                   split_state, tensors)
@@ -147,6 +148,8 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
             _, rec = producers(q)[op.inputs[0]]
             size = cur.shape[-1] // len(rec.directions)
             outs = [np.concatenate([cur[:, d * size:(d + 1) * size] for d in op.directions], axis=-1)]
+        elif unit_of(op) is not None:
+            outs = unit_of(op).int_step(op, [env[n] for n in op.inputs])
         else:
             raise McuNnError(f"run_quant: unsupported op {type(op).__name__} in model {q.name!r}")
         env.update(zip(op.outputs, outs))
@@ -160,8 +163,9 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
 def as_graph(q: QModel) -> Graph:
     """The float ``Graph`` view of a float32 QModel (whose ops are the float ops)."""
     for op in q.ops:
+        unit = unit_of(op)
         if not isinstance(op, (Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden)) and \
-                not hasattr(op, "run_float"):
+                not hasattr(op, "run_float") and not (unit and isinstance(op, unit.float_types)):
             raise McuNnError(f"model {q.name!r} is float32 but holds integer op {type(op).__name__}")
     return Graph(name=q.name, input_kind=q.input_kind, input_size=q.input_size, seq_len=q.seq_len,
                  ops=list(q.ops), postprocess=q.postprocess, inputs=list(q.inputs), outputs=list(q.outputs))

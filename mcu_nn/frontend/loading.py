@@ -34,7 +34,7 @@ def quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
+        logging.disable(logging.CRITICAL)            # torch logs tracebacks at ERROR while it retries
         try:
             yield
         finally:

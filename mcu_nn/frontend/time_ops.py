@@ -21,7 +21,7 @@ from ..ops.repeat import Repeat
 SUPPORTED = ("Conv1d (+ BatchNorm1d, F.pad of time), MaxPool1d/AvgPool1d, mean/max/sum over time, out[:, i], "
              "out[:, a:b], attention pooling over time, repeat/expand over T")
 PENDING = ("attw", "attwT", "attprod")     # attention parts that only the weighted sum may read
-CONV = {"aten.conv1d.default", "aten.conv1d.padding"}
+CONV = {"aten.conv1d.default", "aten.conv1d.padding", "aten.convolution.default"}   # the last: TorchScript's
 PAD = {"aten.pad.default", "aten.constant_pad_nd.default"}
 BN = {"aten.batch_norm.default", "aten._native_batch_norm_legit_no_training.default"}
 POOL = {"aten.max_pool1d.default": "max", "aten.avg_pool1d.default": "avg"}
@@ -68,7 +68,7 @@ def call(w, node: Node, name: str) -> None:
         if not x.cf or padding or extra or ceil:
             raise w.fail(f"{name}{where}: supported are MaxPool1d/AvgPool1d over the time axis of an (N, C, T) "
                          "sequence without padding, dilation or ceil_mode")
-        w.emit(TimePool(POOL[name], kernel, stride, source=w.source(node)))
+        w.emit(TimePool(POOL[name], kernel, stride, source=w.source(node)), x)
         w.vals[node] = _Val("seq", len(w.ops), time_dim=1, cf=True)
         return
     if name in REDUCE:
@@ -100,13 +100,17 @@ def _name(w, v) -> str:
 
 
 def _conv(w, node: Node, name: str) -> None:
-    from .walker import _Val
+    from .walker import _Val, _shape
     x = w.data(node.args[0], node, allow_pad=True)
     where = w.where(node)
     if not x.cf:
         raise w.fail(f"Conv1d{where} reads an (N, T, C) sequence; mcu-nn follows Conv1d over time on "
                      "x.transpose(1, 2) / x.permute(0, 2, 1) of it")
-    a = list(node.args) + [None] * 7
+    a = list(node.args) + [None] * 9
+    if name == "aten.convolution.default":       # (x, w, b, stride, padding, dilation, transposed, out_pad, groups)
+        if a[6] or len(_shape(node.args[1])) != 3:
+            raise w.fail(f"{name}{where}: only Conv1d (not transposed, not 2-d) is supported")
+        a = a[:6] + [a[8]]
     _, wt = w.param(a[1], node)
     bias = w.param(a[2], node)[1] if a[2] is not None else None
     stride, dil, groups = _one(a[3] or [1]), _one(a[5] or [1]), int(a[6] or 1)
@@ -122,7 +126,7 @@ def _conv(w, node: Node, name: str) -> None:
     if x.pad:
         left, right = left + x.pad[0], right + x.pad[1]
     w.emit(Conv1d(stride=stride, pad_left=left, pad_right=right, dilation=dil, groups=groups, weight=wt,
-                  bias=bias, source=w.source(node)))
+                  bias=bias, source=w.source(node)), x)
     w.vals[node] = _Val("seq", len(w.ops), time_dim=1, cf=True)
 
 
@@ -167,7 +171,7 @@ def _reduce(w, node: Node, name: str) -> None:
     time_axis = 2 if x.cf else x.time_dim
     if x.kind != "seq" or dims != [time_axis]:
         raise w.unsupported(node, f" (a {REDUCE[name]} is supported over the time axis of a sequence only)")
-    w.emit(TimeReduce(REDUCE[name], source=w.source(node)))
+    w.emit(TimeReduce(REDUCE[name], source=w.source(node)), x)
     out = _Val("vec", len(w.ops))
     w.vals[node] = _Val("multi", len(w.ops), items=(out, _Val("int", 0))) if name == "aten.max.dim" else out
 
@@ -175,9 +179,9 @@ def _reduce(w, node: Node, name: str) -> None:
 def time_select(w, node: Node, x, index: int) -> None:
     from .walker import _Val
     if index == -1:
-        w.emit(ir.SelectLast(source=w.source(node)))
+        w.emit(ir.SelectLast(source=w.source(node)), x)
     else:
-        w.emit(TimeSelect(int(index), source=w.source(node)))
+        w.emit(TimeSelect(int(index), source=w.source(node)), x)
     w.vals[node] = _Val("vec", len(w.ops))
 
 
@@ -188,7 +192,7 @@ def time_slice(w, node: Node, dim: int, start, end, step) -> bool:
         return False
     big = 1 << 62
     w.emit(TimeSlice(None if start in (None, 0) else int(start), None if end is None or end >= big else int(end),
-                     source=w.source(node)))
+                     source=w.source(node)), x)
     w.vals[node] = _Val("seq", len(w.ops), time_dim=x.time_dim)
     return True
 

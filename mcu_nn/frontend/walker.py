@@ -471,6 +471,9 @@ class Walker:
         if feat and len(lead_old) == 2 and len(lead_new) == 1 and x.kind == "seq":
             rows = "T*N" if x.time_dim == 0 else "N*T"      # row t*N + n (time-major) or n*T + t
             return _Val("seq", x.version, time_dim=0, rows=rows)
+        if feat and x.rows and len(lead_old) == 1 and len(lead_new) == 2 and lead_new[0] * lead_new[1] == lead_old[0]:
+            # the rows folded back: fc(out.reshape(-1, H)).view(N, T, -1) is a per-step head again
+            return _Val("seq", x.version, time_dim=1 if x.rows == "N*T" else 0)
         return None
 
     def getitem(self, node: Node) -> None:
@@ -553,7 +556,7 @@ class Walker:
         last = max(i for i, o in enumerate(self.ops) if isinstance(o, ir.Recurrent))
         # per-step ops between the RNN and the selection commute with it: select right after the RNN
         self.ops.insert(last + 1, ir.SelectLast(source=self.source(node)))
-        self.inserted = True
+        self.inserted = self.inserted or last + 2 != len(self.ops)   # an append moves nothing
         self.vals[node] = _Val("vec", len(self.ops))
 
     def cat(self, node: Node) -> None:

@@ -248,7 +248,10 @@ RANGE_METHODS = ("max", "headroom", "percentile", "search")
 DEFAULT_RANGE_METHOD = "search"    # chosen by measurement on the examples (docs/examples.md)
 HEADROOM = 2.0                     # "headroom": one bit above the calibration max
 PERCENTILE = 99.99                 # "percentile": clip the rarest 0.01 % of |values|
-SEARCH_FACTORS = tuple(2.0 ** (k / 4) for k in range(0, 9))   # 1x .. 4x the fold's max
+# sqrt(2)x .. 4x the fold's max: held-out data routinely exceeds a calibration maximum by a few
+# percent, int16 activations have resolution to spare (half a bit costs 3 dB of ~90), and a
+# clipped value costs far more than that
+SEARCH_FACTORS = tuple(2.0 ** (k / 4) for k in range(2, 9))
 INT16_STEPS = 32767
 
 
@@ -333,6 +336,7 @@ def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
     for s in stats.values():
         samples = [np.concatenate(f) if f else np.zeros(0, np.float32) for f in s.pop("samples")]
         s["range"] = choose_range(s, samples, method)
+
         s["method"] = method
         both = np.concatenate(samples)
         s["clipped"] = float((both > s["range"]).mean()) if both.size else 0.0
@@ -362,7 +366,7 @@ def choose_range(stat: dict, samples: list[np.ndarray], method: str) -> float:
     max: the calibration max. headroom: twice it (one bit; int16 has bits to spare).
     percentile: the 99.99th percentile of |value| (clips outliers).
     search: fit on one half of the sequences, measure the error (saturation + rounding) on
-    the other half for factors 1x..4x of the fitted max, both ways round; the factor with
+    the other half for factors sqrt(2)x..4x of the fitted max, both ways round; the factor with
     the least total error times the full max. It adds headroom only as far as unseen data
     has been seen to need it."""
     absmax = float(stat["absmax"])
@@ -375,6 +379,6 @@ def choose_range(stat: dict, samples: list[np.ndarray], method: str) -> float:
         return float(np.percentile(both, PERCENTILE)) if both.size else absmax
     fold_max = stat["fold_absmax"]
     if not all(x.size for x in samples) or min(fold_max) <= 0:
-        return absmax                                 # one sequence: nothing held out
+        return absmax * SEARCH_FACTORS[0]             # one sequence: nothing held out, the floor
     errors = [sum(_fold_error(fold_max[k], samples[1 - k], f) for k in (0, 1)) for f in SEARCH_FACTORS]
     return absmax * SEARCH_FACTORS[int(np.argmin(errors))]

@@ -138,10 +138,12 @@ STATE_CASES = ("docs_lstm_h0_c0", "docs_bare_gru", "udacity_sentiment_rnn")
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-@pytest.mark.parametrize("name", STATE_CASES)
-def test_multilayer_state_exports_verifies_and_matches_pytorch(name: str, precision: str, saved,
+@pytest.mark.parametrize("name,fmt", [(n, f) for n in STATE_CASES for f in BY_NAME[n].formats])
+def test_multilayer_state_exports_verifies_and_matches_pytorch(name: str, fmt: str, precision: str, saved,
                                                                tmp_path: Path) -> None:
-    res = _export(name, "pt2", precision, saved, tmp_path / "out")
+    """pt2 (item 1) and, from TorchScript and pickles, the extra inputs read as state (item 2)."""
+    res = _export(name, fmt, precision, saved, tmp_path / "out")
+    assert len(res.graph.inputs) == 1 + 2 * (2 if name != "docs_bare_gru" else 1)     # 2 layers: h (, c)
     _compare(BY_NAME[name], res, precision)
 
 
@@ -186,3 +188,40 @@ def test_nonzero_state_in_and_out_follows_pytorch(name: str, saved) -> None:
     returned = [t for r in rest for t in (r if isinstance(r, tuple) else (r,))]      # h_n[, c_n]
     per_layer = [env[n] for n in g.outputs[1:]]
     assert np.allclose(np.stack(per_layer), torch.cat(returned).numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- 2. unbatched pickles and TorchScript
+UNBATCHED = {("tutorial_lstm_tagger", "pickle"): "T", ("unbatched_lstm", "torchscript"): "T,F",
+             ("tutorial_lstm_tagger", "pt2"): "T", ("unbatched_lstm", "pt2"): "T,F"}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("name,fmt", sorted(UNBATCHED))
+def test_unbatched_model_exports_from_its_own_rank(name: str, fmt: str, precision: str, saved,
+                                                   tmp_path: Path) -> None:
+    """The batched example fails to trace (the tagger's view(len(sentence), 1, -1) reads the batch
+    as the length) or to walk (a traced unbatched LSTM unsqueezes its input): the unbatched example
+    is used and the layout says so."""
+    res = _export(name, fmt, precision, saved, tmp_path / "out")
+    assert res.graph.layout["input"] == UNBATCHED[(name, fmt)]
+    _compare(BY_NAME[name], res, precision)
+
+
+def test_pickle_with_state_says_what_it_tried(tmp_path: Path) -> None:
+    """A forward input that is neither state nor lengths is refused in one line naming it."""
+    from mcu_nn.errors import McuNnError
+    from mcu_nn.frontend import load_model
+
+    path = tmp_path / "m.pt"
+    torch.save(_TwoSequences().eval(), str(path))
+    with pytest.raises(McuNnError, match=r"forward takes 4 inputs \(x, h, c, other\).*no room for 'other'"):
+        load_model(path, allow_pickle=True, input_shape=(5, 3))
+
+
+class _TwoSequences(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = torch.nn.LSTM(3, 4, batch_first=True)
+
+    def forward(self, x, h, c, other):
+        return self.rnn(x, (h, c))[0] + other

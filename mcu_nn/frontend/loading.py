@@ -213,7 +213,9 @@ def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> tor
                 return TS2EPConverter(ts, (example, *_unbatch(extras, batched))).convert()
         except Exception as e:
             hint = ""
-            if "prim::If" in str(e):             # torch 2.13: scripted nn.LSTM with h_n/c_n or hx used
+            if "_pack_padded_sequence" in str(ts.inlined_graph):
+                hint = PACKED
+            elif "prim::If" in str(e):             # torch 2.13: scripted nn.LSTM with h_n/c_n or hx used
                 hint = " (known for scripted nn.LSTM models that use h_n, c_n or an initial state; torch.jit.trace avoids it)"
             raise McuNnError(
                 f"{path}: {said}the TorchScript-to-torch.export converter cannot handle this model "
@@ -233,6 +235,17 @@ def _torch_reason(e: BaseException) -> str:
 
 
 RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+PACKED = ("; forward packs its input (pack_padded_sequence), whose data-dependent sizes torch cannot convert, "
+          "and mcu-nn does not fold packing away yet: call the recurrent module on the padded sequence instead")
+
+
+def _packs(model: torch.nn.Module) -> bool:
+    """forward() calls pack_padded_sequence (read from its source; a pickle has no graph to look at)."""
+    import inspect
+    try:
+        return "pack_padded_sequence" in inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return False
 
 
 def _extra_examples(args: list[tuple[str, Optional[bool]]], seen: str, rnn: Optional[tuple], path: Path,
@@ -272,9 +285,10 @@ def _extra_examples(args: list[tuple[str, Optional[bool]]], seen: str, rnn: Opti
                              f"room for {arg!r}")
     shapes = ", ".join(str(tuple(t.shape)) for (arg, _), e in zip(args[1:], extras) if not _is_lengths(arg)
                        for t in (e if isinstance(e, tuple) else (e,)))
-    lengths = " and lengths (1,)" if len(states) < len(args) - 1 else ""
-    return extras, (f"forward takes {len(args)} inputs ({seen}); mcu-nn reads those after the sequence as the "
-                    f"initial state of '{name or 'the model'}' ({cls}, zeros of shape {shapes}){lengths}, but ")
+    parts = [f"the initial state of '{name or 'the model'}' ({cls}, zeros of shape {shapes})"] if states else []
+    parts += ["the lengths (1,)"] if len(states) < len(args) - 1 else []
+    return extras, (f"forward takes {len(args)} inputs ({seen}); mcu-nn reads those after the sequence as "
+                    f"{' and '.join(parts)}, but ")
 
 
 def _is_lengths(arg: str) -> bool:
@@ -327,8 +341,8 @@ def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int
                 return torch.export.export(model, (example, *_unbatch(extras, batched)))
         except Exception as e:
             raise McuNnError(f"{path}: {said}torch.export cannot trace {type(model).__name__}.forward "
-                             f"({type(e).__name__}: {first_line(e)}); check --input-shape, or make the forward "
-                             "exportable and save it with torch.export.save") from None
+                             f"({type(e).__name__}: {first_line(e)}){PACKED if _packs(model) else ''}; check "
+                             "--input-shape, or make the forward exportable and save it with torch.export.save") from None
 
     yield from _with_layout(path, input_shape, convert, bool(extras))
 

@@ -38,8 +38,7 @@ def load_model(path: str | Path, *, allow_pickle: bool = False, input_shape: Opt
     p = Path(path)
     try:
         fmt = sniff(p)
-        ep = load_exported(p, fmt, allow_pickle=allow_pickle, input_shape=input_shape)
-        graph = _walk(ep, p)
+        graph = _first_walk(load_exported(p, fmt, allow_pickle=allow_pickle, input_shape=input_shape), p)
     except McuNnError:
         raise
     except Exception as e:                   # the boundary: nothing from torch escapes as a traceback
@@ -48,6 +47,21 @@ def load_model(path: str | Path, *, allow_pickle: bool = False, input_shape: Opt
         _apply_input_shape(graph, input_shape, p)
     graph.name = c_identifier(name) if name else c_identifier(p.stem)
     return graph
+
+
+def _first_walk(candidates, path: Path) -> ir.Graph:
+    """The Graph of the first candidate program that converts and walks (see load_exported);
+    when none does, the first candidate's error (the batched form is the usual one)."""
+    errors = []
+    for ep in candidates:
+        if isinstance(ep, McuNnError):
+            errors.append(ep)
+            continue
+        try:
+            return _walk(ep, path)
+        except McuNnError as e:
+            errors.append(e)
+    raise errors[0]
 
 
 def _walk(ep: torch.export.ExportedProgram, path: Path) -> ir.Graph:

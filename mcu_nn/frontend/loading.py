@@ -13,7 +13,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import torch
 
@@ -110,24 +110,34 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 # ----------------------------------------------------------------------------- formats
+Candidate = Union[torch.export.ExportedProgram, McuNnError]
+
+
 def load_exported(path: Path, fmt: str, *, allow_pickle: bool,
-                  input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:
+                  input_shape: Optional[tuple[int, ...]]) -> Iterator[Candidate]:
+    """The model as ExportedPrograms to try in order, or the error that stopped one: a .pt2 is one
+    program; a TorchScript file or pickle is converted with a batched example first and, should
+    that fail to convert or to walk, with an unbatched one (models written for one sequence)."""
     if fmt == "pt2":
         from .safe_archive import read_checked_pt2
         checked = read_checked_pt2(str(path), path.read_bytes())   # refuses members that would run code
         try:
             with quiet():
-                return torch.export.load(checked)
+                ep = torch.export.load(checked)
         except Exception as e:
             raise McuNnError(f"{path}: cannot read the torch.export archive ({first_line(e)}); "
                              "it may be corrupt or from an incompatible torch version: save it again") from None
-    if fmt == "torchscript":
-        return _from_torchscript(path, input_shape)
-    return _from_pickle(path, allow_pickle, input_shape)
+        yield ep
+    elif fmt == "torchscript":
+        yield from _from_torchscript(path, input_shape)
+    else:
+        yield from _from_pickle(path, allow_pickle, input_shape)
 
 
-def _examples(path: Path, input_shape: Optional[tuple[int, ...]], batch_first: bool) -> torch.Tensor:
-    """A zero example input of ``input_shape`` ((T, F) float or (T,) token ids) with batch 1."""
+def _examples(path: Path, input_shape: Optional[tuple[int, ...]], batch_first: bool,
+              batched: bool = True) -> torch.Tensor:
+    """A zero example input of ``input_shape`` ((T, F) float or (T,) token ids) with batch 1,
+    or without the batch axis when not ``batched``."""
     if input_shape is None:
         raise McuNnError(f"{path} stores no example input, so its input shape is unknown: {SHAPE_HINT}")
     if len(input_shape) not in (1, 2) or any(int(d) < 1 for d in input_shape):
@@ -136,6 +146,8 @@ def _examples(path: Path, input_shape: Optional[tuple[int, ...]], batch_first: b
         t = torch.zeros((1, input_shape[0]), dtype=torch.int64)
     else:
         t = torch.zeros((1, *input_shape), dtype=torch.float32)
+    if not batched:
+        return t[0]
     return t if batch_first else t.transpose(0, 1).contiguous()
 
 
@@ -148,13 +160,35 @@ def first_rnn_batch_first(ep: torch.export.ExportedProgram) -> Optional[bool]:
     return None
 
 
-def _with_layout(path: Path, input_shape: Optional[tuple[int, ...]], convert) -> torch.export.ExportedProgram:
+def _with_layout(path: Path, input_shape: Optional[tuple[int, ...]], convert, state: bool) -> Iterator[Candidate]:
     """Convert with a (1, T, F) example; if the model's first RNN is not batch_first, the example
-    was read as T=1, N=T, so convert again with (T, 1, F)."""
-    ep = convert(_examples(path, input_shape, True))
+    was read as T=1, N=T, so convert again with (T, 1, F). A model with ``state`` inputs may fail
+    on (1, T, F) already (its state's batch of 1 disagrees with T): then (T, 1, F) is tried, kept
+    when it feeds a time-major RNN. Last, for models that take one unbatched sequence, (T, F)
+    (``convert(example, batched)``)."""
+    try:
+        ep = convert(_examples(path, input_shape, True), True)
+        if first_rnn_batch_first(ep) is False:
+            ep = convert(_examples(path, input_shape, False), True)
+        yield ep
+    except McuNnError as e:
+        other = _time_major(path, input_shape, convert) if state else e
+        yield e if isinstance(other, McuNnError) else other
+    try:
+        yield convert(_examples(path, input_shape, True, batched=False), False)
+    except McuNnError as e:
+        yield e
+
+
+def _time_major(path: Path, input_shape: Optional[tuple[int, ...]], convert) -> Candidate:
+    try:
+        ep = convert(_examples(path, input_shape, False), True)
+    except McuNnError as e:
+        return e
     if first_rnn_batch_first(ep) is False:
-        ep = convert(_examples(path, input_shape, False))
-    return ep
+        return ep
+    return McuNnError(f"{path}: the model converts with a (T, 1, F) example only, but its first recurrent "
+                      "module is batch_first; check --input-shape")
 
 
 def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:
@@ -167,22 +201,28 @@ def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> tor
         raise McuNnError(f"{path}: cannot load the TorchScript file ({first_line(e)}); "
                          "it may be corrupt: save it again") from None
     ts.eval()
-    extras, said = _state_examples(ts, path)
+    args = [(a.name, isinstance(a.type, torch.TupleType)) for a in ts.forward.schema.arguments if a.name != "self"]
+    rnn = next(((n, m, m.original_name) for n, m in ts.named_modules() if getattr(m, "original_name", "") in RNN_GATES),
+               None)
+    seen = ", ".join(f"{a.name}: {a.type}" for a in ts.forward.schema.arguments if a.name != "self")
+    extras, said = _extra_examples(args, seen, rnn, path, input_shape)
 
-    def convert(example: torch.Tensor) -> torch.export.ExportedProgram:
+    def convert(example: torch.Tensor, batched: bool) -> torch.export.ExportedProgram:
         try:
             with quiet():
-                return TS2EPConverter(ts, (example, *extras)).convert()
+                return TS2EPConverter(ts, (example, *_unbatch(extras, batched))).convert()
         except Exception as e:
             hint = ""
-            if "prim::If" in str(e):             # torch 2.13: scripted nn.LSTM with h_n/c_n or hx used
+            if "_pack_padded_sequence" in str(ts.inlined_graph):
+                hint = PACKED
+            elif "prim::If" in str(e):             # torch 2.13: scripted nn.LSTM with h_n/c_n or hx used
                 hint = " (known for scripted nn.LSTM models that use h_n, c_n or an initial state; torch.jit.trace avoids it)"
             raise McuNnError(
                 f"{path}: {said}the TorchScript-to-torch.export converter cannot handle this model "
                 f"({_torch_reason(e)}){hint}; check --input-shape, or save the model with {SAVE_HINT}"
             ) from None
 
-    return _with_layout(path, input_shape, convert)
+    return _with_layout(path, input_shape, convert, bool(extras))
 
 
 def _torch_reason(e: BaseException) -> str:
@@ -195,42 +235,73 @@ def _torch_reason(e: BaseException) -> str:
 
 
 RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+PACKED = ("; forward packs its input (pack_padded_sequence), whose data-dependent sizes torch cannot convert, "
+          "and mcu-nn does not fold packing away yet: call the recurrent module on the padded sequence instead")
 
 
-def _state_examples(ts, path: Path) -> tuple[list, str]:
-    """Zero examples for the inputs of ``forward`` after the sequence, read as the initial state of
-    the first recurrent module (h0 (L*D, 1, H), c0 for an LSTM; a Tuple[Tensor, Tensor] is (h0, c0)),
-    and the one-line account of it for messages ("" when forward takes only the sequence)."""
-    args = [a for a in ts.forward.schema.arguments if a.name != "self"]
+def _packs(model: torch.nn.Module) -> bool:
+    """forward() calls pack_padded_sequence (read from its source; a pickle has no graph to look at)."""
+    import inspect
+    try:
+        return "pack_padded_sequence" in inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return False
+
+
+def _extra_examples(args: list[tuple[str, Optional[bool]]], seen: str, rnn: Optional[tuple], path: Path,
+                    input_shape: Optional[tuple[int, ...]]) -> tuple[list, str]:
+    """Zero examples for the inputs of ``forward`` after the sequence (``args``: (name, is a tuple?
+    None = unknown)), read as the initial state of the first recurrent module ``rnn`` = (path,
+    module, class name): h0 (L*D, 1, H), c0 for an LSTM, a tuple argument (or an LSTM's only state
+    argument) is (h0, c0); an argument named like ``lengths`` is the sequence length, (1,) int64.
+    Returns them and the one-line account of it for messages ("" when forward takes only the sequence)."""
     if len(args) <= 1:
         return [], ""
-    seen = ", ".join(f"{a.name}: {a.type}" for a in args)
-    rnn = next(((n, m) for n, m in ts.named_modules() if getattr(m, "original_name", "") in RNN_GATES), None)
     if rnn is None:
         raise McuNnError(f"{path}: forward takes {len(args)} inputs ({seen}) and has no LSTM/GRU/RNN whose "
                          "initial state they could be; mcu-nn takes one sequence input (plus initial state)")
-    name, mod = rnn
+    name, mod, cls = rnn
     weights = dict(mod.named_parameters())
     layers = sum(1 for k in weights if k.startswith("weight_hh_l") and not k.endswith("_reverse"))
     dirs = 2 if "weight_hh_l0_reverse" in weights else 1
-    hidden = weights["weight_hh_l0"].shape[0] // RNN_GATES[mod.original_name]
+    hidden = weights["weight_hh_l0"].shape[0] // RNN_GATES[cls]
     h = torch.zeros(layers * dirs, 1, weights["weight_hh_l0"].shape[1])
     c = torch.zeros(layers * dirs, 1, hidden)
-    pool = [h, c] if mod.original_name == "LSTM" else [h]
+    pool = [h, c] if cls == "LSTM" else [h]
+    states = [a for a in args[1:] if not _is_lengths(a[0])]
     extras: list = []
-    for a in args[1:]:
-        if isinstance(a.type, torch.TupleType) and pool:
+    for arg, is_tuple in args[1:]:
+        if _is_lengths(arg):
+            steps = int(input_shape[0]) if input_shape else 1
+            extras.append(torch.full((1,), steps, dtype=torch.int64))
+        elif (is_tuple or (is_tuple is None and len(states) == 1)) and len(pool) > 1:
             extras.append(tuple(pool))
             pool = []
         elif pool:
             extras.append(pool.pop(0))
         else:
             raise McuNnError(f"{path}: forward takes {len(args)} inputs ({seen}); mcu-nn reads those after the "
-                             f"sequence as the initial state of '{name}' ({mod.original_name}), which has no "
-                             f"room for {a.name!r}")
-    shapes = ", ".join(str(tuple(t.shape)) for e in extras for t in (e if isinstance(e, tuple) else (e,)))
-    return extras, (f"forward takes {len(args)} inputs ({seen}); mcu-nn reads those after the sequence as the "
-                    f"initial state of '{name}' ({mod.original_name}, zeros of shape {shapes}), but ")
+                             f"sequence as the initial state of '{name}' ({cls}) or its lengths, and has no "
+                             f"room for {arg!r}")
+    shapes = ", ".join(str(tuple(t.shape)) for (arg, _), e in zip(args[1:], extras) if not _is_lengths(arg)
+                       for t in (e if isinstance(e, tuple) else (e,)))
+    parts = [f"the initial state of '{name or 'the model'}' ({cls}, zeros of shape {shapes})"] if states else []
+    parts += ["the lengths (1,)"] if len(states) < len(args) - 1 else []
+    return extras, (f"forward takes {len(args)} inputs ({seen}); mcu-nn reads those after the sequence as "
+                    f"{' and '.join(parts)}, but ")
+
+
+def _is_lengths(arg: str) -> bool:
+    """``lengths``, ``seq_lengths``, ``lens``, ``x_len``: the per-sequence length of a packed model."""
+    return arg.lower().endswith(("lengths", "lens", "len", "length"))
+
+
+def _unbatch(extras: list, batched: bool) -> list:
+    """The extra examples for an unbatched sequence: states lose their batch axis, lengths stay."""
+    if batched:
+        return extras
+    drop = lambda t: t[:, 0] if t.dim() == 3 else t          # noqa: E731
+    return [tuple(map(drop, e)) if isinstance(e, tuple) else drop(e) for e in extras]
 
 
 def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:
@@ -259,17 +330,34 @@ def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int
     if isinstance(obj, torch.jit.ScriptModule):
         raise McuNnError(f"{path} pickles a TorchScript module; save it with torch.jit.save or {SAVE_HINT}")
     model = obj.eval()
+    args, seen = _forward_args(model)
+    rnn = next(((n, m, type(m).__name__) for n, m in model.named_modules()
+                if isinstance(m, torch.nn.RNNBase) and type(m).__name__ in RNN_GATES), None)
+    extras, said = _extra_examples(args, seen, rnn, path, input_shape)
 
-    def convert(example: torch.Tensor) -> torch.export.ExportedProgram:
+    def convert(example: torch.Tensor, batched: bool) -> torch.export.ExportedProgram:
         try:
             with quiet():
-                return torch.export.export(model, (example,))
+                return torch.export.export(model, (example, *_unbatch(extras, batched)))
         except Exception as e:
-            raise McuNnError(f"{path}: torch.export cannot trace {type(model).__name__}.forward "
-                             f"({type(e).__name__}: {first_line(e)}); check --input-shape, or make the forward "
-                             "exportable and save it with torch.export.save") from None
+            raise McuNnError(f"{path}: {said}torch.export cannot trace {type(model).__name__}.forward "
+                             f"({type(e).__name__}: {first_line(e)}){PACKED if _packs(model) else ''}; check "
+                             "--input-shape, or make the forward exportable and save it with torch.export.save") from None
 
-    return _with_layout(path, input_shape, convert)
+    yield from _with_layout(path, input_shape, convert, bool(extras))
+
+
+def _forward_args(model: torch.nn.Module) -> tuple[list[tuple[str, Optional[bool]]], str]:
+    """forward()'s tensor arguments as (name, None) (a Python signature does not say which are
+    tuples) and their account for messages; arguments with a non-None default keep it."""
+    import inspect
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return [("x", None)], "x"
+    kept = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and (p.default is inspect.Parameter.empty or p.default is None)]
+    return [(p.name, None) for p in kept], ", ".join(p.name for p in kept)
 
 
 def _refuse_data(path: Path, obj: object) -> None:

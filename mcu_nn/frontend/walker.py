@@ -40,6 +40,8 @@ DROPOUT = {"aten.dropout.default", "aten.feature_dropout.default", "aten.alpha_d
            "aten.feature_alpha_dropout.default", "aten.native_dropout.default"}
 RESHAPE = {"aten.flatten.using_ints", "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
            "aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default"}
+# what may read a squeezed (N, T) sequence (a size-1 head's rows viewed as (batch, -1))
+SQUEEZED_READERS = {"aten.select.int", "output", *ACTIVATIONS}
 SIZE_QUERIES = {"aten.dim.default", "aten.sym_size.int", "aten.size.default", "aten.sym_numel.default"}
 ZERO_MAKERS = {"aten.zeros.default", "aten.new_zeros.default", "aten.zeros_like.default"}
 # uninitialised tensors: zeros only once aten.zero_ has run on them (``weight.new(...).zero_()``)
@@ -64,7 +66,8 @@ class _Rnn:
     ndir: int
     state: int                       # h size per direction
     path: str                        # module path, for messages and op sources
-    top: Any = None                  # the ir.Recurrent of the top layer (its h_n/c_n are returned states)
+    top: Any = None                  # the ir.Recurrent of the top layer
+    layer_ops: list = field(default_factory=list)   # the ir.Recurrent of every layer, bottom first
 
 
 @dataclass
@@ -84,6 +87,7 @@ class _Val:
     refs: tuple = ()                 # attention parts: (values tensor, scores tensor)
     items: tuple = ()                # multi: the values of a tuple-returning op
     src: Any = None                  # walk_ops patterns (softsign's |x|): the FX node of x
+    squeezed: bool = False           # seq/vec of one feature whose feature axis is gone: (N, T) / (N,)
 
 
 @dataclass
@@ -161,12 +165,15 @@ class Walker:
             v = _Val("hn_dirs", v.version, rnn=v.rnn, dirs=(0,))
         if v.kind == "state":
             raise self.fail(f"{what} reads model input {v.name!r}; inputs after the sequence are supported only "
-                            "as the initial state (h0, c0) of a single-layer recurrent module")
+                            "as the initial state (h0, c0) of a recurrent module or its lengths")
         if v.kind in walk_ops.PATTERN_KINDS:
             raise self.fail(f"{what} reads torch.abs(x) (or |x| + 1); supported only inside softsign "
                             "x / (1 + |x|)")
         if v.kind in ("rnn", "int", "param", "const"):
             raise self.fail(f"{what} reads a {v.kind} value, not the data flowing through the model; unsupported")
+        if v.squeezed and v.kind == "seq" and _opname(consumer) not in SQUEEZED_READERS:
+            raise self.fail(f"{what} reads per-step outputs of one feature viewed as (batch, steps); only "
+                            "activations and the last step (out[:, -1]) may follow that view")
         if v.version != len(self.ops) and (v.kind == "hn_dirs" or self.inserted):
             raise self.chain_error(consumer)
         if v.kind == "hn_dirs":
@@ -302,7 +309,8 @@ class Walker:
             x = self.data(node.args[0], node)
             self.no_tokens(x, node)
             self.emit(ir.Activation(ACTIVATIONS[name], source=self.source(node)), x)
-            self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim, rows=x.rows, cf=x.cf)
+            self.vals[node] = _Val(x.kind, len(self.ops), time_dim=x.time_dim, rows=x.rows, cf=x.cf,
+                                   squeezed=x.squeezed)
             return
         if name == "aten.embedding.default":
             return self.embedding(node)
@@ -368,9 +376,6 @@ class Walker:
         given = []                               # (h|c, model input name) of caller-given states
         for what, h in zip("hc", hx if isinstance(hx, (list, tuple)) else [hx]):
             if isinstance(h, Node) and self.vals.get(h) is not None and self.vals[h].kind == "state":
-                if num_layers != 1:
-                    raise self.fail(f"{RNN_CLASS[kind]}{where} takes its initial state from the model input "
-                                    f"{h.name!r} across {num_layers} layers; supported for num_layers=1 only")
                 given.append((what, h.name))
                 continue
             if not self.is_zero_state(h):
@@ -397,8 +402,11 @@ class Walker:
             self.emit(ir.Recurrent(kind, int(dirs[0].w_ih.shape[1]), int(hidden), int(proj), bool(bidirectional),
                                    dirs, source=src, input_ids=ids and layer == 0), *([x] if layer == 0 else []))
             state = proj or hidden
-        info = _Rnn(kind, int(num_layers), ndir, int(state), path, top=self.ops[-1])
-        self.res.state_inputs += [(self.ops[-1], what, name) for what, name in given]
+        layer_ops = self.ops[len(self.ops) - num_layers:]
+        info = _Rnn(kind, int(num_layers), ndir, int(state), path, top=self.ops[-1], layer_ops=layer_ops)
+        # a state input of shape (L*D, N, H) is read per layer: rows l*D .. l*D+D-1 ("h0.l1" for layer 1)
+        self.res.state_inputs += [(op, what, name if num_layers == 1 else f"{name}.l{layer}")
+                                  for what, name in given for layer, op in enumerate(layer_ops)]
         self.vals[node] = _Val("rnn", len(self.ops), rnn=info, time_dim=want)
 
     def features_last(self, x: _Val, node: Node) -> None:
@@ -476,6 +484,18 @@ class Walker:
             return _Val("seq", x.version, time_dim=1 if x.rows == "N*T" else 0)
         return None
 
+    def unflatten_rows(self, x: _Val, old: tuple, new: tuple) -> Optional[_Val]:
+        """Rows of a size-1 head viewed back as (batch, steps) (Udacity's ``sig_out.view(batch_size, -1)``):
+        a sequence of one feature with its feature axis gone. None for any other reshape."""
+        if not x.rows or old[-1] != 1 or len(old) != 2 or len(new) != 2 or "N" not in self.res.layout.get("input", ""):
+            return None
+        steps = self.input_shape[self.input_time_dim]
+        batch = self.input_shape[1 - self.input_time_dim]
+        want = (batch, steps) if x.rows == "N*T" else (steps, batch)
+        if tuple(new) != want:
+            return None
+        return _Val("seq", x.version, time_dim=1 if x.rows == "N*T" else 0, squeezed=True)
+
     def getitem(self, node: Node) -> None:
         src, idx = node.args
         v = self.val(src, node)
@@ -545,19 +565,22 @@ class Walker:
         steps = shape[dim]
         self.features_last(x, node)
         if index % steps != steps - 1 or not self.commutes_to_rnn():
+            if x.squeezed:
+                raise self.fail(f"{_opname(node)}{self.where(node)} selects step {index} of per-step outputs viewed "
+                                "as (batch, steps); only the last step (out[:, -1]) is supported there")
             return time_ops.time_select(self, node, x, index)
         self.readout_check(node)
         if any(o.inputs for o in self.ops):       # explicitly wired ops name tensors by op index
             if x.version != len(self.ops):
                 raise self.chain_error(node)
             self.emit(ir.SelectLast(source=self.source(node)), x)
-            self.vals[node] = _Val("vec", len(self.ops))
+            self.vals[node] = _Val("vec", len(self.ops), squeezed=x.squeezed)
             return
         last = max(i for i, o in enumerate(self.ops) if isinstance(o, ir.Recurrent))
         # per-step ops between the RNN and the selection commute with it: select right after the RNN
         self.ops.insert(last + 1, ir.SelectLast(source=self.source(node)))
         self.inserted = self.inserted or last + 2 != len(self.ops)   # an append moves nothing
-        self.vals[node] = _Val("vec", len(self.ops))
+        self.vals[node] = _Val("vec", len(self.ops), squeezed=x.squeezed)
 
     def cat(self, node: Node) -> None:
         parts = [self.val(p, node) for p in node.args[0]]
@@ -607,7 +630,7 @@ class Walker:
             self.vals[node] = x
             return
         if x.kind in ("seq", "tokens", "onehot"):
-            moved = self.sequence_reshape(x, old, new)
+            moved = self.sequence_reshape(x, old, new) or self.unflatten_rows(x, old, new)
             if moved is not None:
                 self.vals[node] = moved
                 return
@@ -653,10 +676,11 @@ class Walker:
             raise self.fail("the model returns nothing; mcu-nn needs one output tensor")
         for extra in outs[1:]:                   # (out, state): the final states of a recurrent module
             v = self.vals.get(extra) if isinstance(extra, Node) else None
-            if v is None or v.kind not in ("hn", "cn") or v.rnn.layers != 1:
+            if v is None or v.kind not in ("hn", "cn"):
                 raise self.fail(f"the model returns {len(outs)} outputs; after the main output mcu-nn supports only "
-                                "the final states (h_n, c_n) of a single-layer recurrent module")
-            self.res.state_outputs.append((v.rnn.top, "h" if v.kind == "hn" else "c"))
+                                "the final states (h_n, c_n) of a recurrent module")
+            # h_n is (L*D, N, H): layer by layer, each layer's op holding its directions side by side
+            self.res.state_outputs += [(op, "h" if v.kind == "hn" else "c") for op in v.rnn.layer_ops]
         v = self.val(outs[0], node)
         x = v if v.post else self.data(outs[0], node)   # softmax: data() already checked its input
         if x.kind == "tokens" or not self.ops:
@@ -679,6 +703,9 @@ def _axes_name(rank: int, time_dim: int, features: str) -> str:
 
 
 def _output_axes(x: _Val, rank: int) -> str:
+    if x.squeezed:                                # one output feature, its axis gone
+        return ("N" if x.kind == "vec" else _axes_name(2, x.time_dim, "")) if rank >= 1 + (x.kind == "seq") \
+            else "O"
     if x.kind == "vec":
         return "N,O" if rank >= 2 else "O"
     if x.rows:

@@ -398,6 +398,8 @@ def _candidates(graph: Graph) -> list[tuple[Node, int, list[Node]]]:
         if name == "aten.select.int" and isinstance(n.args[0], Node):
             shape = n.args[0].meta["val"].shape
             dim = n.args[1] % len(shape)
+            if not isinstance(shape[dim], int):      # a dynamic time axis cannot be unrolled
+                continue
             sel.setdefault((n.args[0], dim), {}).setdefault(n.args[2] % shape[dim], n)
             aliases.setdefault(sel[(n.args[0], dim)][n.args[2] % shape[dim]], []).append(n)
         elif name == "aten.unbind.int":

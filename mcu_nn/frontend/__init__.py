@@ -13,6 +13,7 @@ import torch
 
 from .. import ir
 from ..errors import McuNnError
+from .loops import fold_loops
 from .loading import first_line, load_exported, quiet, sniff
 from .walker import Relayout, Walker
 
@@ -66,6 +67,7 @@ def _first_walk(candidates, path: Path) -> ir.Graph:
 
 def _walk(ep: torch.export.ExportedProgram, path: Path) -> ir.Graph:
     with quiet():
+        fold_loops(ep, str(path))            # hand-written loops over time -> one recurrent op
         try:
             res = Walker(ep, str(path), input_time_dim=1).run()
         except Relayout:                     # first RNN is not batch_first: input is (T, N, F)

@@ -1,0 +1,670 @@
+"""Fold a hand-written loop over time into one recurrent op (issue 9).
+
+torch.export unrolls ``for t in range(T): h = cell(x[:, t], h)`` into T copies of the step.
+``fold_loops`` finds them (the input selected or unbound per step, state flowing from copy t to
+copy t+1), evaluates each copy symbolically into affine forms over its inputs (``_Aff``), matches
+the result against the LSTM / GRU / RNN equations and, when it is one of them, replaces the copies
+by one ``aten.lstm.input`` / ``aten.gru.input`` / ``aten.rnn_*.input`` node with PyTorch-layout
+weights, which the walker reads like any nn.LSTM. The saved T is only the example's: the folded op
+runs any number of steps. Anything else gets one McuNnError line.
+"""
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.fx import Graph, Node
+
+from ..errors import McuNnError
+
+# linear maps of the state alone, which torch.export places right after the state is made
+PREP = {"aten.linear.default", "aten.mm.default", "aten.matmul.default", "aten.addmm.default", "aten.t.default",
+        "aten.transpose.int", "aten.view.default", "aten.reshape.default", "aten.unsqueeze.default",
+        "aten.squeeze.dim", "aten.clone.default", "aten.contiguous.default"}
+GENERIC = "generic step graphs are not supported yet"
+
+
+class _NotCell(Exception):
+    """The step is a recurrence but not a known cell; the message says what was found."""
+
+
+# ----------------------------------------------------------------------------- affine forms
+@dataclass
+class _Aff:
+    """sum_k terms[k] @ atom_k + bias, per batch row. Atoms are the step's inputs ("x", "s0", ...)
+    and nonlinear results (sigmoid/tanh/relu of a form, products of two forms), by key."""
+    terms: dict
+    bias: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.bias.shape[0])
+
+    def sig(self) -> tuple:
+        return tuple(sorted(((repr(k), m.shape, m.tobytes()) for k, m in self.terms.items()))) + (self.bias.tobytes(),)
+
+
+def _leaf(key: Any, size: int) -> _Aff:
+    return _Aff({key: np.eye(size)}, np.zeros(size))
+
+
+def _single(a: _Aff) -> Optional[Any]:
+    """The key of a form that is exactly one atom (identity, no bias), else None."""
+    if len(a.terms) != 1 or a.bias.any():
+        return None
+    (k, m), = a.terms.items()
+    return k if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])) else None
+
+
+def _diag(m: np.ndarray) -> Optional[np.ndarray]:
+    return np.diag(m).copy() if m.shape[0] == m.shape[1] and not (m - np.diag(np.diag(m))).any() else None
+
+
+class _Eval:
+    """Evaluates one step copy's nodes into ``_Aff`` forms; ``atoms`` defines the nonlinear keys."""
+
+    def __init__(self, consts: dict[Node, torch.Tensor]):
+        self.consts = consts
+        self.atoms: dict = {}
+        self.vals: dict[Node, Any] = {}
+
+    def atom(self, op: str, *args: _Aff) -> _Aff:
+        key = (op,) + tuple(sorted((a.sig() for a in args), key=repr)) if op == "mul" else (op, args[0].sig())
+        self.atoms.setdefault(key, (op, args))
+        return _leaf(key, args[0].size)
+
+    def arg(self, a: Any) -> Any:
+        if isinstance(a, Node):
+            if a in self.vals:
+                return self.vals[a]
+            if a in self.consts:
+                return self.consts[a].detach().double().numpy()
+            raise _NotCell(f"it reads {a.name}, which is neither the step's input, its state nor a parameter")
+        if isinstance(a, (list, tuple)):
+            return [self.arg(b) for b in a]
+        return a
+
+    # -- algebra
+    def add(self, a: Any, b: Any, alpha: float = 1.0) -> _Aff:
+        size = a.size if isinstance(a, _Aff) else b.size
+        a, b = self.form(a, size), self.scale(self.form(b, size), alpha)
+        terms = dict(a.terms)
+        for k, m in b.terms.items():
+            terms[k] = terms[k] + m if k in terms else m
+        return _Aff({k: m for k, m in terms.items() if m.any()}, a.bias + b.bias)   # x - x cancels
+
+    def form(self, v: Any, size: int = 0) -> _Aff:
+        if isinstance(v, _Aff):
+            return v
+        c = np.asarray(v, dtype=np.float64)
+        if c.ndim > 1 and c.shape[0] != 1:
+            raise _NotCell(f"it adds a constant of shape {list(c.shape)} that varies over the batch")
+        return _Aff({}, np.broadcast_to(c.reshape(-1), (max(size, c.size),)).copy())
+
+    def scale(self, a: _Aff, c: Any) -> _Aff:
+        c = np.asarray(c, dtype=np.float64).reshape(-1)
+        return _Aff({k: m * c[:, None] for k, m in a.terms.items()}, a.bias * c)
+
+    def mul(self, a: Any, b: Any) -> _Aff:
+        if not isinstance(a, _Aff):
+            a, b = b, a
+        if not isinstance(b, _Aff):
+            return self.scale(a, np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (a.size,)))
+        da = {k: _diag(m) for k, m in a.terms.items()}
+        db = {k: _diag(m) for k, m in b.terms.items()}
+        if any(d is None for d in (*da.values(), *db.values())):
+            return self.atom("mul", a, b)           # a matrix on either side: keep the product whole
+        out = self.add(self.scale(_Aff(dict(a.terms), np.zeros(a.size)), b.bias),
+                       self.scale(_Aff(dict(b.terms), b.bias.copy()), a.bias))   # + a.bias * b.bias
+        for ka, va in da.items():                 # elementwise: distribute over the atoms
+            for kb, vb in db.items():
+                prod = self.atom("mul", _leaf(ka, a.size), _leaf(kb, a.size))
+                out = self.add(out, self.scale(prod, va * vb))
+        return out
+
+    def linear(self, a: Any, w: np.ndarray, b: Any = None) -> _Aff:
+        a = self.form(a)
+        out = _Aff({k: w @ m for k, m in a.terms.items()}, w @ a.bias)
+        return out if b is None else self.add(out, b)
+
+    def cat(self, parts: list) -> _Aff:
+        parts = [self.form(p) for p in parts]
+        sizes = [p.size for p in parts]
+        terms: dict = {}
+        at = 0
+        for p in parts:
+            for k, m in p.terms.items():
+                if k not in terms:
+                    terms[k] = np.zeros((sum(sizes), m.shape[1]))
+                terms[k][at:at + p.size] = m
+            at += p.size
+        return _Aff(terms, np.concatenate([p.bias for p in parts]))
+
+    def rows(self, a: _Aff, start: int, end: int) -> _Aff:
+        return _Aff({k: m[start:end] for k, m in a.terms.items()}, a.bias[start:end])
+
+    def chunks(self, a: _Aff, sizes: list[int]) -> list[_Aff]:
+        bounds = np.cumsum([0] + sizes)
+        return [self.rows(a, int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:])]
+
+    # -- nodes
+    def node(self, n: Node) -> None:
+        name, a = str(n.target), [self.arg(x) for x in n.args]
+        kw = {k: self.arg(v) for k, v in n.kwargs.items()}
+        if n.target is operator.getitem:
+            v = a[0][a[1]]
+        elif name in ("aten.add.Tensor", "aten.sub.Tensor"):
+            v = self.add(a[0], a[1], kw.get("alpha", 1) * (-1 if name.endswith("sub.Tensor") else 1))
+        elif name == "aten.rsub.Scalar":
+            v = self.add(a[1], a[0], -kw.get("alpha", 1))          # other - alpha * x
+        elif name == "aten.mul.Tensor":
+            v = self.mul(a[0], a[1])
+        elif name == "aten.neg.default":
+            v = self.scale(a[0], -1.0)
+        elif name in ("aten.sigmoid.default", "aten.tanh.default", "aten.relu.default"):
+            v = self.atom(name.split(".")[1], self.form(a[0]))
+        elif name == "aten.linear.default":
+            v = self.linear(a[0], a[1], a[2] if len(a) > 2 else kw.get("bias"))
+        elif name in ("aten.matmul.default", "aten.mm.default") and not isinstance(a[1], _Aff):
+            v = self.linear(a[0], np.asarray(a[1]).T)
+        elif name == "aten.addmm.default":
+            v = self.linear(a[1], np.asarray(a[2]).T, a[0])
+        elif name == "aten.cat.default" and (a[1] if len(a) > 1 else 0) in (1, -1):
+            v = self.cat(a[0])
+        elif name == "aten.chunk.default" and a[2] in (1, -1):
+            size = -(-a[0].size // a[1])
+            v = self.chunks(a[0], [min(size, a[0].size - i * size) for i in range(a[1]) if i * size < a[0].size])
+        elif name == "aten.split.Tensor" and a[2] in (1, -1):
+            v = self.chunks(a[0], [min(a[1], a[0].size - s) for s in range(0, a[0].size, a[1])])
+        elif name == "aten.split_with_sizes.default" and a[2] in (1, -1):
+            v = self.chunks(a[0], list(a[1]))
+        elif name in ("aten.clone.default", "aten.contiguous.default", "aten.alias.default", "aten.detach.default"):
+            v = a[0]
+        elif name in CELL_OPS:
+            v = CELL_OPS[name](self, *a)
+        else:
+            raise _NotCell(f"it uses {name}")
+        self.vals[n] = v
+
+
+def _gates(e: _Eval, x: Any, h: Any, w_ih, w_hh, b_ih, b_hh, n: int) -> tuple[list[_Aff], list[_Aff]]:
+    gi, gh = e.linear(x, w_ih, b_ih), e.linear(h, w_hh, b_hh)
+    size = gi.size // n
+    return e.chunks(gi, [size] * n), e.chunks(gh, [size] * n)
+
+
+def _lstm_cell(e: _Eval, x, hc, w_ih, w_hh, b_ih=None, b_hh=None):
+    (gi, gh), c = _gates(e, x, hc[0], w_ih, w_hh, b_ih, b_hh, 4), hc[1]
+    i, f, g, o = (e.atom(op, e.add(a, b)) for op, a, b in zip(("sigmoid", "sigmoid", "tanh", "sigmoid"), gi, gh))
+    c2 = e.add(e.mul(f, c), e.mul(i, g))
+    return [e.mul(o, e.atom("tanh", c2)), c2]
+
+
+def _gru_cell(e: _Eval, x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+    gi, gh = _gates(e, x, h, w_ih, w_hh, b_ih, b_hh, 3)
+    r, z = (e.atom("sigmoid", e.add(a, b)) for a, b in zip(gi[:2], gh[:2]))
+    n = e.atom("tanh", e.add(gi[2], e.mul(r, gh[2])))
+    return e.add(e.add(n, e.mul(z, n), -1.0), e.mul(z, h))
+
+
+def _rnn_cell(act: str):
+    def cell(e: _Eval, x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+        return e.atom(act, e.add(e.linear(x, w_ih, b_ih), e.linear(h, w_hh, b_hh)))
+    return cell
+
+
+CELL_OPS = {"aten.lstm_cell.default": _lstm_cell, "aten.gru_cell.default": _gru_cell,
+            "aten.rnn_tanh_cell.default": _rnn_cell("tanh"), "aten.rnn_relu_cell.default": _rnn_cell("relu")}
+
+
+# ----------------------------------------------------------------------------- matching a step
+@dataclass
+class _Cell:
+    """A step recognised as a cell: PyTorch-layout weights and which state input is h (and c)."""
+    kind: str
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+    h: str                                   # leaf name of h in the step ("s0" / "s1")
+    c: str = ""
+    outs: dict = field(default_factory=dict)   # "h"/"c" -> index into the step's state outputs
+
+
+def _pre(e: _Eval, key: Any, op: str, x_size: int, h: str, h_size: int, c: str = "") -> tuple:
+    """(W_x, W_h, b) of the pre-activation of atom ``key`` = op(W_x x + W_h h + b)."""
+    kind, args = e.atoms.get(key, (None, ()))
+    if kind != op:
+        raise _NotCell(f"a gate is {kind or 'not an activation'} where {op} was expected")
+    pre = args[0]
+    if c and c in pre.terms:
+        raise _NotCell("its gates read c")
+    extra = set(pre.terms) - {"x", h}
+    if extra:
+        raise _NotCell("a gate's pre-activation reads a nonlinear value (" + _describe(e, next(iter(extra))) + ")")
+    n = pre.size
+    return (pre.terms.get("x", np.zeros((n, x_size))), pre.terms.get(h, np.zeros((n, h_size))), pre.bias)
+
+
+def _describe(e: _Eval, key: Any) -> str:
+    if isinstance(key, str):
+        return {"x": "the input"}.get(key, "the state")
+    op, args = e.atoms[key]
+    return f"{op} of " + " and ".join(", ".join(_describe(e, k) for k in a.terms) or "a constant" for a in args)
+
+
+def _eye_coef(a: _Aff, key: Any) -> Optional[float]:
+    m = a.terms.get(key)
+    if m is None or m.shape[0] != m.shape[1]:
+        return None
+    for s in (1.0, -1.0):
+        if np.array_equal(m, s * np.eye(m.shape[0])):
+            return s
+    return None
+
+
+def _products(e: _Eval, a: _Aff) -> dict:
+    """{frozenset of the two factor keys: coefficient} of a's product atoms (coefficients +-1)."""
+    out = {}
+    for k in a.terms:
+        if isinstance(k, tuple) and k[0] == "mul" and e.atoms[k][0] == "mul":
+            factors = [_single(f) for f in e.atoms[k][1]]
+            if None not in factors:
+                out[frozenset(factors)] = (k, _eye_coef(a, k))
+    return out
+
+
+def _match_rnn(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
+    key = _single(h_out)
+    op = e.atoms.get(key, ("",))[0] if key is not None else ""
+    if op not in ("tanh", "relu"):
+        raise _NotCell("its new state is not tanh or relu of an affine map")
+    wx, wh, b = _pre(e, key, op, xs, "s0", hs)
+    return _Cell("rnn_" + op, wx, wh, b, np.zeros_like(b), "s0", outs={"h": 0})
+
+
+def _match_gru(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
+    """h' = (1 - z) * n + z * h (PyTorch) or z * n + (1 - z) * h (then z is negated);
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
+    prods = _products(e, h_out)
+    tanhs = {k for f in prods for k in f if e.atoms.get(k, ("",))[0] == "tanh"}
+    if len(tanhs) != 1 or len(h_out.terms) != 3 or h_out.bias.any():
+        raise _NotCell("its new state is not a gated mix of h and a tanh candidate")
+    n_key = next(iter(tanhs))
+    zh = [(f, v) for f, v in prods.items() if "s0" in f]
+    zn = [(f, v) for f, v in prods.items() if n_key in f]
+    if len(zh) != 1 or len(zn) != 1:
+        raise _NotCell("its new state is not a gated mix of h and a tanh candidate")
+    (fh, (_, ch)), (fn, (_, cn)) = zh[0], zn[0]
+    z_key = next(iter(fh - {"s0"}))
+    if z_key != next(iter(fn - {n_key}), None):
+        raise _NotCell("the mix of h and the candidate uses two different gates")
+    flipped = (_eye_coef(h_out, n_key), ch, cn) == (None, -1.0, 1.0) and _eye_coef(h_out, "s0") == 1.0
+    if not flipped and (_eye_coef(h_out, n_key), ch, cn) != (1.0, 1.0, -1.0):
+        raise _NotCell("its new state is not (1 - z) * n + z * h")
+    wz_x, wz_h, bz = _pre(e, z_key, "sigmoid", xs, "s0", hs)
+    if flipped:                                # 1 - sigmoid(a) = sigmoid(-a)
+        wz_x, wz_h, bz = -wz_x, -wz_h, -bz
+    pre_n = e.atoms[n_key][1][0]
+    gated = [k for k in pre_n.terms if k != "x"]
+    if len(gated) != 1 or e.atoms.get(gated[0], ("",))[0] != "mul" or _eye_coef(pre_n, gated[0]) is None:
+        if any(isinstance(k, tuple) and k[0] == "mul" for k in gated):
+            raise _NotCell("the reset gate multiplies h before the recurrent matmul, U(r * h), where nn.GRU "
+                           "computes r * (U h)")
+        raise _NotCell("its candidate is not tanh(W x + r * (U h))")
+    fa, fb = e.atoms[gated[0]][1]
+    r_key = _single(fa) if _single(fa) is not None and e.atoms.get(_single(fa), ("",))[0] == "sigmoid" else _single(fb)
+    u = fb if r_key == _single(fa) else fa
+    if r_key is None or set(u.terms) - {"s0"}:
+        raise _NotCell("the reset gate multiplies h before the recurrent matmul, U(r * h), where nn.GRU "
+                       "computes r * (U h)")
+    wr_x, wr_h, br = _pre(e, r_key, "sigmoid", xs, "s0", hs)
+    wn_x, b_in = pre_n.terms.get("x", np.zeros((hs, xs))), pre_n.bias
+    wn_h, b_hn = u.terms.get("s0", np.zeros((hs, hs))), u.bias
+    zeros = np.zeros(hs)
+    return _Cell("gru", np.concatenate([wr_x, wz_x, wn_x]), np.concatenate([wr_h, wz_h, wn_h]),
+                 np.concatenate([br, bz, b_in]), np.concatenate([zeros, zeros, b_hn]), "s0", outs={"h": 0})
+
+
+def _match_lstm(e: _Eval, outs: list[_Aff], xs: int, hs: int) -> _Cell:
+    """c' = f * c + i * g, h' = o * tanh(c'); i, f, o sigmoid and g tanh of W x + U h + b."""
+    for ci in (0, 1):
+        c_out, h_out = outs[ci], outs[1 - ci]
+        prods = _products(e, h_out)
+        if len(prods) != 1 or len(h_out.terms) != 1 or h_out.bias.any():
+            continue
+        (factors, (_, coef)), = prods.items()
+        t_key = next((k for k in factors if e.atoms[k][0] == "tanh" and e.atoms[k][1][0].sig() == c_out.sig()), None)
+        if coef != 1.0 or t_key is None:
+            continue
+        o_key = next(iter(factors - {t_key}))
+        leaves = ["s0", "s1"]
+        cprods = _products(e, c_out)
+        fc = [(f, v) for f, v in cprods.items() if f & set(leaves)]
+        if len(fc) != 1 or fc[0][1][1] != 1.0:
+            raise _NotCell("its cell state is not f * c + i * g")
+        c_leaf = next(iter(fc[0][0] & set(leaves)))
+        h_leaf = "s1" if c_leaf == "s0" else "s0"
+        f_key = next(iter(fc[0][0] - {c_leaf}))
+        rest = [(f, v) for f, v in cprods.items() if f != fc[0][0]]
+        if len(rest) != 1 or rest[0][1][1] != 1.0 or len(c_out.terms) != 2 or c_out.bias.any():
+            if any(e.atoms[k][0] == "tanh" and _eye_coef(c_out, k) == 1.0 for k in c_out.terms
+                   if isinstance(k, tuple)):
+                raise _NotCell("its input gate is 1 - the forget gate (coupled gates)")
+            raise _NotCell("its cell state is not f * c + i * g")
+        a, b = rest[0][0]
+        i_key, g_key = (a, b) if e.atoms[b][0] == "tanh" else (b, a)
+        w = [_pre(e, k, op, xs, h_leaf, hs, c_leaf)
+             for k, op in ((i_key, "sigmoid"), (f_key, "sigmoid"), (g_key, "tanh"), (o_key, "sigmoid"))]
+        b_ih = np.concatenate([g[2] for g in w])
+        return _Cell("lstm", np.concatenate([g[0] for g in w]), np.concatenate([g[1] for g in w]), b_ih,
+                     np.zeros_like(b_ih), h_leaf, c_leaf, outs={"h": 1 - ci, "c": ci})
+    raise _NotCell("no state is o * tanh(c) of the other")
+
+
+def _match(e: _Eval, outs: list[_Aff], xs: int, hs: int) -> _Cell:
+    if len(outs) == 2:
+        return _match_lstm(e, outs, xs, hs)
+    if len(outs) != 1:
+        raise _NotCell(f"it carries {len(outs)} state tensors")
+    key = _single(outs[0])
+    if key is not None and e.atoms.get(key, ("",))[0] in ("tanh", "relu"):
+        return _match_rnn(e, outs[0], xs, hs)
+    return _match_gru(e, outs[0], xs, hs)
+
+
+# ----------------------------------------------------------------------------- finding the loop
+@dataclass
+class _Loop:
+    seq: Node                    # the sequence the steps are cut from
+    dim: int                     # its time axis
+    xs: list[list[Node]]         # x_t, t = 0..T-1 (each one or more slices of the same step)
+    copies: list[list[Node]] = field(default_factory=list)   # each step's nodes, graph order
+    state_in: list[list[Node]] = field(default_factory=list)  # each step's state inputs
+    out_pos: list[int] = field(default_factory=list)          # positions of the state outputs in a copy
+
+
+def _candidates(graph: Graph) -> list[tuple[Node, int, list[Node]]]:
+    """(sequence, axis, [x_0 .. x_{T-1}]) for every full set of per-step slices of one tensor."""
+    found = []
+    sel: dict[tuple, dict[int, Node]] = {}
+    aliases: dict[Node, list[Node]] = {}          # x[:, t] written twice in one step: two selects
+    for n in graph.nodes:
+        name = str(n.target)
+        if name == "aten.select.int" and isinstance(n.args[0], Node):
+            shape = n.args[0].meta["val"].shape
+            dim = n.args[1] % len(shape)
+            if not isinstance(shape[dim], int):      # a dynamic time axis cannot be unrolled
+                continue
+            sel.setdefault((n.args[0], dim), {}).setdefault(n.args[2] % shape[dim], n)
+            aliases.setdefault(sel[(n.args[0], dim)][n.args[2] % shape[dim]], []).append(n)
+        elif name == "aten.unbind.int":
+            dim = (n.args[1] if len(n.args) > 1 else 0) % n.args[0].meta["val"].dim()
+            items = {u.args[1]: u for u in n.users if u.target is operator.getitem}
+            sel[(n.args[0], dim)] = items
+    for (src, dim), items in sel.items():
+        steps = src.meta["val"].shape[dim]
+        if isinstance(steps, int) and steps >= 3 and sorted(items) == list(range(steps)):
+            found.append((src, dim, [aliases.get(items[t], [items[t]]) for t in range(steps)]))
+    return found
+
+
+def _outer_consts(graph: Graph, params: dict[Node, torch.Tensor]) -> dict[Node, torch.Tensor]:
+    """Values computed from parameters alone (``self.weight_ih.t()``), evaluated."""
+    consts = dict(params)
+    for n in graph.nodes:
+        if n.op != "call_function" or n in consts:
+            continue
+        deps = [a for a in n.all_input_nodes]
+        if deps and all(a in consts for a in deps):
+            args = torch.fx.node.map_arg(n.args, lambda a: consts[a])
+            kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: consts[a])
+            with torch.no_grad():
+                consts[n] = n.target(*args, **kwargs)
+    return consts
+
+
+def _structure(graph: Graph, seq: Node, dim: int, xs: list[list[Node]], consts: dict) -> _Loop:
+    """Cut the graph into the T step copies and find the state each copy hands to the next."""
+    T = len(xs)
+    slice_step = {n: t for t, ns in enumerate(xs) for n in ns}
+    step: dict[Node, int] = {}
+    for n in graph.nodes:
+        if n in slice_step:
+            step[n] = slice_step[n]
+        elif n in consts:
+            step[n] = -1
+        else:
+            step[n] = max((step[a] for a in n.all_input_nodes), default=-1)
+    for n in reversed(list(graph.nodes)):   # ops on h alone belong to the step that reads them
+        users = {step[u] for u in n.users}
+        scaled = str(n.target) == "aten.mul.Tensor" and sum(a not in consts for a in n.all_input_nodes) == 1
+        if (str(n.target) in PREP or scaled) and n not in slice_step and n not in consts and users == {step[n] + 1} \
+                and step[n] + 1 < T:
+            step[n] += 1
+    collector = {n for n in graph.nodes if len({step[a] for a in n.all_input_nodes if step[a] >= 0}) > 2}
+    loop = _Loop(seq, dim, xs)
+    loop.copies = [[n for n in graph.nodes if step[n] == t and n not in collector] for t in range(T)]
+    for t, copy in enumerate(loop.copies):
+        ins: list[Node] = []
+        for n in copy:
+            for a in n.all_input_nodes:
+                if a in consts or step[a] == t or n in slice_step:
+                    continue
+                if step[a] != t - 1 or (t > 0 and step[a] < 0):
+                    raise McuNnError(f"step {t} of the loop reads a value of step {step[a]}, not of the step "
+                                     "before: the loop's steps differ")
+                if a not in ins:
+                    ins.append(a)
+        loop.state_in.append(ins)
+    targets = [[n.target for n in c] for c in loop.copies]
+    L = len(targets[0])
+    if any(tg != targets[0] for tg in targets[1:-1]) or targets[-1][:L] != targets[0]:
+        raise McuNnError("the loop's steps differ (the copies of its step do different computations)")
+    for t in range(T - 1):
+        pos = sorted(loop.copies[t].index(n) for n in loop.state_in[t + 1])
+        if t and pos != loop.out_pos:
+            raise McuNnError("the loop's steps differ (each step hands a different state to the next)")
+        loop.out_pos = pos
+    if not loop.out_pos:
+        raise McuNnError("the loop carries no state from one step to the next: it is not a recurrence")
+    loop.copies[-1] = loop.copies[-1][:L]          # what follows is after the loop
+    return loop
+
+
+def _core(copy: list[Node], outs: list[Node], stop: tuple = ()) -> list[Node]:
+    """The nodes of a copy the state outputs depend on (not looking past ``stop``), graph order."""
+    members, todo, keep = set(copy), list(outs), set()
+    while todo:
+        n = todo.pop()
+        if n in members and n not in keep:
+            keep.add(n)
+            todo += [] if n in stop else n.all_input_nodes
+    return [n for n in copy if n in keep]
+
+
+def _step_cell(loop: _Loop, t: int, consts: dict) -> tuple[_Cell, list[Node], _Eval]:
+    copy = loop.copies[t]
+    outs = [copy[p] for p in loop.out_pos]
+    e = _Eval(consts)
+    xs = int(loop.xs[t][0].meta["val"].shape[-1])
+    for x in loop.xs[t]:
+        e.vals[x] = _leaf("x", xs)
+    if len(loop.state_in[t]) != len(outs):
+        raise McuNnError(f"step {t} of the loop reads {len(loop.state_in[t])} state tensors but hands "
+                         f"{len(outs)} to the next: the loop's steps differ")
+    for j, s in enumerate(loop.state_in[t]):
+        e.vals[s] = _leaf(f"s{j}", int(s.meta["val"].shape[-1]))
+    for n in _core(copy, outs):
+        if n not in e.vals:
+            e.node(n)
+    forms = [e.vals[o] for o in outs]
+    if not all(isinstance(f, _Aff) for f in forms):
+        raise _NotCell("its state is not a tensor")
+    hs = int(outs[0].meta["val"].shape[-1])
+    return _match(e, forms, xs, hs), outs, e
+
+
+# ----------------------------------------------------------------------------- folding
+RNN_TARGETS = {"lstm": torch.ops.aten.lstm.input, "gru": torch.ops.aten.gru.input,
+               "rnn_tanh": torch.ops.aten.rnn_tanh.input, "rnn_relu": torch.ops.aten.rnn_relu.input}
+
+
+def fold_loops(ep: torch.export.ExportedProgram, label: str) -> None:
+    """Replace every unrolled loop over time of ``ep``'s graph by one recurrent op, in place.
+    Raises McuNnError (one line) for a loop whose step is not an LSTM/GRU/RNN cell."""
+    from .walker import _parameter_specs
+
+    specs = _parameter_specs(ep)
+    params = {n: specs[n.name] for n in ep.graph.nodes if n.op == "placeholder" and n.name in specs}
+    params.update({n: (str(n.target), getattr(ep.graph_module, str(n.target)))
+                   for n in ep.graph.nodes if n.op == "get_attr"})
+    for _ in range(16):                       # one loop folded per pass; stacked loops fold in turn
+        found = [c for c in _candidates(ep.graph) if c[0].meta["val"].dtype.is_floating_point is False
+                 or c[1] != c[0].meta["val"].dim() - 1]
+        if not found:
+            return
+        try:
+            _fold(ep, *found[0], {n: t for n, (_, t) in params.items()}, {n: q for n, (q, _) in params.items()})
+        except McuNnError as e:
+            raise McuNnError(f"{label}: {e}") from None
+
+
+def _module_path(core: list[Node], names: dict[Node, str]) -> str:
+    for n in core:
+        stack = n.meta.get("nn_module_stack") or {}
+        if stack and list(stack.values())[-1][0]:
+            return list(stack.values())[-1][0]
+    read = [names[a] for n in core for a in n.all_input_nodes if a in names and "." in names[a]]
+    return Counter(q.rsplit(".", 1)[0] for q in read).most_common(1)[0][0] if read else "loop"
+
+
+def _fold(ep, seq: Node, dim: int, xs: list[list[Node]], params: dict, names: dict) -> None:
+    graph = ep.graph
+    consts = _outer_consts(graph, params)
+    loop = _structure(graph, seq, dim, xs, consts)
+    core0 = _core(loop.copies[0], [loop.copies[0][p] for p in loop.out_pos])
+    path = _module_path(core0, names)
+    try:
+        steps = [_step_cell(loop, t, consts) for t in range(len(xs))]
+    except _NotCell as e:
+        raise McuNnError(f"a hand-written recurrence in '{path}' whose step is not an LSTM/GRU/RNN cell ({e}); "
+                         f"{GENERIC}") from None
+    cell = steps[0][0]
+    for t, (c, outs, _) in enumerate(steps):
+        same = c.kind == cell.kind and (c.h, c.c, c.outs) == (cell.h, cell.c, cell.outs) and all(
+            np.array_equal(getattr(c, w), getattr(cell, w)) for w in ("w_ih", "w_hh", "b_ih", "b_hh"))
+        if not same:
+            raise McuNnError(f"the loop in '{path}' does not compute the same cell at every step (step {t} "
+                             "differs); a loop whose steps differ is not a recurrence")
+        if t + 1 < len(steps):
+            nxt = loop.state_in[t + 1]
+            for role, leaf in (("h", c.h), ("c", c.c)):
+                if leaf and outs[c.outs[role]] is not nxt[int(leaf[1])]:
+                    raise McuNnError(f"the loop in '{path}' does not hand {role} of step {t} to step {t + 1}")
+    h_nodes = [outs[cell.outs["h"]] for _, outs, _ in steps]
+    c_nodes = [outs[cell.outs["c"]] for _, outs, _ in steps] if cell.c else []
+    init = [loop.state_in[0][int(cell.h[1])]] + ([loop.state_in[0][int(cell.c[1])]] if cell.c else [])
+    _rewrite(ep, loop, cell, path, h_nodes, c_nodes, init, consts)
+
+
+def _rewrite(ep, loop: _Loop, cell: _Cell, path: str, h_nodes: list[Node], c_nodes: list[Node],
+             init: list[Node], consts: dict) -> None:
+    graph, gm = ep.graph, ep.graph_module
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    anchor = max([loop.seq, *init], key=order.__getitem__)
+    stem = path.replace(".", "_") + "_loop"
+    h_val = h_nodes[-1].meta["val"]
+    dtype = h_val.dtype
+
+    def attr(name: str, arr: np.ndarray) -> Node:
+        nonlocal anchor
+        t = torch.tensor(arr, dtype=torch.float32)
+        setattr(gm, f"{stem}_{name}", t)
+        with graph.inserting_after(anchor):
+            anchor = graph.get_attr(f"{stem}_{name}")
+        anchor.meta["val"] = t
+        return anchor
+
+    def call(target, args: tuple, val: Any) -> Node:
+        nonlocal anchor
+        with graph.inserting_after(anchor):
+            anchor = graph.call_function(target, args)
+        anchor.meta["val"] = val
+        anchor.meta["nn_module_stack"] = {"loop": (path, "HandWrittenLoop")}
+        return anchor
+
+    biased = bool(cell.b_ih.any() or cell.b_hh.any())
+    weights = [attr("weight_ih_l0", cell.w_ih), attr("weight_hh_l0", cell.w_hh)]
+    if biased:
+        weights += [attr("bias_ih_l0", cell.b_ih), attr("bias_hh_l0", cell.b_hh)]
+    batch_first = loop.dim == 1
+    seq_shape = tuple(loop.seq.meta["val"].shape)
+    out_val = torch.zeros(seq_shape[:-1] + (cell.w_hh.shape[1],), dtype=dtype)
+    hx = init if cell.kind == "lstm" else init[0]
+    rnn = call(RNN_TARGETS[cell.kind], (loop.seq, hx, weights, biased, 1, 0.0, False, False, batch_first),
+               (out_val,) + (torch.zeros(h_val.shape, dtype=dtype),) * (2 if cell.c else 1))
+    seq_out = call(operator.getitem, (rnn, 0), out_val)
+    finals = [call(operator.getitem, (rnn, 1), torch.zeros(h_val.shape, dtype=dtype))]
+    if cell.c:
+        finals.append(call(operator.getitem, (rnn, 2), torch.zeros(h_val.shape, dtype=dtype)))
+    in_loop = {n for c in loop.copies for n in c}
+    _collect(loop, h_nodes, seq_out, call, attr, consts, in_loop)
+    for last, final in zip([h_nodes[-1]] + c_nodes[-1:], finals):
+        last.replace_all_uses_with(final, delete_user_cb=lambda u: u not in in_loop)
+    graph.eliminate_dead_code()
+    left = in_loop & set(graph.nodes)
+    if left:
+        raise McuNnError(f"a per-step value of the loop in '{path}' ({next(iter(left)).name}) is used other than "
+                         "stacked over time (torch.stack) or as the final state; unsupported")
+
+
+def _collect(loop: _Loop, h_nodes: list[Node], seq_out: Node, call, attr, consts: dict, in_loop: set) -> None:
+    """torch.stack of the per-step h (or of one affine map of it, d2l's per-step output layer)
+    -> the recurrent op's output sequence."""
+    time_axis = 1 if loop.dim == 1 else 0
+    for n in list(seq_out.graph.nodes):
+        if n in in_loop or n.op == "output" or not n.args or not isinstance(n.args[0], (list, tuple)) or \
+                not any(a in in_loop for a in n.args[0] if isinstance(a, Node)):
+            continue
+        items = list(n.args[0])
+        if str(n.target) != "aten.stack.default" or len(items) != len(h_nodes):
+            raise McuNnError(f"the loop's per-step values are combined by {n.target}; only torch.stack over "
+                             "time is supported")
+        y = seq_out
+        if items != h_nodes:
+            w, b = _step_map(loop, items, h_nodes, consts)
+            y = call(torch.ops.aten.linear.default, (seq_out, attr(f"{n.name}_weight", w), attr(f"{n.name}_bias", b)),
+                     torch.zeros(tuple(seq_out.meta["val"].shape[:-1]) + (w.shape[0],), dtype=seq_out.meta["val"].dtype))
+        axis = (n.args[1] if len(n.args) > 1 else 0) % (y.meta["val"].dim())
+        if axis != time_axis:
+            shape = list(y.meta["val"].shape)
+            shape[0], shape[1] = shape[1], shape[0]
+            y = call(torch.ops.aten.transpose.int, (y, 0, 1), torch.zeros(shape, dtype=y.meta["val"].dtype))
+        n.replace_all_uses_with(y)
+
+
+def _step_map(loop: _Loop, items: list[Node], h_nodes: list[Node], consts: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of y_t = W h_t + b, the same at every step, else McuNnError."""
+    found = None
+    for t, (y, h) in enumerate(zip(items, h_nodes)):
+        e = _Eval(consts)
+        e.vals[h] = _leaf("h", int(h.meta["val"].shape[-1]))
+        try:
+            for n in _core(loop.copies[t], [y], (h,)):
+                if n not in e.vals:
+                    e.node(n)
+        except _NotCell:
+            e.vals[y] = None
+        v = e.vals.get(y)
+        if not isinstance(v, _Aff) or set(v.terms) != {"h"}:
+            raise McuNnError("the loop's stacked per-step outputs are neither h nor an affine map (Linear, "
+                             "matmul + bias) of h; unsupported")
+        if found is not None and not (np.array_equal(found[0], v.terms["h"]) and np.array_equal(found[1], v.bias)):
+            raise McuNnError("the loop's per-step output layer differs between steps")
+        found = (v.terms["h"], v.bias)
+    return found

@@ -21,15 +21,13 @@ from mcu_nn.quant import metrics
 from mcu_nn.verify import verify
 from realzoo import CASES, save
 
-# not yet: issue 9 (hand-written cells fold in the loops work) and the repeat of an unbatched vector
+# not yet: issue 9's generic step graph and stacked cells, the repeat of an unbatched vector
 SKIP = {
     "peephole_lstm": "issue 9: a cell whose gates read c needs the generic integer step graph",
     "coupled_gate_lstm": "issue 9: a coupled-gate cell needs the generic integer step graph",
     "mgu_min_gru": "issue 9: a single-gate cell needs the generic integer step graph",
-    "gru_cell_loop": "issue 9: hand-written loops (folding onto fused kernels)",
-    "chunk_lstm_one_linear": "issue 9: hand-written loops (folding onto fused kernels)",
-    "textbook_gru_linear": "issue 9: hand-written loops (folding onto fused kernels)",
-    "examples_lstmcell_sine": "issue 9: hand-written loops (folding onto fused kernels)",
+    "textbook_gru_linear": "issue 9: tanh(W x + U(r * h)) is not nn.GRU's r * (U h): generic step graph",
+    "examples_lstmcell_sine": "issue 9: two stacked LSTMCells in one loop over an (N, T) input, joined by cat",
     "curiousily_lstm_autoencoder": "x.repeat(seq_len, n_features) of an unbatched latent: not yet recognised",
     "gru_last_k_steps": "out[:, -k:] flattened into one vector (time mixed into features): not yet supported",
 }

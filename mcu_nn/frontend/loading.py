@@ -168,7 +168,7 @@ def _with_layout(path: Path, input_shape: Optional[tuple[int, ...]], convert, st
     (``convert(example, batched)``)."""
     try:
         ep = convert(_examples(path, input_shape, True), True)
-        if first_rnn_batch_first(ep) is False:
+        if first_rnn_batch_first(ep) is False and _rnn_read_one_step(ep, input_shape):
             ep = convert(_examples(path, input_shape, False), True)
         yield ep
     except McuNnError as e:
@@ -178,6 +178,19 @@ def _with_layout(path: Path, input_shape: Optional[tuple[int, ...]], convert, st
         yield convert(_examples(path, input_shape, True, batched=False), False)
     except McuNnError as e:
         yield e
+
+
+def _rnn_read_one_step(ep: torch.export.ExportedProgram, input_shape: Optional[tuple[int, ...]]) -> bool:
+    """The first (time-major) RNN saw the (1, T, F) example as one step of T sequences. Not so
+    when the model turns its input time-major itself (d2l.ai's ``inputs.T``)."""
+    steps = input_shape[0] if input_shape else None
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and str(node.target) in (
+                "aten.lstm.input", "aten.gru.input", "aten.rnn_tanh.input", "aten.rnn_relu.input"):
+            val = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
+            shape = tuple(val.shape) if isinstance(val, torch.Tensor) else ()
+            return not (len(shape) == 3 and shape[0] == steps and steps != 1)
+    return True
 
 
 def _time_major(path: Path, input_shape: Optional[tuple[int, ...]], convert) -> Candidate:

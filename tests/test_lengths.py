@@ -79,3 +79,30 @@ def test_ragged_vectors_on_the_host_board(ragged, tmp_path):
     r = serial_test(tmp_path / "e", board="host", log=lambda s: None, progress=False)
     assert r.ok and r.passed == 8, r.first_mismatch
     assert r.outputs.shape == (8, 10, 4)
+
+
+@pytest.mark.parametrize("name", ["packed_lstm_hn", "packed_gru_pad_packed"])
+def test_packed_sequence_models_run_each_sequence_for_its_length(name, tmp_path):
+    """pack_padded_sequence models, pickled as their projects save them: each test vector runs its
+    own length on the chip, as PyTorch's packed batch computes it."""
+    import warnings
+
+    from realzoo import BY_NAME, save
+    case = BY_NAME[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f = save(case, "pickle", tmp_path / "m.pt")
+    cal = case.calib(32, 0)
+    np.savez(tmp_path / "calib.npz", x=cal["x"], lengths=cal["lengths"])
+    r = export_model(f, tmp_path / "e", precision="float32", calib=str(tmp_path / "calib.npz"),
+                     input_shape=cal["x"].shape[1:], allow_pickle=True, log=lambda s: None)
+    assert verify(tmp_path / "e", cross=False, log=lambda s: None).ok
+    held = case.heldout(6, 0)
+    from mcu_nn.export import quantised_outputs
+    model = case.build()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(held["x"]), torch.from_numpy(held["lengths"])).numpy()
+    for i, n in enumerate(held["lengths"]):
+        got = np.asarray(quantised_outputs(r.qmodel, held["x"][i:i + 1, :n])[0])
+        want = ref[i, :n] if got.ndim == 2 else ref[i]
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-5), (i, int(n))

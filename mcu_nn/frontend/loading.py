@@ -8,6 +8,7 @@ meet torch, so exceptions are caught broadly here.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import pickle
 import warnings
@@ -31,7 +32,7 @@ _FOREIGN_EXT = {".onnx": "an ONNX model", ".h5": "a Keras/HDF5 model", ".keras":
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
     """torch.export and the TorchScript converter log and warn about internals the user cannot act on."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):   # converters print graphs
         warnings.simplefilter("ignore")
         previous = logging.root.manager.disable
         logging.disable(logging.CRITICAL)            # torch logs tracebacks at ERROR while it retries
@@ -248,8 +249,51 @@ def _torch_reason(e: BaseException) -> str:
 
 
 RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-PACKED = ("; forward packs its input (pack_padded_sequence), whose data-dependent sizes torch cannot convert, "
-          "and mcu-nn does not fold packing away yet: call the recurrent module on the padded sequence instead")
+PACKED = ("; forward packs its input (pack_padded_sequence), whose data-dependent sizes torch cannot convert "
+          "from TorchScript: save the whole module with torch.save(model) and pass --allow-pickle (mcu-nn folds "
+          "packing away there), or call the recurrent module on the padded sequence")
+
+
+@contextlib.contextmanager
+def _packing_folded(model: torch.nn.Module) -> Iterator[None]:
+    """While tracing a pickled module, pack_padded_sequence passes the padded tensor through and
+    pad_packed_sequence hands it back: the chip runs one sequence at a time for its own number of
+    steps, which is what packing a batch of one full-length sequence computes. (torch.export
+    cannot trace packing itself: its sizes depend on the data.) Names are patched where forward
+    looks them up: the model modules' globals and torch.nn.utils.rnn."""
+    import sys
+    import torch.nn.utils.rnn as rnn_utils
+    pack, pad = rnn_utils.pack_padded_sequence, rnn_utils.pad_packed_sequence
+
+    def pack_through(input, lengths, batch_first=False, enforce_sorted=True):  # noqa: A002 (torch's names)
+        return input
+
+    def pad_back(sequence, batch_first=False, padding_value=0.0, total_length=None):
+        if isinstance(sequence, rnn_utils.PackedSequence):
+            return pad(sequence, batch_first, padding_value, total_length)
+        steps = sequence.shape[1 if batch_first else 0]
+        batch = sequence.shape[0 if batch_first else 1]
+        if total_length is not None and total_length != steps:
+            raise McuNnError(f"pad_packed_sequence(total_length={total_length}) of a {steps}-step example: pass "
+                             f"--input-shape {total_length},... so the example has total_length steps")
+        return sequence, torch.full((batch,), steps, dtype=torch.int64)
+
+    spaces = {id(rnn_utils.__dict__): rnn_utils.__dict__}
+    for m in model.modules():
+        mod = sys.modules.get(type(m).__module__)
+        if mod is not None:
+            spaces[id(mod.__dict__)] = mod.__dict__
+    saved = []
+    for ns in spaces.values():
+        for key, fn in list(ns.items()):
+            if fn is pack or fn is pad:
+                saved.append((ns, key, fn))
+                ns[key] = pack_through if fn is pack else pad_back
+    try:
+        yield
+    finally:
+        for ns, key, fn in saved:
+            ns[key] = fn
 
 
 def _packs(model: torch.nn.Module) -> bool:
@@ -350,7 +394,7 @@ def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int
 
     def convert(example: torch.Tensor, batched: bool) -> torch.export.ExportedProgram:
         try:
-            with quiet():
+            with quiet(), _packing_folded(model):
                 return torch.export.export(model, (example, *_unbatch(extras, batched)))
         except Exception as e:
             raise McuNnError(f"{path}: {said}torch.export cannot trace {type(model).__name__}.forward "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -13,8 +12,7 @@ from mcu_nn.errors import McuNnError
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 
-qemu = pytest.mark.skipif(not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
-                          reason="needs qemu-system-arm and arm-none-eabi-gcc")
+qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 KEYS = ["instructions_per_step", "macs_per_step", "instructions_per_mac", "flash_bytes", "ram_bytes", "board"]
 
 

@@ -15,6 +15,7 @@ import qmodels as Q
 from mcu_nn.codegen import write_export
 from mcu_nn.errors import McuNnError
 from mcu_nn.sim import run
+from mcu_nn.verify import verify
 
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 ARM = [["-mthumb", "-mcpu=cortex-m0plus"], ["-mthumb", "-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
@@ -179,3 +180,14 @@ def test_bad_prefix_is_one_line_error(tmp_path):
 def test_codegen_does_not_import_torch():
     code = "import sys, mcu_nn.codegen, mcu_nn.verify; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent).returncode == 0
+
+
+def test_prefix_containing_op_exports(tmp_path):
+    """Array sizes per layer come from each array's op index, not from splitting its C name on
+    "_op" (a model named my_op used to crash export)."""
+    g = Q.make_graph("gru", seq_len=4, name="my_op", head=("linear:3",), readout="last")
+    q = Q.quantize_graph(g, "int8")
+    x = Q.make_input(g, n=2)
+    m = write_export(q, tmp_path / "e", x, run(q, x))
+    assert m["name"] == "my_op" and all(layer["flash_bytes"] > 0 for layer in m["layers"] if layer["kind"] != "SelectLast")
+    assert verify(tmp_path / "e", cross=False, log=lambda s: None).ok

@@ -2,7 +2,6 @@
 board's pty), every test vector compared with the simulator, 0 differing bits."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -15,9 +14,7 @@ from mcu_nn.device import DeviceClient, Emulator, serial_test
 from mcu_nn.errors import McuNnError
 from mcu_nn.sim import run
 
-HAVE_QEMU = bool(shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc"))
-needs_qemu = pytest.mark.skipif(not HAVE_QEMU, reason="qemu-system-arm or arm-none-eabi-gcc missing "
-                                "(apt install qemu-system-arm gcc-arm-none-eabi libnewlib-arm-none-eabi)")
+needs_qemu = pytest.mark.qemu            # skipped without the emulator (tests/conftest.py)
 quiet = dict(log=lambda s: None, progress=False)
 
 

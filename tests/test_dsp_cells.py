@@ -5,7 +5,6 @@ pre-activations, extreme c, every cell_frac 0..15, GRU n_x/n_h over the full int
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from mcu_nn.codegen import render_runtime_header
 from mcu_nn.codegen.emit import environment
 from mcu_nn.quant import fixedpoint as fx
 
-pytestmark = pytest.mark.skipif(not (shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")),
-                                reason="needs arm-none-eabi-gcc and qemu-system-arm")
+pytestmark = pytest.mark.qemu            # skipped without the emulator (tests/conftest.py)
 
 N = 160
 EDGE16 = [-32768, -32767, -16384, -4097, -4096, -64, -63, -1, 0, 1, 63, 64, 4095, 4096, 16384, 32766, 32767]

@@ -3,7 +3,6 @@ board (sizes and symbols of the linked ELF), and clear errors."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -13,8 +12,7 @@ from mcu_nn.boards import BOARDS, describe_boards, get_board
 from mcu_nn.build import build_firmware, glue_header, is_up_to_date, load_manifest
 from mcu_nn.errors import McuNnError
 
-HAVE_ARM = shutil.which("arm-none-eabi-gcc") is not None
-arm = pytest.mark.skipif(not HAVE_ARM, reason="arm-none-eabi-gcc not installed (apt install gcc-arm-none-eabi)")
+arm = pytest.mark.arm                    # skipped without the cross compiler (tests/conftest.py)
 
 
 def test_unknown_board_lists_the_known_ones():

@@ -3,7 +3,6 @@ C on the emulated Cortex-M4 (QEMU mps2-an386), each bit-exact against the simula
 test vector, across cell kinds, weight widths, accumulator widths, shifts and odd sizes."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -18,8 +17,7 @@ from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
 
-HAVE_BOARD = bool(shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc"))
-qemu = pytest.mark.skipif(not HAVE_BOARD, reason="needs qemu-system-arm and arm-none-eabi-gcc")
+qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 
 
 def _unpack_dot(stream: np.ndarray, R: int, chunk: int, cols: list[int], xs: list[np.ndarray]) -> np.ndarray:

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mcu_nn.codegen.emit import render_runtime_header
 from mcu_nn.quant import fixedpoint as fp
 
-RUNTIME = Path(__file__).resolve().parent.parent / "mcu_nn" / "runtime" / "mcunn_fixedpoint.h"
+RUNTIME_TEXT = render_runtime_header()      # rendered here: the package ships only the template
 ALL16 = np.arange(-32768, 32768, dtype=np.int64)
 RNG = np.random.default_rng(4321)
 LOG2E = 1.0 / math.log(2.0)
@@ -124,10 +125,11 @@ def prog(tmp_path_factory) -> Path:
     if not cc:
         pytest.skip("no host C compiler")
     d = tmp_path_factory.mktemp("ops")
+    (d / "mcunn_fixedpoint.h").write_text(RUNTIME_TEXT)
     (d / "ops.c").write_text(PROGRAM)
     exe = d / "ops"
     subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
-                    "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-I", str(RUNTIME.parent),
+                    "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-I", str(d),
                     str(d / "ops.c"), "-o", str(exe)], check=True)
     return exe
 
@@ -147,7 +149,7 @@ def c_eval(exe: Path, mode: str, *cols, nout: int = 1) -> np.ndarray:
 
 
 def _table_in_header(name: str, length: str) -> np.ndarray:
-    body = RUNTIME.read_text().split(f"{name}[{length}] = {{", 1)[1].split("};", 1)[0]
+    body = RUNTIME_TEXT.split(f"{name}[{length}] = {{", 1)[1].split("};", 1)[0]
     return np.array([int(v) for v in body.replace("\n", " ").split(",") if v.strip()])
 
 

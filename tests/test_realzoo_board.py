@@ -3,7 +3,6 @@ DSP kernels): export int8, build the firmware, serial-test over the emulated UAR
 output bit-exact with the simulator (RUN and, for streaming models, STEP)."""
 from __future__ import annotations
 
-import shutil
 import warnings
 
 import numpy as np
@@ -13,9 +12,7 @@ from mcu_nn.device import serial_test
 from mcu_nn.export import export_model
 from realzoo import BY_NAME, save
 
-pytestmark = [pytest.mark.qemu, pytest.mark.skipif(
-    not (shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc")),
-    reason="needs qemu-system-arm and arm-none-eabi-gcc")]
+pytestmark = pytest.mark.qemu            # skipped without the emulator (tests/conftest.py)
 
 SUBSET = ["d2l_concise_gru",          # one-hot column pick, state in/out, per-step head on reshaped rows
           "kws_conv_gru",             # Conv1d + BatchNorm + MaxPool before a GRU (whole sequence)

@@ -68,7 +68,7 @@ def test_corrupted_expected_value_is_reported(tmp_path):
     r = verify(d, cross=False, allow_modified=True, log=lines.append)
     assert not r.ok and r.mismatches == 2   # once through model_run, once through model_step
     assert r.first_mismatch.startswith("vector 3, step 4, output 2: expected ")
-    assert any(ln.startswith(f"verify model: FAILED") for ln in lines)
+    assert any(ln.startswith("verify model: FAILED") for ln in lines)
 
 
 def test_cross_build_reports_sizes_and_keeps_export_pristine(tmp_path):

@@ -66,6 +66,7 @@ class Array:
     name: str
     values: np.ndarray
     align: bool = False                   # word-aligned (the SIMD kernels load it with LDM)
+    op: int = -1                          # index of the op it belongs to (its name is "<prefix>_op<k>_...")
 
     @property
     def dims(self) -> str:
@@ -171,7 +172,8 @@ class _Builder:
         if ctype in ("int8_t", "int16_t", "int32_t"):
             bits = {"int8_t": 8, "int16_t": 16, "int32_t": 32}[ctype]
             _check_int(values, -(1 << (bits - 1)) + (1 if ctype == "int32_t" else 0), (1 << (bits - 1)) - 1, what)
-        self.arrays.append(Array(ctype, full, values, align))
+        k = re.match(r"op(\d+)", name)         # names are op<k>_...: parsed before the prefix is added
+        self.arrays.append(Array(ctype, full, values, align, int(k.group(1)) if k else -1))
         return full
 
     def wtype(self, w: np.ndarray) -> str:

@@ -213,6 +213,5 @@ def _float_drift(q: QModel, x: np.ndarray, expected: np.ndarray,
 def _arrays_by_op(e) -> list[int]:
     sizes: dict[int, int] = {}
     for a in e.arrays:
-        k = int(a.name.split("_op", 1)[1].split("_")[0])
-        sizes[k] = sizes.get(k, 0) + a.nbytes
+        sizes[a.op] = sizes.get(a.op, 0) + a.nbytes
     return [sizes.get(layer["index"], 0) for layer in e.layers]

@@ -87,8 +87,18 @@ def _scalar(a: Any) -> bool:
     return isinstance(a, (int, float)) and not isinstance(a, bool)
 
 
+def _lifted_scalar(w, a: Any) -> Any:
+    """A one-element tensor constant (TorchScript lifts the 1 of 1 + |x| into one) as a number."""
+    v = w.vals.get(a) if isinstance(a, Node) else None
+    if v is not None and v.kind == "param" and v.tensor is not None and v.tensor.numel() == 1:
+        return float(v.tensor.reshape(-1)[0])
+    return a
+
+
 def _elementwise(w, node: Node, kind: str) -> bool:
     a_node, b_node = node.args[:2]
+    if kind == "add":
+        a_node, b_node = _lifted_scalar(w, a_node), _lifted_scalar(w, b_node)
     if kind == "add" and (_scalar(a_node) or _scalar(b_node)):      # 1 + |x| of softsign
         t, c = (b_node, a_node) if _scalar(a_node) else (a_node, b_node)
         v = w.val(t, node)

@@ -106,3 +106,22 @@ def test_packed_sequence_models_run_each_sequence_for_its_length(name, tmp_path)
         got = np.asarray(quantised_outputs(r.qmodel, held["x"][i:i + 1, :n])[0])
         want = ref[i, :n] if got.ndim == 2 else ref[i]
         assert np.allclose(got, want, rtol=1e-5, atol=1e-5), (i, int(n))
+
+
+def test_the_saved_length_is_only_the_example(tmp_path):
+    """A model exported with 10 steps (torch.export specialises an RNN's time axis even when it
+    is marked dynamic) is calibrated and verified on 20-step sequences: the C runs any length."""
+    torch.manual_seed(2)
+    m = Tagger().eval()
+    ep = torch.export.export(m, (torch.zeros(1, 10, 3),), dynamic_shapes=({1: torch.export.Dim.AUTO},))
+    torch.export.save(ep, tmp_path / "m.pt2")
+    x = np.random.default_rng(0).standard_normal((16, 20, 3)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    r = export_model(tmp_path / "m.pt2", tmp_path / "e", precision="float32", calib=str(tmp_path / "calib.npz"),
+                     log=lambda s: None)
+    assert open_export(tmp_path / "e").vectors["input_q"].shape[1] == 20
+    assert verify(tmp_path / "e", cross=False, log=lambda s: None).ok
+    from mcu_nn.export import quantised_outputs
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x[:2])).numpy()
+    assert np.allclose(quantised_outputs(r.qmodel, x[:2]), ref, rtol=1e-5, atol=1e-5)

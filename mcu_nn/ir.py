@@ -115,8 +115,28 @@ class FinalHidden:
 Op = Union[Embedding, Recurrent, Linear, Activation, SelectLast, FinalHidden]   # + the float types of mcu_nn/ops units
 
 
+class _Named:
+    """What Graph and QModel share: chains wired by name, and the names of the model's inputs and
+    outputs (empty ``inputs``/``outputs`` mean the sequence alone / the last op's first output).
+    Not a dataclass: the subclasses declare the fields."""
+    ops: list
+    inputs: list[str]
+    outputs: list[str]
+
+    def __post_init__(self) -> None:
+        wire_chain(self.ops)
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.inputs or [INPUT]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.outputs or ([self.ops[-1].outputs[0]] if self.ops else [INPUT])
+
+
 @dataclass
-class Graph:
+class Graph(_Named):
     name: str
     input_kind: Literal["float", "tokens"]
     input_size: int                       # features F (float) or vocabulary V (tokens)
@@ -129,16 +149,6 @@ class Graph:
     # empty = only the main output, the first output of the last op
     layout: dict = field(default_factory=dict)   # the model's own axes for mcu-nn's data, see MODEL_LAYOUT
 
-    def __post_init__(self) -> None:
-        wire_chain(self.ops)
-
-    @property
-    def input_names(self) -> list[str]:
-        return self.inputs or [INPUT]
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.outputs or ([self.ops[-1].outputs[0]] if self.ops else [INPUT])
 
     @property
     def output_per_step(self) -> bool:
@@ -441,7 +451,7 @@ QOp = Union[QEmbedding, QRecurrent, QLinear, QActivation, SelectLast, FinalHidde
 
 
 @dataclass
-class QModel:
+class QModel(_Named):
     name: str
     precision: Literal["int8", "int16", "float32"]
     input_kind: Literal["float", "tokens"]
@@ -458,13 +468,3 @@ class QModel:
     inputs: list[str] = field(default_factory=list)   # as Graph.inputs
     outputs: list[str] = field(default_factory=list)  # as Graph.outputs
 
-    def __post_init__(self) -> None:
-        wire_chain(self.ops)
-
-    @property
-    def input_names(self) -> list[str]:
-        return self.inputs or [INPUT]
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.outputs or ([self.ops[-1].outputs[0]] if self.ops else [INPUT])

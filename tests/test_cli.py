@@ -14,23 +14,7 @@ import torch
 
 import zoo
 
-CLI = [sys.executable, "-m", "mcu_nn"]
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-
-
-def mcu_nn(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env=ENV)
-
-
-def one_error_line(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode != 0, r.stdout
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("mcu-nn: error: "), lines[0]
-    assert "Traceback" not in r.stderr
-    return lines[0]
+from clitools import CLI, ENV, ROOT, mcu_nn, one_error_line  # noqa: F401 (the CLI as a user runs it)
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,12 @@ def main() -> int:
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
     only = set(filter(None, a.only.split(",")))
-    rows = ["| case | issue | format | result |", "|---|---|---|---|"]
+    rows = [f"# The real-world zoo through export and verify ({a.precision})", "",
+            "`python scripts/zoo_pipeline.py` (tests/realzoo; every case in every format PyTorch saves it in). "
+            "OK: exported, and the host C equals the simulator bit for bit; the dB figure is the quantised "
+            "model against the float one on the calibration data. The PyTorch comparison is in "
+            "tests/test_realzoo_export.py and tests/test_signatures*.py.", "",
+            "| case | issue | format | result |", "|---|---|---|---|"]
     ok = total = 0
     t0 = time.time()
     for case in CASES:

@@ -29,7 +29,6 @@ SKIP = {
     "textbook_gru_linear": "issue 9: tanh(W x + U(r * h)) is not nn.GRU's r * (U h): generic step graph",
     "examples_lstmcell_sine": "issue 9: two stacked LSTMCells in one loop over an (N, T) input, joined by cat",
     "curiousily_lstm_autoencoder": "x.repeat(seq_len, n_features) of an unbatched latent: not yet recognised",
-    "gru_last_k_steps": "out[:, -k:] flattened into one vector (time mixed into features): not yet supported",
 }
 SINGLE = [c for c in CASES if c.input_names == ("x",) and "pt2" in c.formats]
 FLOOR = {"int8": 40.0, "int16": 60.0}

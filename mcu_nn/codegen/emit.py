@@ -19,7 +19,7 @@ from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbe
                   QMatrix, QModel, QRecurrent, Recurrent, SelectLast, producers, state_slots, tensors,
                   whole_sequence)
 from ..ops.conv1d import Conv1d, QConv1d
-from ..ops.pooling import TimePool, TimeReduce, TimeSelect, TimeSlice
+from ..ops.pooling import TimeFlatten, TimePool, TimeReduce, TimeSelect, TimeSlice
 from ..ops.repeat import Repeat
 from ..ops.attention import AttentionPool
 from . import schedule
@@ -404,7 +404,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
             b.unit_info[k] = ctx.info
         elif hasattr(op, "template"):        # an op of mcu_nn.ops with a kernel
             macs = b.time_op(k, op, shapes)
-        elif not isinstance(op, (SelectLast, TimeSelect, TimeSlice, Repeat)):
+        elif not isinstance(op, (SelectLast, TimeSelect, TimeSlice, TimeFlatten, Repeat)):
             raise McuNnError(f"codegen: unsupported op {type(op).__name__} in model {q.name!r}")
         size = shapes[op.outputs[0]].size
         dims.append(size)

@@ -23,7 +23,7 @@ from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbe
 from ..ops import unit_of
 from ..ops.attention import AttentionPool
 from ..ops.conv1d import Conv1d, QConv1d
-from ..ops.pooling import TimePool, TimeReduce, TimeSelect, TimeSlice
+from ..ops.pooling import TimeFlatten, TimePool, TimeReduce, TimeSelect, TimeSlice
 from ..ops.repeat import Repeat
 
 MAPS = (QEmbedding, Embedding, QLinear, Linear, QActivation, Activation)
@@ -69,6 +69,7 @@ def _why(q) -> str:
             if is_rec(op):
                 return "a bidirectional layer needs the whole sequence before its reverse direction can start"
             what = {TimePool: "a pooling window reads later steps", TimeSlice: "a time slice counts from the end",
+                    TimeFlatten: "steps flattened into one vector are all needed at once",
                     TimeSelect: "out[:, i] with i < -1 counts from the end",
                     Repeat: "a vector repeated over the steps exists only after the whole input"}
             for cls, text in what.items():
@@ -294,6 +295,10 @@ def _whole(q, p, vt, fp_, member, in_size, hnew, maxdim, shapes, made, sch: Sche
             seq.append(f"const long n{k} = e{k} > a{k} ? e{k} - a{k} : 0;")
             base[name], stride[name] = base[ins[0]], stride[ins[0]]
             loc[name] = f"({cur} + a{k} * {stride[ins[0]]})"
+        elif isinstance(op, TimeFlatten):
+            isz = shapes[ins[0]].size
+            seq.append(f"{{ long i; int j; for (i = 0; i < {op.steps}; ++i) for (j = 0; j < {isz}; ++j) "
+                       f"{loc[name]}[i * {isz} + j] = i < {n_in} ? {cur}[i * {stride[ins[0]]} + j] : 0; }}")
         elif isinstance(op, Repeat):
             seq.append(f"for (t = 0; t < (size_t){nexpr[ins[1]]}; ++t) "
                        f"{_copy(f'({loc[name]} + t * {od})', cur, od)}")

@@ -15,7 +15,7 @@ from torch.fx import Node
 from .. import ir
 from ..ops.attention import AttentionPool
 from ..ops.conv1d import Conv1d, fold_batchnorm
-from ..ops.pooling import TimePool, TimeReduce, TimeSelect, TimeSlice
+from ..ops.pooling import TimeFlatten, TimePool, TimeReduce, TimeSelect, TimeSlice
 from ..ops.repeat import Repeat
 
 SUPPORTED = ("Conv1d (+ BatchNorm1d, F.pad of time), MaxPool1d/AvgPool1d, mean/max/sum over time, out[:, i], "
@@ -183,6 +183,22 @@ def time_select(w, node: Node, x, index: int) -> None:
     else:
         w.emit(TimeSelect(int(index), source=w.source(node)), x)
     w.vals[node] = _Val("vec", len(w.ops))
+
+
+def flatten_steps(w, node: Node, x, old: tuple, new: tuple) -> bool:
+    """``out[:, -k:].reshape(N, -1)``: a time slice of a fixed k steps (it does not depend on the
+    run's length) flattened into one vector per sequence."""
+    from .walker import _Val
+    src = w.ops[x.version - 1] if x.version and x.version == len(w.ops) else None
+    if not isinstance(src, TimeSlice) or x.cf or x.time_dim != 1 or len(old) != 3 or len(new) != 2:
+        return False
+    fixed = (src.start is not None and src.start < 0 and src.stop is None) or \
+        (src.start is not None and src.stop is not None and 0 <= src.start < src.stop)
+    if not fixed or new != (old[0], old[1] * old[2]):
+        return False
+    w.emit(TimeFlatten(int(old[1]), source=w.source(node)), x)
+    w.vals[node] = _Val("vec", len(w.ops))
+    return True
 
 
 def time_slice(w, node: Node, dim: int, start, end, step) -> bool:

@@ -641,6 +641,8 @@ class Walker:
                 [d for d in old[1:] if d != 1] == [d for d in new[1:] if d != 1]:   # (N, C, 1) <-> (N, C)
             self.vals[node] = x
             return
+        if x.kind == "seq" and time_ops.flatten_steps(self, node, x, old, new):
+            return
         if x.kind == "seq" and new and new[-1] != old[-1] and old[x.time_dim] > 1 and len(new) < len(old):
             raise self.fail(f"{_opname(node)}{self.where(node)} flattens {list(old)} into {list(new)}, mixing the "
                             "time axis with the features; unsupported: read out one step first (out[:, -1]) or "

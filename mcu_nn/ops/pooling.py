@@ -137,6 +137,33 @@ class TimeSelect:
 
 
 @dataclass
+class TimeFlatten:
+    """``x.reshape(N, k * F)`` of a sequence of a fixed k steps (``out[:, -k:]``, ``out[:, a:a+k]``):
+    the steps side by side in one vector, in time order. A run with fewer steps leaves the
+    missing ones 0 (PyTorch would refuse such a reshape)."""
+    steps: int
+    source: str = ""
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    bidirectional = True                  # whole sequence only
+
+    def outs(self, xs: list) -> list[tuple[int, bool, float]]:
+        return [(xs[0].size * self.steps, False, xs[0].scale)]
+
+    def run_float(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        x = xs[0]
+        k = min(self.steps, x.shape[1])
+        out = np.zeros((x.shape[0], self.steps * x.shape[2]), x.dtype)
+        out[:, :k * x.shape[2]] = x[:, :k].reshape(x.shape[0], -1)
+        return [out]
+
+    run_int = run_float
+
+    def quantize(self, in_scales: list[float], stats: dict, key: str, precision: str, where: str) -> "TimeFlatten":
+        return self
+
+
+@dataclass
 class TimeSlice:
     """``out[:, start:stop]`` of the time axis (Python slice semantics, step 1)."""
     start: Optional[int]

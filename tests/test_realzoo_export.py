@@ -21,14 +21,13 @@ from mcu_nn.quant import metrics
 from mcu_nn.verify import verify
 from realzoo import CASES, save
 
-# not yet: issue 9's generic step graph and stacked cells, the repeat of an unbatched vector
+# not yet: issue 9's generic step graph and stacked cells
 SKIP = {
     "peephole_lstm": "issue 9: a cell whose gates read c needs the generic integer step graph",
     "coupled_gate_lstm": "issue 9: a coupled-gate cell needs the generic integer step graph",
     "mgu_min_gru": "issue 9: a single-gate cell needs the generic integer step graph",
     "textbook_gru_linear": "issue 9: tanh(W x + U(r * h)) is not nn.GRU's r * (U h): generic step graph",
     "examples_lstmcell_sine": "issue 9: two stacked LSTMCells in one loop over an (N, T) input, joined by cat",
-    "curiousily_lstm_autoencoder": "x.repeat(seq_len, n_features) of an unbatched latent: not yet recognised",
 }
 SINGLE = [c for c in CASES if c.input_names == ("x",) and "pt2" in c.formats]
 FLOOR = {"int8": 40.0, "int16": 60.0}

@@ -266,6 +266,14 @@ def _repeat(w, node: Node) -> None:
     x = w.data(node.args[0], node)
     shape = _shape(node)
     steps = w.res.seq_len
+    reps = list(node.args[1]) if len(node.args) > 1 and isinstance(node.args[1], (list, tuple)) else []
+    if x.kind == "vec" and len(shape) == 2 and shape[0] == steps and reps == [steps, 1] \
+            and _shape(node.args[0])[0] == 1:
+        # one unbatched vector (1, H) repeated into (T, H): x.repeat(seq_len, 1) of curiousily's
+        # LSTM autoencoder, an unbatched sequence from here on
+        w.emit(Repeat(source=w.source(node), inputs=[_name(w, x), ir.INPUT]))
+        w.vals[node] = _Val("seq", len(w.ops), time_dim=0)
+        return
     if x.kind != "vec" or len(shape) != 3 or shape[1] != steps:
         raise w.fail(f"{node.target}{w.where(node)}: only a per-sequence vector (N, 1, H) repeated over the "
                      f"input's {steps} time steps (z.unsqueeze(1).repeat(1, T, 1)) is supported")

@@ -167,8 +167,8 @@ def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expecte
     if first:
         log("first mismatch: " + first)
     if precision != "float32":
-        log(saturation_line(manifest, "test_vectors", f"on these {n} vectors (simulator)"
-                            + ("; the board computed the same bits" if passed == n else "")))
+        log(saturation_line(manifest, "test_vectors", f"on these {n} vectors (simulator"
+                            + (" and board alike)" if passed == n else ")")))
     if mean is not None:
         log(f"{unit} per step: mean {mean:,.0f}, max {mx:,.0f}")
     log(f"link: {client.bytes_sent + client.bytes_received:,} bytes at {bps:,.0f} B/s"

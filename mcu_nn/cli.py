@@ -78,12 +78,16 @@ def _parser() -> argparse.ArgumentParser:
             "how closely the quantised model follows the float one on the calibration data.",
             "mcu-nn export har.pt2 -o build/har --precision int8 --calib calib.npz --name har")
     _add_model_args(p)
-    p.add_argument("-o", "--out", required=True, metavar="DIR", help="export directory (created)")
+    p.add_argument("-o", "--out", required=True, metavar="DIR",
+                   help="export directory: created, or replaced whole if it holds an earlier export of the same "
+                        "name (written to a temporary folder and renamed, so an interrupted export leaves none)")
     p.add_argument("--precision", choices=["int8", "int16", "float32"], default="int8",
                    help="int8: 8-bit weights, 16-bit activations (smallest); int16: 16-bit weights; "
                         "float32: for parts with an FPU (default: int8)")
     p.add_argument("--calib", metavar="FILE",
-                   help="calibration inputs, N×T×F (.npz/.npy/.pt; token ids N×T for embedding models); "
+                   help="calibration inputs, N×T×F (.npz/.npy/.pt; token ids N×T for embedding models), in "
+                        "time order if the data trends; sequences of different lengths: .npz with 'x' "
+                        "zero-padded plus 'lengths', or one array per sequence (np.savez(f, *seqs)). "
                         "'random' uses random data and warns. Required for int8/int16.")
     p.add_argument("--name", help="C prefix of the generated API (default: the file name)")
     p.add_argument("--weight-layout", choices=["packed", "wide"], default="packed",

@@ -81,22 +81,18 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
 
 
 def saturation_counts(q: QModel, x: np.ndarray, lengths: Optional[np.ndarray] = None) -> dict:
-    """Where the simulator clips on the test vectors (verify and serial-test report it)."""
+    """Where the simulator clips on ``x`` (each sequence run for its length only); summed over
+    the groups of equally long sequences. Verify and serial-test report it."""
+    from ..quant.calibrate import CalibrationSet
     from ..sim.int_sim import saturation
-    if lengths is None:
-        return saturation(q, np.asarray(x))
+    x = np.asarray(x)
     total: dict = {}
-    for idx, n in _groups(lengths):
-        for site, e in saturation(q, np.asarray(x)[idx, :n]).items():
+    for idx, n in CalibrationSet(x, lengths).sequences_by_length():
+        for site, e in saturation(q, x[idx, :n]).items():
             t = total.setdefault(site, {"clipped": 0, "values": 0, "source": e["source"]})
             t["clipped"] += e["clipped"]
             t["values"] += e["values"]
     return total
-
-
-def _groups(lengths: np.ndarray):
-    for n in np.unique(lengths):
-        yield np.flatnonzero(lengths == n), int(n)
 
 
 def run_padded(fn, x: np.ndarray, lengths: Optional[np.ndarray], per_step: bool) -> np.ndarray:
@@ -105,9 +101,9 @@ def run_padded(fn, x: np.ndarray, lengths: Optional[np.ndarray], per_step: bool)
     outputs are zero after each sequence's length."""
     if lengths is None or np.all(np.asarray(lengths) == x.shape[1]):
         return fn(x)
-    lengths = np.asarray(lengths, np.int64)
+    from ..quant.calibrate import CalibrationSet
     out = None
-    for idx, n in _groups(lengths):
+    for idx, n in CalibrationSet(x, np.asarray(lengths, np.int64)).sequences_by_length():
         y = np.asarray(fn(x[idx, :n]))
         if out is None:
             shape = (x.shape[0], x.shape[1], *y.shape[2:]) if per_step else (x.shape[0], *y.shape[1:])

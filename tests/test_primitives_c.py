@@ -2,17 +2,15 @@
 exhaustive over int16 where the domain allows, large random + edge sets elsewhere."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_program import RUNTIME_TEXT, build_runtime_program
 
-from mcu_nn.codegen import render_runtime_header
 from mcu_nn.quant import fixedpoint as fp
 
-RUNTIME_TEXT = render_runtime_header()      # rendered here: the package ships only the template
 ALL16 = np.arange(-32768, 32768, dtype=np.int64)
 RNG = np.random.default_rng(1234)
 
@@ -62,17 +60,7 @@ int main(int argc, char **argv)
 
 @pytest.fixture(scope="module")
 def prog(tmp_path_factory) -> Path:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if not cc:
-        pytest.skip("no host C compiler")
-    d = tmp_path_factory.mktemp("prim")
-    (d / "mcunn_fixedpoint.h").write_text(RUNTIME_TEXT)
-    (d / "prim.c").write_text(PROGRAM)
-    exe = d / "prim"
-    subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
-                    "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-I", str(d),
-                    str(d / "prim.c"), "-o", str(exe)], check=True)
-    return exe
+    return build_runtime_program(tmp_path_factory.mktemp("prim"), "prim", PROGRAM)
 
 
 def c_eval(exe: Path, mode: str, *cols: np.ndarray, nout: int = 1) -> np.ndarray:

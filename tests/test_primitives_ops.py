@@ -13,18 +13,16 @@ Measured worst errors (asserted below) in LSB of the output format:
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_program import RUNTIME_TEXT, build_runtime_program
 
-from mcu_nn.codegen.emit import render_runtime_header
 from mcu_nn.quant import fixedpoint as fp
 
-RUNTIME_TEXT = render_runtime_header()      # rendered here: the package ships only the template
 ALL16 = np.arange(-32768, 32768, dtype=np.int64)
 RNG = np.random.default_rng(4321)
 LOG2E = 1.0 / math.log(2.0)
@@ -121,17 +119,7 @@ int main(int argc, char **argv)
 
 @pytest.fixture(scope="module")
 def prog(tmp_path_factory) -> Path:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if not cc:
-        pytest.skip("no host C compiler")
-    d = tmp_path_factory.mktemp("ops")
-    (d / "mcunn_fixedpoint.h").write_text(RUNTIME_TEXT)
-    (d / "ops.c").write_text(PROGRAM)
-    exe = d / "ops"
-    subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
-                    "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-I", str(d),
-                    str(d / "ops.c"), "-o", str(exe)], check=True)
-    return exe
+    return build_runtime_program(tmp_path_factory.mktemp("ops"), "ops", PROGRAM)
 
 
 def c_run(exe: Path, mode: str, rows: np.ndarray, nout: int = 1, *params: int) -> np.ndarray:

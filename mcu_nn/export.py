@@ -51,7 +51,7 @@ class ExportResult:
 
 def quantised_outputs(q: QModel, x: np.ndarray) -> np.ndarray:
     """The model's outputs as floats, computed the way the chip computes them."""
-    from .quant.fixedpoint import dequantize
+    from .fixedpoint import dequantize
     from .sim import run
     y = run(q, x)
     return np.asarray(y, dtype=np.float32) if q.precision == "float32" else dequantize(y, q.output_scale)

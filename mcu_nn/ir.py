@@ -5,7 +5,7 @@ ops over named tensors. Every op lists the tensor names it reads (``inputs``) an
 (``outputs``); ``Graph.ops`` is in a topological order, so evaluating the ops in list
 order over a dict of named tensors runs the model. ``QModel`` is the same graph after
 quantisation: integer weights, multipliers and shifts whose meaning is defined by
-:mod:`mcu_nn.quant.fixedpoint` (see docs/numerics.md).
+:mod:`mcu_nn.fixedpoint` (see docs/numerics.md).
 
 Tensor names: the model input is "input"; op ``i`` writes "op{i}.out" and a recurrent
 op also "op{i}.h_n" (final h of every direction, concatenated) and, for an LSTM,

@@ -2,7 +2,7 @@
 
 ``QATModel`` holds the float parameters of a ``Graph`` as torch Parameters. Its forward
 pass runs the *integer* model the chip would run with the current weights — the same
-``quantize_with_stats`` scheme, the same :mod:`mcu_nn.quant.fixedpoint` primitives (Q3.12
+``quantize_with_stats`` scheme, the same :mod:`mcu_nn.fixedpoint` primitives (Q3.12
 gate rounding, saturation, the Q15 activation tables, the LSTM cell format), so its
 outputs are bit for bit ``run_quant``'s, dequantised. Gradients flow straight through:
 every quantised tensor is ``exact_value + (float_formula - float_formula.detach())``, whose
@@ -29,7 +29,7 @@ from torch import nn
 from .errors import McuNnError
 from .ir import (GATES, Activation, DirectionWeights, Embedding, FinalHidden, Graph, Linear,
                  QActivation, QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast)
-from .quant import fixedpoint as fp
+from . import fixedpoint as fp
 from .quant.calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration
 from .quant.quantize import QMAX, quantize_rows, quantize_with_stats
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mcu_nn.quant import max_abs_error, quantize, snr_db, top1_agreement
-from mcu_nn.quant.fixedpoint import dequantize, quantize_input
+from mcu_nn.fixedpoint import dequantize, quantize_input
 from mcu_nn.sim import run, run_quant
 from test_float_sim import CASES, TorchChain
 

@@ -7,7 +7,7 @@ import pytest
 from mcu_nn.errors import McuNnError
 from mcu_nn.quant import collect_ranges
 from mcu_nn.quant.calibrate import HEADROOM, choose_range
-from mcu_nn.quant.fixedpoint import dequantize
+from mcu_nn.fixedpoint import dequantize
 from mcu_nn.quant.metrics import snr_db
 from mcu_nn.quant.quantize import quantize
 from mcu_nn.sim import run, run_float

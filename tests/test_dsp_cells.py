@@ -15,7 +15,7 @@ from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, run_bench
 from mcu_nn.build import linker_script
 from mcu_nn.codegen import render_runtime_header
 from mcu_nn.codegen.emit import environment
-from mcu_nn.quant import fixedpoint as fx
+from mcu_nn import fixedpoint as fx
 
 pytestmark = pytest.mark.qemu            # skipped without the emulator (tests/conftest.py)
 

@@ -12,7 +12,7 @@ from mcu_nn.bench import bench_export
 from mcu_nn.codegen import write_export
 from mcu_nn.codegen.emit import pack_group_weights
 from mcu_nn.errors import McuNnError
-from mcu_nn.quant import fixedpoint as fp
+from mcu_nn import fixedpoint as fp
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify

@@ -25,7 +25,7 @@ from mcu_nn.ops.activations import Pointwise, QPointwise
 from mcu_nn.ops.concat import Concat, QConcat
 from mcu_nn.ops.elementwise import Elementwise, QElementwise
 from mcu_nn.ops.layernorm import LayerNorm, QLayerNorm
-from mcu_nn.quant import fixedpoint as fp
+from mcu_nn import fixedpoint as fp
 from mcu_nn.quant.metrics import snr_db
 from mcu_nn.sim import run
 from mcu_nn.verify import verify

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from runtime_program import RUNTIME_TEXT, build_runtime_program
 
-from mcu_nn.quant import fixedpoint as fp
+from mcu_nn import fixedpoint as fp
 
 ALL16 = np.arange(-32768, 32768, dtype=np.int64)
 RNG = np.random.default_rng(1234)

@@ -25,7 +25,7 @@ from ..ops.attention import AttentionPool
 from . import schedule
 from ..ops import unit_of
 from ..ops.unit import EmitCtx
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 _LIMIT62 = 1 << 62

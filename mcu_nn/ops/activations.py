@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import McuNnError
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 from . import register
 from .unit import EmitCtx, OpUnit, QuantCtx, frac_for, rescale, rescale_mult
 

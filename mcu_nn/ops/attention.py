@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import McuNnError
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 from ._common import MAX_ACC_STEPS
 
 F32 = np.float32

@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 from ._common import out_len, windows
 
 F32 = np.float32

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import McuNnError
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 from . import register
 from .unit import EmitCtx, OpUnit, QuantCtx, same_per_step
 

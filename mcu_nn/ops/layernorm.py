@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import McuNnError
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 from . import register
 from .unit import EmitCtx, OpUnit, QuantCtx
 

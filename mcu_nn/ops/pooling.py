@@ -16,7 +16,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 from ._common import MAX_ACC_STEPS, out_len, rescale, windows
 
 F32 = np.float32

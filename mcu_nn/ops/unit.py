@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import McuNnError
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Bit-exact integer simulation of a ``QModel``: exactly what the generated C computes.
 
 Vectorised over the batch with numpy; every arithmetic step is a primitive of
-:mod:`mcu_nn.quant.fixedpoint`, so this file only says *which* primitive runs *when*.
+:mod:`mcu_nn.fixedpoint`, so this file only says *which* primitive runs *when*.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..ops import unit_of
 from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast, producers,
                   split_state, tensors)
-from ..quant import fixedpoint as fp
+from .. import fixedpoint as fp
 from .float_sim import pick_columns
 
 

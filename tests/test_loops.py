@@ -21,8 +21,9 @@ from mcu_nn.verify import verify
 
 # case -> kind of the one recurrent op its loop folds onto
 FOLDED = {"gru_cell_loop": "gru", "docs_rnncell_loop": "rnn_tanh", "chunk_lstm_one_linear": "lstm",
+          "coupled_gate_lstm": "lstm",
           "fastrnns_custom_lstm": "lstm", "d2l_scratch_rnn": "rnn_tanh"}
-REFUSED = {"peephole_lstm": "its gates read c", "coupled_gate_lstm": "1 - the forget gate",
+REFUSED = {"peephole_lstm": "its gates read c",
            "mgu_min_gru": "before the recurrent matmul", "textbook_gru_linear": "before the recurrent matmul"}
 MIN_DB = {"int16": 60.0, "int8": 40.0}
 
@@ -97,6 +98,36 @@ def test_other_step_counts(name: str, tmp_path: Path) -> None:
     from mcu_nn.quant import quantize
     q = quantize(graph, case.calib(32, 0)["x"], "float32")
     np.testing.assert_allclose(run(q, x), _torch_outputs(case, {"x": x}), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pickle"])
+@pytest.mark.parametrize("name", sorted(FOLDED))
+def test_every_saved_format_folds(name: str, fmt: str, tmp_path: Path) -> None:
+    """torch.jit.trace unrolls the loop too (with the converter's in-place ops, symbolic T and x[:, t]
+    as slice + select); a pickle is traced by torch.export. Both fold like the .pt2. A loop compiled
+    by torch.jit.script stays a prim::Loop, which torch's converter refuses: one line saying so."""
+    case = BY_NAME[name]
+    path = realzoo.save(case, fmt, tmp_path / f"{name}.{fmt}")
+    if fmt == "torchscript" and case.jit == "script":
+        with pytest.raises(McuNnError, match="torch.jit.script; save with torch.jit.trace") as err:
+            load_model(path, input_shape=case.input_shape())
+        assert "\n" not in str(err.value)
+        return
+    graph = load_model(path, input_shape=case.input_shape(), allow_pickle=fmt == "pickle")
+    rec = [op for op in graph.ops if isinstance(op, ir.Recurrent)]
+    assert len(rec) == 1 and rec[0].kind == FOLDED[name]
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript", "pickle"])
+def test_stacked_cells_fold_into_two_layers(fmt: str, tmp_path: Path) -> None:
+    """pytorch/examples' sine model: two LSTMCells stepped in one loop over x.split(1, dim=1) of an
+    (N, T) input, outputs cat on dim 1. The first cell folds, then the second reads its output."""
+    case = BY_NAME["examples_lstmcell_sine"]
+    path = realzoo.save(case, fmt, tmp_path / f"sine.{fmt}")
+    graph = load_model(path, input_shape=case.input_shape(), allow_pickle=fmt == "pickle")
+    rec = [op for op in graph.ops if isinstance(op, ir.Recurrent)]
+    assert [op.kind for op in rec] == ["lstm", "lstm"] and rec[1].inputs == [rec[0].outputs[0]]
+    assert graph.layout == {"input": "N,T", "output": "N,T"} and graph.input_size == 1
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))

@@ -24,10 +24,8 @@ from realzoo import CASES, save
 # not yet: issue 9's generic step graph and stacked cells
 SKIP = {
     "peephole_lstm": "issue 9: a cell whose gates read c needs the generic integer step graph",
-    "coupled_gate_lstm": "issue 9: a coupled-gate cell needs the generic integer step graph",
     "mgu_min_gru": "issue 9: a single-gate cell needs the generic integer step graph",
     "textbook_gru_linear": "issue 9: tanh(W x + U(r * h)) is not nn.GRU's r * (U h): generic step graph",
-    "examples_lstmcell_sine": "issue 9: two stacked LSTMCells in one loop over an (N, T) input, joined by cat",
 }
 SINGLE = [c for c in CASES if c.input_names == ("x",) and "pt2" in c.formats]
 FLOOR = {"int8": 40.0, "int16": 60.0}
@@ -40,6 +38,8 @@ def _to_model(x: np.ndarray, axes: str, dtype: torch.dtype) -> torch.Tensor:
     """One sequence (T, F) or (T,) in the model's own input layout (graph.layout["input"])."""
     t = torch.from_numpy(x).to(dtype)
     lead = axes.split(",")
+    if axes == "N,T" and t.dim() == 2:            # one feature without its axis (pytorch/examples' sine)
+        return t[:, 0].unsqueeze(0)
     if "N" not in lead:
         return t
     t = t.unsqueeze(0)                            # (1, T, ...)
@@ -50,6 +50,8 @@ def _from_model(y: torch.Tensor, axes: str) -> np.ndarray:
     """The model's output for one sequence -> (T, O) per step or (O,) per sequence."""
     y = y[0] if isinstance(y, (tuple, list)) else y
     y = y.detach().double().numpy()
+    if axes == "N,T":                              # per-step outputs of one feature, its axis gone
+        return y[0][:, None]
     lead = axes.split(",")[:-1]
     if lead in (["N", "T"], ["T", "N"]):
         return y[0] if lead[0] == "N" else y[:, 0]

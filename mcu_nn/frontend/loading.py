@@ -172,6 +172,8 @@ def _with_layout(path: Path, input_shape: Optional[tuple[int, ...]], convert, st
         if first_rnn_batch_first(ep) is False and _rnn_read_one_step(ep, input_shape):
             ep = convert(_examples(path, input_shape, False), True)
         yield ep
+        if state and first_rnn_batch_first(ep) is None:   # a hand-written loop may step a (T, N, F) input
+            yield _time_major(path, input_shape, convert)
     except McuNnError as e:
         other = _time_major(path, input_shape, convert) if state else e
         yield e if isinstance(other, McuNnError) else other
@@ -179,6 +181,11 @@ def _with_layout(path: Path, input_shape: Optional[tuple[int, ...]], convert, st
         yield convert(_examples(path, input_shape, True, batched=False), False)
     except McuNnError as e:
         yield e
+    if input_shape is not None and len(input_shape) == 2 and int(input_shape[1]) == 1:
+        try:                                     # one feature without its axis: (N, T), pytorch/examples' sine
+            yield convert(torch.zeros((1, int(input_shape[0])), dtype=torch.float32), True)
+        except McuNnError as e:
+            yield e
 
 
 def _rnn_read_one_step(ep: torch.export.ExportedProgram, input_shape: Optional[tuple[int, ...]]) -> bool:
@@ -199,7 +206,7 @@ def _time_major(path: Path, input_shape: Optional[tuple[int, ...]], convert) -> 
         ep = convert(_examples(path, input_shape, False), True)
     except McuNnError as e:
         return e
-    if first_rnn_batch_first(ep) is False:
+    if first_rnn_batch_first(ep) in (False, None):     # None: no nn.RNN, a hand-written loop over axis 0
         return ep
     return McuNnError(f"{path}: the model converts with a (T, 1, F) example only, but its first recurrent "
                       "module is batch_first; check --input-shape")
@@ -215,9 +222,10 @@ def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> tor
         raise McuNnError(f"{path}: cannot load the TorchScript file ({first_line(e)}); "
                          "it may be corrupt: save it again") from None
     ts.eval()
-    args = [(a.name, isinstance(a.type, torch.TupleType)) for a in ts.forward.schema.arguments if a.name != "self"]
+    args = [(a.name, len(a.type.elements()) if isinstance(a.type, torch.TupleType) else False)
+            for a in ts.forward.schema.arguments if a.name != "self"]
     rnn = next(((n, m, m.original_name) for n, m in ts.named_modules() if getattr(m, "original_name", "") in RNN_GATES),
-               None)
+               None) or _hand_written_cell(ts, lambda m: getattr(m, "original_name", ""))
     seen = ", ".join(f"{a.name}: {a.type}" for a in ts.forward.schema.arguments if a.name != "self")
     extras, said = _extra_examples(args, seen, rnn, path, input_shape)
 
@@ -229,6 +237,9 @@ def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> tor
             hint = ""
             if "_pack_padded_sequence" in str(ts.inlined_graph):
                 hint = PACKED
+            elif "prim::Loop" in str(e):           # torch 2.13's converter cannot unroll a scripted loop
+                hint = (" (a Python loop compiled by torch.jit.script; save with torch.jit.trace, which unrolls it, "
+                        "or with torch.export.save)")
             elif "prim::If" in str(e):             # torch 2.13: scripted nn.LSTM with h_n/c_n or hx used
                 hint = " (known for scripted nn.LSTM models that use h_n, c_n or an initial state; torch.jit.trace avoids it)"
             raise McuNnError(
@@ -318,19 +329,25 @@ def _extra_examples(args: list[tuple[str, Optional[bool]]], seen: str, rnn: Opti
         raise McuNnError(f"{path}: forward takes {len(args)} inputs ({seen}) and has no LSTM/GRU/RNN whose "
                          "initial state they could be; mcu-nn takes one sequence input (plus initial state)")
     name, mod, cls = rnn
-    weights = dict(mod.named_parameters())
-    layers = sum(1 for k in weights if k.startswith("weight_hh_l") and not k.endswith("_reverse"))
-    dirs = 2 if "weight_hh_l0_reverse" in weights else 1
-    hidden = weights["weight_hh_l0"].shape[0] // RNN_GATES[cls]
-    h = torch.zeros(layers * dirs, 1, weights["weight_hh_l0"].shape[1])
-    c = torch.zeros(layers * dirs, 1, hidden)
-    pool = [h, c] if cls == "LSTM" else [h]
+    if isinstance(mod, int):                     # a hand-written cell: (1, H) states, as LSTMCell takes them
+        h, c = torch.zeros(1, mod), torch.zeros(1, mod)
+    else:
+        weights = dict(mod.named_parameters())
+        layers = sum(1 for k in weights if k.startswith("weight_hh_l") and not k.endswith("_reverse"))
+        dirs = 2 if "weight_hh_l0_reverse" in weights else 1
+        hidden = weights["weight_hh_l0"].shape[0] // RNN_GATES[cls]
+        h = torch.zeros(layers * dirs, 1, weights["weight_hh_l0"].shape[1])
+        c = torch.zeros(layers * dirs, 1, hidden)
+    pool = [h, c] if cls in ("LSTM", "LSTMCell") else [h]
     states = [a for a in args[1:] if not _is_lengths(a[0])]
     extras: list = []
     for arg, is_tuple in args[1:]:
         if _is_lengths(arg):
             steps = int(input_shape[0]) if input_shape else 1
             extras.append(torch.full((1,), steps, dtype=torch.int64))
+        elif isinstance(is_tuple, int) and not isinstance(is_tuple, bool) and 0 < is_tuple <= len(pool):
+            extras.append(tuple(pool[:is_tuple]))        # TorchScript says how many: Tuple[Tensor] is (h,)
+            pool = pool[is_tuple:]
         elif (is_tuple or (is_tuple is None and len(states) == 1)) and len(pool) > 1:
             extras.append(tuple(pool))
             pool = []
@@ -348,6 +365,24 @@ def _extra_examples(args: list[tuple[str, Optional[bool]]], seen: str, rnn: Opti
                     f"{' and '.join(parts)}, but ")
 
 
+CELLS = {"LSTMCell": "LSTMCell", "GRUCell": "GRU", "RNNCell": "RNN"}
+
+
+def _hand_written_cell(model: torch.nn.Module, class_name) -> Optional[tuple]:
+    """(path, hidden size, "LSTMCell" | "GRU" | "RNN") of a model that steps a cell by hand: an
+    nn.LSTMCell/GRUCell/RNNCell, or raw recurrent weights named like ``W_hh``/``weight_hh`` whose
+    rows are 1, 3 or 4 times their columns (H). None when there is neither."""
+    for name, m in model.named_modules():
+        if class_name(m) in CELLS and hasattr(m, "hidden_size"):
+            return name, int(m.hidden_size), CELLS[class_name(m)]
+    for name, w in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if w.dim() == 2 and "hh" in leaf and w.shape[0] % w.shape[1] == 0 and w.shape[0] // w.shape[1] in (1, 3, 4):
+            kind = {4: "LSTMCell", 3: "GRU", 1: "RNN"}[w.shape[0] // w.shape[1]]
+            return name.rsplit(".", 1)[0] if "." in name else "", int(w.shape[1]), kind
+    return None
+
+
 def _is_lengths(arg: str) -> bool:
     """``lengths``, ``seq_lengths``, ``lens``, ``x_len``: the per-sequence length of a packed model."""
     return arg.lower().endswith(("lengths", "lens", "len", "length"))
@@ -357,7 +392,7 @@ def _unbatch(extras: list, batched: bool) -> list:
     """The extra examples for an unbatched sequence: states lose their batch axis, lengths stay."""
     if batched:
         return extras
-    drop = lambda t: t[:, 0] if t.dim() == 3 else t          # noqa: E731
+    drop = lambda t: t[:, 0] if t.dim() == 3 else t[0] if t.dim() == 2 else t          # noqa: E731
     return [tuple(map(drop, e)) if isinstance(e, tuple) else drop(e) for e in extras]
 
 
@@ -390,6 +425,10 @@ def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int
     args, seen = _forward_args(model)
     rnn = next(((n, m, type(m).__name__) for n, m in model.named_modules()
                 if isinstance(m, torch.nn.RNNBase) and type(m).__name__ in RNN_GATES), None)
+    if rnn is None:
+        rnn = _hand_written_cell(model, lambda m: type(m).__name__)
+        if rnn is not None:               # forward(x, state=None) makes its own initial state: call it so
+            args = [a for a in args if a[0] not in _defaults_none(model)]
     extras, said = _extra_examples(args, seen, rnn, path, input_shape)
 
     def convert(example: torch.Tensor, batched: bool) -> torch.export.ExportedProgram:
@@ -415,6 +454,14 @@ def _forward_args(model: torch.nn.Module) -> tuple[list[tuple[str, Optional[bool
     kept = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
             and (p.default is inspect.Parameter.empty or p.default is None)]
     return [(p.name, None) for p in kept], ", ".join(p.name for p in kept)
+
+
+def _defaults_none(model: torch.nn.Module) -> set[str]:
+    import inspect
+    try:
+        return {p.name for p in inspect.signature(model.forward).parameters.values() if p.default is None}
+    except (TypeError, ValueError):
+        return set()
 
 
 def _refuse_data(path: Path, obj: object) -> None:

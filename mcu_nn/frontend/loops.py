@@ -24,7 +24,11 @@ from ..errors import McuNnError
 # linear maps of the state alone, which torch.export places right after the state is made
 PREP = {"aten.linear.default", "aten.mm.default", "aten.matmul.default", "aten.addmm.default", "aten.t.default",
         "aten.transpose.int", "aten.view.default", "aten.reshape.default", "aten.unsqueeze.default",
-        "aten.squeeze.dim", "aten.clone.default", "aten.contiguous.default"}
+        "aten.squeeze.dim", "aten.clone.default", "aten.contiguous.default", "aten.chunk.default",
+        "aten.unsafe_chunk.default", "aten.split.Tensor", "aten.unsafe_split.Tensor", "aten.split_with_sizes.default"}
+# tensors made from nothing but a shape: a loop's initial state
+FILLS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default", "aten.full.default",
+         "aten.full_like.default", "aten.new_full.default", "aten.ones.default", "aten.ones_like.default"}
 GENERIC = "generic step graphs are not supported yet"
 
 
@@ -50,6 +54,14 @@ class _Aff:
 
 def _leaf(key: Any, size: int) -> _Aff:
     return _Aff({key: np.eye(size)}, np.zeros(size))
+
+
+def _functional(name: str) -> str:
+    """aten.add_.Tensor -> aten.add.Tensor: the TorchScript converter keeps in-place ops, whose results
+    its graph then uses like the functional op's."""
+    ns, _, rest = name.partition(".")
+    op, _, overload = rest.partition(".")
+    return f"{ns}.{op[:-1]}.{overload}" if ns == "aten" and op.endswith("_") and not op.startswith("_") else name
 
 
 def _single(a: _Aff) -> Optional[Any]:
@@ -153,7 +165,7 @@ class _Eval:
 
     # -- nodes
     def node(self, n: Node) -> None:
-        name, a = str(n.target), [self.arg(x) for x in n.args]
+        name, a = _functional(str(n.target)), [self.arg(x) for x in n.args]
         kw = {k: self.arg(v) for k, v in n.kwargs.items()}
         if n.target is operator.getitem:
             v = a[0][a[1]]
@@ -175,14 +187,15 @@ class _Eval:
             v = self.linear(a[1], np.asarray(a[2]).T, a[0])
         elif name == "aten.cat.default" and (a[1] if len(a) > 1 else 0) in (1, -1):
             v = self.cat(a[0])
-        elif name == "aten.chunk.default" and a[2] in (1, -1):
+        elif name in ("aten.chunk.default", "aten.unsafe_chunk.default") and a[2] in (1, -1):
             size = -(-a[0].size // a[1])
             v = self.chunks(a[0], [min(size, a[0].size - i * size) for i in range(a[1]) if i * size < a[0].size])
-        elif name == "aten.split.Tensor" and a[2] in (1, -1):
+        elif name in ("aten.split.Tensor", "aten.unsafe_split.Tensor") and a[2] in (1, -1):
             v = self.chunks(a[0], [min(a[1], a[0].size - s) for s in range(0, a[0].size, a[1])])
         elif name == "aten.split_with_sizes.default" and a[2] in (1, -1):
             v = self.chunks(a[0], list(a[1]))
-        elif name in ("aten.clone.default", "aten.contiguous.default", "aten.alias.default", "aten.detach.default"):
+        elif name in ("aten.clone.default", "aten.contiguous.default", "aten.alias.default", "aten.detach.default") \
+                or _full_slice(n):
             v = a[0]
         elif name in CELL_OPS:
             v = CELL_OPS[name](self, *a)
@@ -351,19 +364,34 @@ def _match_lstm(e: _Eval, outs: list[_Aff], xs: int, hs: int) -> _Cell:
         h_leaf = "s1" if c_leaf == "s0" else "s0"
         f_key = next(iter(fc[0][0] - {c_leaf}))
         rest = [(f, v) for f, v in cprods.items() if f != fc[0][0]]
-        if len(rest) != 1 or rest[0][1][1] != 1.0 or len(c_out.terms) != 2 or c_out.bias.any():
-            if any(e.atoms[k][0] == "tanh" and _eye_coef(c_out, k) == 1.0 for k in c_out.terms
-                   if isinstance(k, tuple)):
-                raise _NotCell("its input gate is 1 - the forget gate (coupled gates)")
+        coupled = _coupled_candidate(e, c_out, f_key, rest)
+        if coupled is None and (len(rest) != 1 or rest[0][1][1] != 1.0 or len(c_out.terms) != 2
+                                or c_out.bias.any()):
             raise _NotCell("its cell state is not f * c + i * g")
-        a, b = rest[0][0]
-        i_key, g_key = (a, b) if e.atoms[b][0] == "tanh" else (b, a)
+        if coupled is not None:                # CIFG: i = 1 - f = sigmoid(-a_f), the LSTM with negated f rows
+            i_key, g_key = f_key, coupled
+        else:
+            a, b = rest[0][0]
+            i_key, g_key = (a, b) if e.atoms[b][0] == "tanh" else (b, a)
         w = [_pre(e, k, op, xs, h_leaf, hs, c_leaf)
              for k, op in ((i_key, "sigmoid"), (f_key, "sigmoid"), (g_key, "tanh"), (o_key, "sigmoid"))]
+        if coupled is not None:
+            w[0] = tuple(-m for m in w[0])
         b_ih = np.concatenate([g[2] for g in w])
         return _Cell("lstm", np.concatenate([g[0] for g in w]), np.concatenate([g[1] for g in w]), b_ih,
                      np.zeros_like(b_ih), h_leaf, c_leaf, outs={"h": 1 - ci, "c": ci})
     raise _NotCell("no state is o * tanh(c) of the other")
+
+
+def _coupled_candidate(e: _Eval, c_out: _Aff, f_key: Any, rest: list) -> Optional[Any]:
+    """The tanh candidate g of c' = f * c + (1 - f) * g (coupled input and forget gates), else None.
+    Expanded, (1 - f) * g is g - f * g: one identity term g and one product f * g of coefficient -1."""
+    gs = [k for k in c_out.terms if isinstance(k, tuple) and e.atoms.get(k, ("",))[0] == "tanh"
+          and _eye_coef(c_out, k) == 1.0]
+    if len(gs) != 1 or len(rest) != 1 or rest[0][0] != frozenset((f_key, gs[0])) or rest[0][1][1] != -1.0 \
+            or len(c_out.terms) != 3 or c_out.bias.any():
+        return None
+    return gs[0]
 
 
 def _match(e: _Eval, outs: list[_Aff], xs: int, hs: int) -> _Cell:
@@ -386,31 +414,76 @@ class _Loop:
     copies: list[list[Node]] = field(default_factory=list)   # each step's nodes, graph order
     state_in: list[list[Node]] = field(default_factory=list)  # each step's state inputs
     out_pos: list[int] = field(default_factory=list)          # positions of the state outputs in a copy
+    feeds: list[int] = field(default_factory=list)            # state output j becomes state input feeds[j]
+    kept: bool = False                                        # x_t is (N, 1): the input is (N, T), no feature axis
 
 
-def _candidates(graph: Graph) -> list[tuple[Node, int, list[Node]]]:
-    """(sequence, axis, [x_0 .. x_{T-1}]) for every full set of per-step slices of one tensor."""
+def _static(d: Any) -> Optional[int]:
+    """A size as the program was made: an int, or the value a SymInt of the TorchScript converter had
+    for the example (a traced loop was unrolled for exactly that many steps); None when unknown."""
+    if isinstance(d, int):
+        return d
+    node = getattr(d, "node", None)
+    value = node.maybe_as_int() if node is not None and hasattr(node, "maybe_as_int") else None
+    hint = getattr(node, "hint", None)
+    return value if value is not None else hint if isinstance(hint, int) else None
+
+
+def _full_slice(n: Any) -> bool:
+    """x[:, :] written out: aten.slice.Tensor from 0 to the end in steps of 1 (the converters make these)."""
+    if not isinstance(n, Node) or str(n.target) != "aten.slice.Tensor":
+        return False
+    args = list(n.args) + [None] * 5
+    return args[2] in (None, 0) and (args[3] is None or args[3] >= 2 ** 62) and args[4] in (None, 1)
+
+
+def _unslice(n: Node) -> Node:
+    while _full_slice(n):
+        n = n.args[0]
+    return n
+
+
+def _candidates(graph: Graph) -> list[tuple[Node, int, list[list[Node]], bool]]:
+    """(sequence, axis, [x_0 .. x_{T-1}], whether x_t keeps the axis as a feature of size 1) for every
+    full set of per-step slices of one tensor."""
     found = []
     sel: dict[tuple, dict[int, Node]] = {}
     aliases: dict[Node, list[Node]] = {}          # x[:, t] written twice in one step: two selects
+    kept: set[tuple] = set()                      # steps that keep the time axis as their one feature
     for n in graph.nodes:
         name = str(n.target)
         if name == "aten.select.int" and isinstance(n.args[0], Node):
-            shape = n.args[0].meta["val"].shape
+            src = _unslice(n.args[0])
+            shape = src.meta["val"].shape
             dim = n.args[1] % len(shape)
-            if not isinstance(shape[dim], int):      # a dynamic time axis cannot be unrolled
+            steps = _static(shape[dim])
+            if steps is None:                        # a dynamic time axis cannot be unrolled
                 continue
-            sel.setdefault((n.args[0], dim), {}).setdefault(n.args[2] % shape[dim], n)
-            aliases.setdefault(sel[(n.args[0], dim)][n.args[2] % shape[dim]], []).append(n)
+            sel.setdefault((src, dim), {}).setdefault(n.args[2] % steps, n)
+            aliases.setdefault(sel[(src, dim)][n.args[2] % steps], []).append(n)
         elif name == "aten.unbind.int":
             dim = (n.args[1] if len(n.args) > 1 else 0) % n.args[0].meta["val"].dim()
             items = {u.args[1]: u for u in n.users if u.target is operator.getitem}
             sel[(n.args[0], dim)] = items
+        elif _splits_into_ones(n):                   # (N, T).split(1, dim=1): steps of one feature each
+            items = {u.args[1]: u for u in n.users if u.target is operator.getitem}
+            sel[(n.args[0], n.args[2] % 2)] = items
+            kept.add((n.args[0], n.args[2] % 2))
     for (src, dim), items in sel.items():
-        steps = src.meta["val"].shape[dim]
-        if isinstance(steps, int) and steps >= 3 and sorted(items) == list(range(steps)):
-            found.append((src, dim, [aliases.get(items[t], [items[t]]) for t in range(steps)]))
+        steps = _static(src.meta["val"].shape[dim])
+        if steps is not None and steps >= 3 and sorted(items) == list(range(steps)):
+            found.append((src, dim, [aliases.get(items[t], [items[t]]) for t in range(steps)], (src, dim) in kept))
     return found
+
+
+def _splits_into_ones(n: Node) -> bool:
+    """``x.split(1, dim)`` of a 2-D (N, T) input (pytorch/examples' sine model)."""
+    name = str(n.target)
+    if name not in ("aten.split.Tensor", "aten.unsafe_split.Tensor", "aten.split_with_sizes.default") \
+            or not isinstance(n.args[0], Node) or n.args[0].meta["val"].dim() != 2 or len(n.args) < 3:
+        return False
+    sizes = n.args[1]
+    return sizes == 1 if isinstance(sizes, int) else bool(sizes) and all(s == 1 for s in sizes)
 
 
 def _outer_consts(graph: Graph, params: dict[Node, torch.Tensor]) -> dict[Node, torch.Tensor]:
@@ -440,13 +513,16 @@ def _structure(graph: Graph, seq: Node, dim: int, xs: list[list[Node]], consts: 
             step[n] = -1
         else:
             step[n] = max((step[a] for a in n.all_input_nodes), default=-1)
+    collector = {n for n in graph.nodes if len({step[a] for a in n.all_input_nodes if step[a] >= 0}) > 2}
     for n in reversed(list(graph.nodes)):   # ops on h alone belong to the step that reads them
+        if set(n.users) & collector:        # ... not a per-step output read by torch.stack/cat after the loop
+            continue
         users = {step[u] for u in n.users}
         scaled = str(n.target) == "aten.mul.Tensor" and sum(a not in consts for a in n.all_input_nodes) == 1
-        if (str(n.target) in PREP or scaled) and n not in slice_step and n not in consts and users == {step[n] + 1} \
+        piece = n.target is operator.getitem and str(n.args[0].target) in PREP   # a chunk of U h, not a cell's output
+        if (str(n.target) in PREP or scaled or piece) and n not in slice_step and n not in consts and users == {step[n] + 1} \
                 and step[n] + 1 < T:
             step[n] += 1
-    collector = {n for n in graph.nodes if len({step[a] for a in n.all_input_nodes if step[a] >= 0}) > 2}
     loop = _Loop(seq, dim, xs)
     loop.copies = [[n for n in graph.nodes if step[n] == t and n not in collector] for t in range(T)]
     for t, copy in enumerate(loop.copies):
@@ -465,6 +541,7 @@ def _structure(graph: Graph, seq: Node, dim: int, xs: list[list[Node]], consts: 
     L = len(targets[0])
     if any(tg != targets[0] for tg in targets[1:-1]) or targets[-1][:L] != targets[0]:
         raise McuNnError("the loop's steps differ (the copies of its step do different computations)")
+    loop.state_in[0] = _initial_state(graph, loop)
     for t in range(T - 1):
         pos = sorted(loop.copies[t].index(n) for n in loop.state_in[t + 1])
         if t and pos != loop.out_pos:
@@ -473,7 +550,44 @@ def _structure(graph: Graph, seq: Node, dim: int, xs: list[list[Node]], consts: 
     if not loop.out_pos:
         raise McuNnError("the loop carries no state from one step to the next: it is not a recurrence")
     loop.copies[-1] = loop.copies[-1][:L]          # what follows is after the loop
+    loop.feeds = [loop.state_in[1].index(loop.copies[0][p]) for p in loop.out_pos]
     return loop
+
+
+def _reads(n: Node) -> list[Node]:
+    """The nodes ``n`` reads, one entry per argument slot (a node read twice appears twice)."""
+    out: list[Node] = []
+    torch.fx.node.map_arg((n.args, n.kwargs), lambda a: out.append(a) or a)
+    return out
+
+
+def _initial_state(graph: Graph, loop: _Loop) -> list[Node]:
+    """Step 0's state inputs, one per state of step 1, found by reading step 0 where step 1 reads its
+    state. One zeros tensor made once for two states (a traced ``h = c = zeros``) gets a copy per
+    state, so that each state of the loop starts from a node of its own."""
+    if len(loop.copies) < 2 or len(loop.copies[0]) != len(loop.copies[1]):
+        return loop.state_in[0]
+    first, second = loop.copies[0], loop.copies[1]
+    init: list[Node] = []
+    for s in loop.state_in[1]:
+        slots = [(i, k) for i, n in enumerate(second) for k, a in enumerate(_reads(n)) if a is s]
+        starts = {_reads(first[i])[k] for i, k in slots}
+        if len(starts) != 1:
+            return loop.state_in[0]                  # the steps differ; _structure's checks say so
+        start = starts.pop()
+        if start in init:
+            if str(start.target) not in FILLS:
+                raise McuNnError(f"the loop starts two of its states from the same tensor ({start.name})")
+            with graph.inserting_after(start):
+                twin = graph.call_function(start.target, start.args, dict(start.kwargs))
+            twin.meta = dict(start.meta)
+            for i, k in slots:
+                count = iter(range(10 ** 6))
+                first[i].args, first[i].kwargs = torch.fx.node.map_arg(
+                    (first[i].args, first[i].kwargs), lambda a: twin if next(count) == k else a)
+            start = twin
+        init.append(start)
+    return init
 
 
 def _core(copy: list[Node], outs: list[Node], stop: tuple = ()) -> list[Node]:
@@ -487,26 +601,66 @@ def _core(copy: list[Node], outs: list[Node], stop: tuple = ()) -> list[Node]:
     return [n for n in copy if n in keep]
 
 
-def _step_cell(loop: _Loop, t: int, consts: dict) -> tuple[_Cell, list[Node], _Eval]:
+def _step_cell(loop: _Loop, t: int, consts: dict) -> tuple[_Cell, list[Node], list[Node]]:
+    """The cell of step t: of all its state when that is one cell, else of the first stacked cell
+    (the smallest group of states that reads only x and itself, e.g. lstm1 of two stacked
+    LSTMCells). Returns it, the group's state outputs and its state inputs (s0, s1 in the cell)."""
     copy = loop.copies[t]
     outs = [copy[p] for p in loop.out_pos]
-    e = _Eval(consts)
-    xs = int(loop.xs[t][0].meta["val"].shape[-1])
-    for x in loop.xs[t]:
-        e.vals[x] = _leaf("x", xs)
     if len(loop.state_in[t]) != len(outs):
         raise McuNnError(f"step {t} of the loop reads {len(loop.state_in[t])} state tensors but hands "
                          f"{len(outs)} to the next: the loop's steps differ")
-    for j, s in enumerate(loop.state_in[t]):
-        e.vals[s] = _leaf(f"s{j}", int(s.meta["val"].shape[-1]))
-    for n in _core(copy, outs):
-        if n not in e.vals:
-            e.node(n)
+    group = _first_group(_evaluate(loop, t, consts, outs, loop.state_in[t]), outs, loop.feeds)
+    outs = [outs[j] for j in group]
+    ins = [loop.state_in[t][loop.feeds[j]] for j in group]
+    e = _evaluate(loop, t, consts, outs, ins)
     forms = [e.vals[o] for o in outs]
     if not all(isinstance(f, _Aff) for f in forms):
         raise _NotCell("its state is not a tensor")
-    hs = int(outs[0].meta["val"].shape[-1])
-    return _match(e, forms, xs, hs), outs, e
+    xs, hs = int(loop.xs[t][0].meta["val"].shape[-1]), int(outs[0].meta["val"].shape[-1])
+    return _match(e, forms, xs, hs), outs, ins
+
+
+def _evaluate(loop: _Loop, t: int, consts: dict, outs: list[Node], ins: list[Node]) -> _Eval:
+    """Step t's ``outs`` as affine forms over x and the state inputs ``ins`` (leaves s0, s1, ...)."""
+    e = _Eval(consts)
+    for x in loop.xs[t]:
+        e.vals[x] = _leaf("x", int(loop.xs[t][0].meta["val"].shape[-1]))
+    for j, s in enumerate(ins):
+        e.vals[s] = _leaf(f"s{j}", int(s.meta["val"].shape[-1]))
+    for n in _core(loop.copies[t], outs):
+        if n not in e.vals:
+            e.node(n)
+    return e
+
+
+def _first_group(e: _Eval, outs: list[Node], feeds: list[int]) -> list[int]:
+    """Indices of the smallest set of state outputs whose forms read no state but their own."""
+    memo: dict = {}
+
+    def leaves(a: Any) -> set:
+        found = set()
+        for k in (a.terms if isinstance(a, _Aff) else ()):
+            if isinstance(k, str):
+                found.add(k)
+            else:
+                if k not in memo:
+                    memo[k] = set().union(*(leaves(arg) for arg in e.atoms[k][1]))
+                found |= memo[k]
+        return found
+
+    reads = [{int(k[1:]) for k in leaves(e.vals[o]) if k != "x"} for o in outs]
+    best = list(range(len(outs)))
+    for j in range(len(outs)):
+        group = {j}
+        while True:
+            more = {i for i in range(len(outs)) if feeds[i] in set().union(*(reads[g] for g in group))} - group
+            if not more:
+                break
+            group |= more
+        if len(group) < len(best):
+            best = sorted(group)
+    return best
 
 
 # ----------------------------------------------------------------------------- folding
@@ -525,7 +679,7 @@ def fold_loops(ep: torch.export.ExportedProgram, label: str) -> None:
                    for n in ep.graph.nodes if n.op == "get_attr"})
     for _ in range(16):                       # one loop folded per pass; stacked loops fold in turn
         found = [c for c in _candidates(ep.graph) if c[0].meta["val"].dtype.is_floating_point is False
-                 or c[1] != c[0].meta["val"].dim() - 1]
+                 or c[1] != c[0].meta["val"].dim() - 1 or c[3]]
         if not found:
             return
         try:
@@ -537,16 +691,17 @@ def fold_loops(ep: torch.export.ExportedProgram, label: str) -> None:
 def _module_path(core: list[Node], names: dict[Node, str]) -> str:
     for n in core:
         stack = n.meta.get("nn_module_stack") or {}
-        if stack and list(stack.values())[-1][0]:
+        if stack and list(stack.values())[-1][0] and "loop" not in stack:   # not an op of a folded loop
             return list(stack.values())[-1][0]
     read = [names[a] for n in core for a in n.all_input_nodes if a in names and "." in names[a]]
     return Counter(q.rsplit(".", 1)[0] for q in read).most_common(1)[0][0] if read else "loop"
 
 
-def _fold(ep, seq: Node, dim: int, xs: list[list[Node]], params: dict, names: dict) -> None:
+def _fold(ep, seq: Node, dim: int, xs: list[list[Node]], kept: bool, params: dict, names: dict) -> None:
     graph = ep.graph
     consts = _outer_consts(graph, params)
     loop = _structure(graph, seq, dim, xs, consts)
+    loop.kept = kept
     core0 = _core(loop.copies[0], [loop.copies[0][p] for p in loop.out_pos])
     path = _module_path(core0, names)
     try:
@@ -555,29 +710,36 @@ def _fold(ep, seq: Node, dim: int, xs: list[list[Node]], params: dict, names: di
         raise McuNnError(f"a hand-written recurrence in '{path}' whose step is not an LSTM/GRU/RNN cell ({e}); "
                          f"{GENERIC}") from None
     cell = steps[0][0]
-    for t, (c, outs, _) in enumerate(steps):
+    for t, (c, outs, ins) in enumerate(steps):
         same = c.kind == cell.kind and (c.h, c.c, c.outs) == (cell.h, cell.c, cell.outs) and all(
             np.array_equal(getattr(c, w), getattr(cell, w)) for w in ("w_ih", "w_hh", "b_ih", "b_hh"))
         if not same:
             raise McuNnError(f"the loop in '{path}' does not compute the same cell at every step (step {t} "
                              "differs); a loop whose steps differ is not a recurrence")
         if t + 1 < len(steps):
-            nxt = loop.state_in[t + 1]
+            nxt = steps[t + 1][2]
             for role, leaf in (("h", c.h), ("c", c.c)):
                 if leaf and outs[c.outs[role]] is not nxt[int(leaf[1])]:
                     raise McuNnError(f"the loop in '{path}' does not hand {role} of step {t} to step {t + 1}")
     h_nodes = [outs[cell.outs["h"]] for _, outs, _ in steps]
     c_nodes = [outs[cell.outs["c"]] for _, outs, _ in steps] if cell.c else []
-    init = [loop.state_in[0][int(cell.h[1])]] + ([loop.state_in[0][int(cell.c[1])]] if cell.c else [])
-    _rewrite(ep, loop, cell, path, h_nodes, c_nodes, init, consts)
+    init = [steps[0][2][int(cell.h[1])]] + ([steps[0][2][int(cell.c[1])]] if cell.c else [])
+    whole = len(steps[0][1]) == len(loop.out_pos)
+    _rewrite(ep, loop, cell, path, h_nodes, c_nodes, init, consts,
+             None if whole else [_core(copy, outs) for copy, (_, outs, _) in zip(loop.copies, steps)])
 
 
 def _rewrite(ep, loop: _Loop, cell: _Cell, path: str, h_nodes: list[Node], c_nodes: list[Node],
-             init: list[Node], consts: dict) -> None:
+             init: list[Node], consts: dict, cores: Optional[list[list[Node]]] = None) -> None:
+    """Replace the loop by one recurrent op. With ``cores`` (the first of stacked cells, per step),
+    only those nodes go; the rest of the loop reads h_t as out[:, t] of the new op, so that the
+    next pass of fold_loops folds it as a loop over that output."""
     graph, gm = ep.graph, ep.graph_module
     order = {n: i for i, n in enumerate(graph.nodes)}
     anchor = max([loop.seq, *init], key=order.__getitem__)
     stem = path.replace(".", "_") + "_loop"
+    while hasattr(gm, f"{stem}_weight_ih_l0"):       # two loops in one module (stacked cells)
+        stem += "_"
     h_val = h_nodes[-1].meta["val"]
     dtype = h_val.dtype
 
@@ -603,20 +765,46 @@ def _rewrite(ep, loop: _Loop, cell: _Cell, path: str, h_nodes: list[Node], c_nod
     if biased:
         weights += [attr("bias_ih_l0", cell.b_ih), attr("bias_hh_l0", cell.b_hh)]
     batch_first = loop.dim == 1
-    seq_shape = tuple(loop.seq.meta["val"].shape)
+    seq, seq_shape = loop.seq, tuple(_static(d) for d in loop.seq.meta["val"].shape)
+    if loop.kept:                              # (N, T) -> (N, T, 1)
+        seq_shape += (1,)
+        seq = call(torch.ops.aten.unsqueeze.default, (seq, -1), torch.zeros(seq_shape, dtype=seq.meta["val"].dtype))
     out_val = torch.zeros(seq_shape[:-1] + (cell.w_hh.shape[1],), dtype=dtype)
     hx = init if cell.kind == "lstm" else init[0]
-    rnn = call(RNN_TARGETS[cell.kind], (loop.seq, hx, weights, biased, 1, 0.0, False, False, batch_first),
+    rnn = call(RNN_TARGETS[cell.kind], (seq, hx, weights, biased, 1, 0.0, False, False, batch_first),
                (out_val,) + (torch.zeros(h_val.shape, dtype=dtype),) * (2 if cell.c else 1))
     seq_out = call(operator.getitem, (rnn, 0), out_val)
     finals = [call(operator.getitem, (rnn, 1), torch.zeros(h_val.shape, dtype=dtype))]
     if cell.c:
         finals.append(call(operator.getitem, (rnn, 2), torch.zeros(h_val.shape, dtype=dtype)))
-    in_loop = {n for c in loop.copies for n in c}
+    if cores is None:
+        in_loop = {n for c in loop.copies for n in c}
+    else:
+        in_loop = {n for c in cores for n in c} - {x for xs in loop.xs for x in xs}
+        rest = {n for c in loop.copies for n in c} - in_loop
+        for t, (h, c) in enumerate(zip(h_nodes, c_nodes or [None] * len(h_nodes))):
+            if c is not None and set(c.users) & rest:
+                raise McuNnError(f"the loop in '{path}' reads the cell state c of its first cell in the next one; "
+                                 "only h may flow from one stacked cell to the next")
+            readers = [u for u in h.users if u in rest]
+            if readers:
+                shape = list(out_val.shape)
+                del shape[loop.dim]
+                x_t = call(torch.ops.aten.select.int, (seq_out, loop.dim, t), torch.zeros(shape, dtype=dtype))
+                for u in readers:
+                    u.replace_input_with(h, x_t)
+    readers = {u for n in in_loop for u in n.users} - in_loop     # torch.stack / cat after the loop
     _collect(loop, h_nodes, seq_out, call, attr, consts, in_loop)
     for last, final in zip([h_nodes[-1]] + c_nodes[-1:], finals):
         last.replace_all_uses_with(final, delete_user_cb=lambda u: u not in in_loop)
-    graph.eliminate_dead_code()
+    # Erase only what the fold made dead: a global DCE would also drop an unused c of a later stacked
+    # cell's last step, and its copy would no longer match the others. (In-place ops such as the
+    # converter's add_ count as impure to FX's DCE, so that would not do either.)
+    slices = {x for xs in loop.xs for x in xs}
+    slices |= {x.args[0] for x in slices if x.target is operator.getitem}     # the split / unbind
+    for n in reversed(list(graph.nodes)):
+        if n in in_loop | readers | slices and not n.users and n.op == "call_function":
+            graph.erase_node(n)
     left = in_loop & set(graph.nodes)
     if left:
         raise McuNnError(f"a per-step value of the loop in '{path}' ({next(iter(left)).name}) is used other than "
@@ -632,20 +820,41 @@ def _collect(loop: _Loop, h_nodes: list[Node], seq_out: Node, call, attr, consts
                 not any(a in in_loop for a in n.args[0] if isinstance(a, Node)):
             continue
         items = list(n.args[0])
-        if str(n.target) != "aten.stack.default" or len(items) != len(h_nodes):
-            raise McuNnError(f"the loop's per-step values are combined by {n.target}; only torch.stack over "
-                             "time is supported")
+        if str(n.target) not in ("aten.stack.default", "aten.cat.default") or len(items) != len(h_nodes):
+            raise McuNnError(f"the loop's per-step values are combined by {n.target}; only torch.stack or "
+                             "torch.cat over time is supported")
         y = seq_out
         if items != h_nodes:
             w, b = _step_map(loop, items, h_nodes, consts)
             y = call(torch.ops.aten.linear.default, (seq_out, attr(f"{n.name}_weight", w), attr(f"{n.name}_bias", b)),
-                     torch.zeros(tuple(seq_out.meta["val"].shape[:-1]) + (w.shape[0],), dtype=seq_out.meta["val"].dtype))
+                     torch.zeros(tuple(_static(d) for d in seq_out.meta["val"].shape[:-1]) + (w.shape[0],), dtype=seq_out.meta["val"].dtype))
+        if str(n.target) == "aten.cat.default":
+            n.replace_all_uses_with(_cat_over_time(n, y, time_axis, call))
+            continue
         axis = (n.args[1] if len(n.args) > 1 else 0) % (y.meta["val"].dim())
         if axis != time_axis:
-            shape = list(y.meta["val"].shape)
+            shape = [_static(d) for d in y.meta["val"].shape]
             shape[0], shape[1] = shape[1], shape[0]
             y = call(torch.ops.aten.transpose.int, (y, 0, 1), torch.zeros(shape, dtype=y.meta["val"].dtype))
         n.replace_all_uses_with(y)
+
+
+def _cat_over_time(cat: Node, y: Node, time_axis: int, call) -> Node:
+    """torch.cat of the per-step (N, F) outputs, from y = their stack in the op's layout: on axis 1 with
+    F = 1 it is (N, T) (pytorch/examples' sine model), on axis 0 the (T*N, F) rows of d2l's models."""
+    shape = [_static(d) for d in y.meta["val"].shape]
+    axis = (cat.args[1] if len(cat.args) > 1 else 0) % 2
+    dtype = y.meta["val"].dtype
+    if axis == 1 and time_axis == 1 and shape[-1] == 1:
+        return call(torch.ops.aten.squeeze.dim, (y, -1), torch.zeros(shape[:-1], dtype=dtype))
+    if axis == 0:
+        if time_axis == 1:
+            shape[0], shape[1] = shape[1], shape[0]
+            y = call(torch.ops.aten.transpose.int, (y, 0, 1), torch.zeros(shape, dtype=dtype))
+        return call(torch.ops.aten.reshape.default, (y, [-1, shape[-1]]),
+                    torch.zeros((shape[0] * shape[1], shape[-1]), dtype=dtype))
+    raise McuNnError(f"the loop's per-step outputs of {shape[-1]} features are concatenated along axis {axis}; "
+                     "torch.stack them over time instead")
 
 
 def _step_map(loop: _Loop, items: list[Node], h_nodes: list[Node], consts: dict) -> tuple[np.ndarray, np.ndarray]:

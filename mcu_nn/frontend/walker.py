@@ -109,6 +109,7 @@ class Walker:
         self.vals: dict[Node, _Val] = {}
         self.res = WalkResult()
         self.input_shape: tuple = ()
+        self.input_node: Optional[Node] = None
         self._specs = _parameter_specs(ep)
         self.inserted = False                     # a readout was moved up the chain (see select)
 
@@ -251,6 +252,10 @@ class Walker:
         self.input_shape = tuple(fake.shape)
         tokens = not fake.dtype.is_floating_point
         rank = 2 if tokens else 3
+        if not tokens and len(self.input_shape) == 2 and _gains_feature_axis(node):
+            self.input_node = node
+            self.one_feature_input()          # (N, T) that the model itself gives its feature axis
+            return
         if len(self.input_shape) == rank - 1:     # unbatched: (T,) ids or (T, F), as nn.LSTM accepts
             self.input_time_dim = 0
         elif len(self.input_shape) != rank:
@@ -266,6 +271,16 @@ class Walker:
         if not tokens:
             self.res.input_size = self.input_shape[-1]
         self.vals[node] = _Val("tokens" if tokens else "seq", 0, time_dim=self.input_time_dim)
+
+    def one_feature_input(self) -> None:
+        """An (N, T) float input that the model unsqueezes to (N, T, 1) (``x.unsqueeze(-1)``, or a folded
+        ``x.split(1, dim=1)`` loop): one feature per step, batch first."""
+        self.input_time_dim = 1
+        self.res.layout["input"] = "N,T"
+        self.res.input_kind = "float"
+        self.res.seq_len = self.input_shape[1] if isinstance(self.input_shape[1], int) else 0
+        self.res.input_size = 1
+        self.vals[self.input_node] = _Val("seq", 0, time_dim=1, squeezed=True)
 
     def call(self, node: Node) -> None:
         name = _opname(node)
@@ -625,6 +640,10 @@ class Walker:
                 and math.prod(new[:-1]) == math.prod(old[1:-1]):
             self.vals[node] = _Val("hn_dirs", v.version, rnn=v.rnn, dirs=(0,))
             return
+        if node.args[0] is self.input_node and self.res.layout.get("input") == "N,T" \
+                and new == old + (1,):
+            self.vals[node] = _Val("seq", 0, time_dim=1)      # (N, T) -> (N, T, 1), see one_feature_input
+            return
         x = self.data(node.args[0], node)
         if old == new:
             self.vals[node] = x
@@ -640,6 +659,9 @@ class Walker:
         if x.kind == "vec" and old and new and old[0] == new[0] and \
                 [d for d in old[1:] if d != 1] == [d for d in new[1:] if d != 1]:   # (N, C, 1) <-> (N, C)
             self.vals[node] = x
+            return
+        if x.kind == "seq" and not x.rows and len(old) == 3 and old[-1] == 1 and new == old[:-1]:
+            self.vals[node] = _Val("seq", x.version, time_dim=x.time_dim, squeezed=True)   # (N, T, 1) -> (N, T)
             return
         if x.kind == "seq" and time_ops.flatten_steps(self, node, x, old, new):
             return
@@ -697,6 +719,12 @@ class Walker:
 
 
 # ----------------------------------------------------------------------------- small helpers
+def _gains_feature_axis(node: Node) -> bool:
+    """Every reader of ``node`` unsqueezes it at the end: (N, T) -> (N, T, 1)."""
+    return bool(node.users) and all(
+        _opname(u) == "aten.unsqueeze.default" and u.args[1] in (-1, 2) for u in node.users)
+
+
 def _axes_name(rank: int, time_dim: int, features: str) -> str:
     """"N,T" / "T,N" / "T" for a sequence's leading axes, then ``features`` (",F", ",O" or "")."""
     if rank == 1:

@@ -85,6 +85,13 @@ def rshift_round(x, n: int) -> np.ndarray:
     return (x + (np.int64(1) << np.int64(n - 1))) >> np.int64(n)
 
 
+def rounding_bias(bias, shift: int) -> np.ndarray:
+    """bias + 2^(shift-1): rshift_round's rounding constant folded into a bias, so the C's
+    requantisation records compute rshift_round(acc + bias, shift) as (acc + that) >> shift."""
+    b = _i64(bias)
+    return b + (np.int64(1) << np.int64(shift - 1)) if shift > 0 else b
+
+
 def sat16(x) -> np.ndarray:
     """C: ``mcunn_sat16(int32 or int64)``: clamp to [-32768, 32767]."""
     x = _i64(x)

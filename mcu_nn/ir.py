@@ -40,6 +40,7 @@ class DirectionWeights:
     b_ih: Optional[np.ndarray] = None     # (G*H,) or None when bias=False
     b_hh: Optional[np.ndarray] = None     # (G*H,)
     w_hr: Optional[np.ndarray] = None     # (P, H) LSTM projection, None when proj_size=0
+    extra: dict = field(default_factory=dict)   # a cell's own parameters (mcu_nn.cells), e.g. peepholes
 
 
 @dataclass
@@ -378,6 +379,7 @@ class QDirection:
     shift: int                            # common right shift of the gate requantisation
     proj: Optional[QMatrix] = None        # LSTM projection (P, H)
     proj_shift: int = 0
+    extra: dict = field(default_factory=dict)   # a cell's own integer parameters (Cell.quant_extra)
 
 
 @dataclass

@@ -126,8 +126,9 @@ class QATModel(nn.Module):
         for op, m in zip(self.template.ops, self.layers):
             if isinstance(op, Recurrent):
                 dirs = [DirectionWeights(w_ih=d.wx.w.detach().numpy().copy(), w_hh=d.wh.w.detach().numpy().copy(),
-                                         b_ih=d.b_ih.detach().numpy().copy(), b_hh=d.b_hh.detach().numpy().copy())
-                        for d in m.dirs]
+                                         b_ih=d.b_ih.detach().numpy().copy(), b_hh=d.b_hh.detach().numpy().copy(),
+                                         extra=dict(dw.extra))   # a cell's own parameters are not trained
+                        for d, dw in zip(m.dirs, op.directions)]
                 ops.append(Recurrent(op.kind, op.input_size, op.hidden_size, 0, op.bidirectional, dirs, op.source,
                                      **_wiring(op)))
             elif isinstance(op, Linear):

@@ -109,6 +109,10 @@ class Cell:
         """(bias of every gate row, a second bias kept apart or None), both float."""
         return b_ih + b_hh, None
 
+    def quant_extra(self, dw: Any, h_scale: float, cell_frac: int, where: str) -> dict:
+        """The integer form of the cell's own parameters (``dw.extra``), for ``QDirection.extra``."""
+        return {}
+
     def traced(self, layer: Any) -> dict[str, tuple[float, str]]:
         """Traced tensors besides h: name -> (scale, what counts as clipped in the calibration
         report: "over_q312", "over_q15", "clipped" or "none")."""
@@ -130,6 +134,11 @@ class Cell:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- C
+    def c_arrays(self, b: Any, name: str, qd: Any, what: str) -> dict:
+        """Template names of the cell's own parameter arrays, added with ``b.arr(ctype, name + suffix,
+        values, what)`` (``qd``: a QDirection, or DirectionWeights in a float32 model)."""
+        return {}
+
     def rq_records(self, rq: np.ndarray, qd: Any, hidden: int) -> np.ndarray:
         """The requantisation records of one direction in kernel order, from ``rq`` (rows in
         group order: rounded bias, mx, mh)."""

@@ -223,6 +223,7 @@ class _Builder:
                     D["wp"], D["mp"], D["dotp"], bp = self.matrix(qd.proj, f"op{k}_d{d}_wp", what + " projection")
                     D["proj_shift"] = int(qd.proj_shift)
                     self.check_requant([(bp, qd.proj.mult)], np.zeros(P, np.int64), what + " projection")
+            D.update(cell.c_arrays(self, D["fn"][len(self.p) + 1:], qd, what))
             self.kernels.append(self.env.get_template(cell.template).render(L=L, D=D, fp=fp_, vt=self.vt))
             dirs.append(D)
         L["dirs"] = dirs

@@ -145,6 +145,8 @@ def _quant_recurrent(op: Recurrent, key: str, where: str, in_scale: float, stats
     cell, dirs = cell_of(op.kind), range(len(op.directions))
     h_scale, cell_frac = cell.quant_state(op, lambda name: max(_range(stats[f"{key}.d{d}.{name}"]) for d in dirs))
     qdirs = [_quant_direction(op, d, in_scale, h_scale, precision, where) for d in dirs]
+    for dw, qd in zip(op.directions, qdirs):
+        qd.extra = cell.quant_extra(dw, h_scale, cell_frac, where)
     qop = QRecurrent(kind=op.kind, input_size=op.input_size, hidden_size=op.hidden_size,
                      proj_size=op.proj_size, bidirectional=op.bidirectional, directions=qdirs,
                      in_scale=in_scale, h_scale=h_scale, cell_frac=cell_frac, source=op.source,

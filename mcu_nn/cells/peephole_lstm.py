@@ -18,6 +18,13 @@ from .lstm import LSTM
 MAX_SHIFT = 30            # fixedpoint.peephole keeps p * c and its rounding add inside int32
 
 
+def _weights(dw: Any, dtype: type) -> np.ndarray:
+    p = dw.extra.get("peephole")
+    if p is None or np.shape(p)[0] != 3:
+        raise McuNnError("a peephole_lstm direction needs extra['peephole']: the (3, H) weights p_i, p_f, p_o")
+    return np.asarray(p, dtype)
+
+
 class PeepholeLSTM(LSTM):
     kind = "peephole_lstm"
     aten = ()             # not a torch module: built in the IR (or folded from a hand-written loop)
@@ -26,7 +33,7 @@ class PeepholeLSTM(LSTM):
 
     def float_step(self, op: Any, dw: Any, xw: np.ndarray, hw: np.ndarray, state: Arrays,
                    dtype: type) -> tuple[Arrays, Arrays]:
-        p = np.asarray(dw.extra["peephole"], dtype)
+        p = _weights(dw, dtype)
         c = state["c"]
         pre = xw + hw
         pre_i, pre_f, pre_g, pre_o = gate_rows(pre, 4)
@@ -39,7 +46,7 @@ class PeepholeLSTM(LSTM):
     def quant_extra(self, dw: Any, h_scale: float, cell_frac: int, where: str) -> dict:
         if dw.w_hr is not None:
             raise McuNnError(f"{where}: a peephole LSTM has no projection (proj_size must be 0)")
-        p = np.asarray(dw.extra["peephole"], np.float64)
+        p = _weights(dw, np.float64)
         # p * c_q * 2^(12 - cell_frac) is the term in Q3.12: p = p_q * 2^-(12 - cell_frac + shift)
         shifts = []
         for row in p:
@@ -85,7 +92,7 @@ class PeepholeLSTM(LSTM):
 
     def c_arrays(self, b: Any, name: str, qd: Any, what: str) -> dict:
         if b.fp:
-            return {"peep": b.arr("float", name + "_peep", np.asarray(qd.extra["peephole"], np.float32), what)}
+            return {"peep": b.arr("float", name + "_peep", _weights(qd, np.float32), what)}
         return {"peep": b.arr("int16_t", name + "_peep", qd.extra["p"], what + " peepholes"),
                 "peep_shift": [int(s) for s in qd.extra["shift"]]}
 

@@ -85,6 +85,13 @@ def rshift_round(x, n: int) -> np.ndarray:
     return (x + (np.int64(1) << np.int64(n - 1))) >> np.int64(n)
 
 
+def rounding_bias(bias, shift: int) -> np.ndarray:
+    """bias + 2^(shift-1): rshift_round's rounding constant folded into a bias, so the C's
+    requantisation records compute rshift_round(acc + bias, shift) as (acc + that) >> shift."""
+    b = _i64(bias)
+    return b + (np.int64(1) << np.int64(shift - 1)) if shift > 0 else b
+
+
 def sat16(x) -> np.ndarray:
     """C: ``mcunn_sat16(int32 or int64)``: clamp to [-32768, 32767]."""
     x = _i64(x)
@@ -192,15 +199,30 @@ def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
 # ----------------------------------------------------------------------------- cells
 def lstm_cell(pre_i, pre_f, pre_g, pre_o, c, cell_frac: int):
     """One LSTM update from saturated Q3.12 pre-activations.
-    c (int16, ``cell_frac`` fractional bits) -> (c_new, h) with h in Q15.
-      c_new = sat16(rshift_round(f*c, 15) + rshift_round(i*g, 30 - cell_frac))
-      h     = sat16(rshift_round(o * tanh(q312(c_new)), 15))
+    c (int16, ``cell_frac`` fractional bits) -> (c_new, h) with h in Q15:
+    lstm_c, then lstm_h of c_new."""
+    c_new = lstm_c(pre_i, pre_f, pre_g, c, cell_frac)
+    return c_new, lstm_h(pre_o, c_new, cell_frac)
+
+
+def lstm_c(pre_i, pre_f, pre_g, c, cell_frac: int) -> np.ndarray:
+    """The cell state update: c_new = sat16(rshift_round(f*c, 15) + rshift_round(i*g, 30 - cell_frac)).
     C: both products fit int32 (|f|,|i|,|g| <= 32767, |c| <= 32768)."""
-    i, f = sigmoid_q15(pre_i), sigmoid_q15(pre_f)
-    g, o = tanh_q15(pre_g), sigmoid_q15(pre_o)
-    c_new = sat16(mul_q15(f, c) + rshift_round(i * g, 2 * Q15_FRAC - cell_frac))
-    h = sat16(mul_q15(o, tanh_q15(frac_to_q312(c_new, cell_frac))))
-    return c_new, h
+    i, f, g = sigmoid_q15(pre_i), sigmoid_q15(pre_f), tanh_q15(pre_g)
+    return sat16(mul_q15(f, c) + rshift_round(i * g, 2 * Q15_FRAC - cell_frac))
+
+
+def lstm_h(pre_o, c_new, cell_frac: int) -> np.ndarray:
+    """The output: h = sat16(rshift_round(o * tanh(q312(c_new)), 15)), Q15."""
+    return sat16(mul_q15(sigmoid_q15(pre_o), tanh_q15(frac_to_q312(c_new, cell_frac))))
+
+
+def peephole(pre, p, c, shift: int) -> np.ndarray:
+    """A peephole connection onto a saturated Q3.12 pre-activation:
+    sat16(pre + rshift_round(p * c, shift)), p an int16 weight per unit, c the int16 cell state
+    (the export chooses p's scale and ``shift`` so p * c lands in Q3.12). C: |p * c| <= 2^30 and
+    shift in [0, 30], so the product, its rounding add and the sum fit int32."""
+    return sat16(_i64(pre) + rshift_round(_i64(p) * _i64(c), shift))
 
 
 def gru_cell(pre_r, pre_z, n_x, n_h, h):

@@ -8,9 +8,9 @@ quantisation: integer weights, multipliers and shifts whose meaning is defined b
 :mod:`mcu_nn.fixedpoint` (see docs/numerics.md).
 
 Tensor names: the model input is "input"; op ``i`` writes "op{i}.out" and a recurrent
-op also "op{i}.h_n" (final h of every direction, concatenated) and, for an LSTM,
-"op{i}.c_n". A recurrent op reads [x] or [x, h0] or [x, h0, c0] (states given by the
-caller; shapes as h_n / c_n). Ops built without names (a chain, as most code and tests
+op also the final value of each state of its cell (mcu_nn.cells), every direction
+concatenated: "op{i}.h_n" and, for an LSTM, "op{i}.c_n". A recurrent op reads [x] or
+[x, h0] or [x, h0, c0] (states given by the caller; shapes as h_n / c_n). Ops built without names (a chain, as most code and tests
 write them) are wired in list order by :func:`wire_chain` when the model is made.
 Sizes, per-step-ness and scales of tensors are derived from the ops (:func:`tensors`),
 so they never disagree with them.
@@ -25,10 +25,10 @@ from typing import Literal, Optional, Union
 
 import numpy as np
 
+from .cells import cell_of
 from .errors import McuNnError
 
-CellKind = Literal["lstm", "gru", "rnn_tanh", "rnn_relu"]
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # PyTorch orders: i,f,g,o / r,z,n
+CellKind = str                            # a kind of mcu_nn.cells: "lstm", "gru", "rnn_tanh", ...
 
 
 # ----------------------------------------------------------------------------- float IR
@@ -40,11 +40,12 @@ class DirectionWeights:
     b_ih: Optional[np.ndarray] = None     # (G*H,) or None when bias=False
     b_hh: Optional[np.ndarray] = None     # (G*H,)
     w_hr: Optional[np.ndarray] = None     # (P, H) LSTM projection, None when proj_size=0
+    extra: dict = field(default_factory=dict)   # a cell's own parameters (mcu_nn.cells), e.g. peepholes
 
 
 @dataclass
 class Recurrent:
-    """One layer of an nn.LSTM/GRU/RNN (a num_layers=N module becomes N of these)."""
+    """One layer of a recurrent cell (mcu_nn.cells; a num_layers=N nn.LSTM/GRU/RNN becomes N of these)."""
     kind: CellKind
     input_size: int
     hidden_size: int
@@ -186,9 +187,7 @@ class Tensor:
 def default_outputs(op, index: int) -> list[str]:
     names = [f"op{index}.out"]
     if is_recurrent(op):
-        names.append(f"op{index}.h_n")
-        if op.kind == "lstm":
-            names.append(f"op{index}.c_n")
+        names += [f"op{index}.{s}_n" for s in cell_of(op.kind).states]
     return names
 
 
@@ -232,23 +231,21 @@ class StateSlot:
     ``_set_state`` copy: h or c of one direction of one recurrent op."""
     op_index: int
     direction: int
-    what: Literal["h", "c"]
+    what: str                             # a state of the op's cell: "h", "c"
     size: int
     scale: float                          # value = q * scale (1.0 for float models)
 
 
 def state_slots(model) -> list[StateSlot]:
     """The recurrent state in its one flat layout: ops in graph order, then directions,
-    then h before c."""
-    quant = hasattr(model, "input_scale") and model.precision != "float32"
+    then the cell's states (h before c)."""
     slots = []
     for i, op in enumerate(model.ops):
         if not is_recurrent(op):
             continue
+        cell = cell_of(op.kind)
         for d in range(len(op.directions)):
-            slots.append(StateSlot(i, d, "h", op.state_size, op.h_scale if quant else 1.0))
-            if op.kind == "lstm":
-                slots.append(StateSlot(i, d, "c", op.hidden_size, 2.0 ** -op.cell_frac if quant else 1.0))
+            slots += [StateSlot(i, d, s, cell.state_size(op, s), cell.state_scale(op, s)) for s in cell.states]
     return slots
 
 
@@ -292,12 +289,9 @@ def tensors(model) -> dict[str, Tensor]:
             table = op.weight if isinstance(op, Embedding) else op.table
             sizes = [(int(table.shape[1]), x.per_step, getattr(op, "out_scale", 1.0))]
         elif is_recurrent(op):
-            hs = op.h_scale if isinstance(op, QRecurrent) else 1.0
-            cs = 2.0 ** -op.cell_frac if isinstance(op, QRecurrent) else 1.0
-            ndir = len(op.directions)
-            sizes = [(op.output_size, True, hs), (op.state_size * ndir, False, hs)]
-            if op.kind == "lstm":
-                sizes.append((op.hidden_size * ndir, False, cs))
+            cell, ndir = cell_of(op.kind), len(op.directions)
+            sizes = [(op.output_size, True, cell.state_scale(op, "h"))]
+            sizes += [(cell.state_size(op, s) * ndir, False, cell.state_scale(op, s)) for s in cell.states]
             for name, (size, _, scale) in zip(op.inputs[1:], sizes[1:]):
                 if name:
                     out[name] = Tensor(name, size, False, scale)
@@ -331,8 +325,8 @@ def whole_sequence(model) -> bool:
 
 def macs_per_step(op: Op) -> int:
     """Multiply-accumulates one time step costs (the benchmark's definition)."""
-    if isinstance(op, Recurrent):
-        g, h, r = GATES[op.kind], op.hidden_size, op.state_size
+    if is_recurrent(op):
+        g, h, r = cell_of(op.kind).n_gates, op.hidden_size, op.state_size
         x_part = 0 if op.input_ids else op.input_size        # a picked column costs no multiplies
         per_dir = g * h * (x_part + r) + (op.proj_size * h if op.proj_size else 0)
         return per_dir * len(op.directions)
@@ -385,6 +379,7 @@ class QDirection:
     shift: int                            # common right shift of the gate requantisation
     proj: Optional[QMatrix] = None        # LSTM projection (P, H)
     proj_shift: int = 0
+    extra: dict = field(default_factory=dict)   # a cell's own integer parameters (Cell.quant_extra)
 
 
 @dataclass

@@ -26,16 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cells import cell_of
+from .cells.base import Q15_SCALE, unsat16
 from .errors import McuNnError
-from .ir import (GATES, Activation, DirectionWeights, Embedding, FinalHidden, Graph, Linear,
+from .ir import (Activation, DirectionWeights, Embedding, FinalHidden, Graph, Linear,
                  QActivation, QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast)
 from . import fixedpoint as fp
 from .quant.calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration
 from .quant.quantize import QMAX, quantize_rows, quantize_with_stats
 
 F64 = torch.float64
-GATE_SCALE = 2.0 ** -12
-Q15_SCALE = 2.0 ** -15
 
 
 def _ste(exact: np.ndarray, scale: float, surrogate: torch.Tensor,
@@ -47,14 +47,6 @@ def _ste(exact: np.ndarray, scale: float, surrogate: torch.Tensor,
     if passes is not None:
         delta = delta * torch.from_numpy(np.asarray(passes, np.float64))
     return value + delta
-
-
-def _unsat16(q: np.ndarray) -> np.ndarray:
-    return (q > fp.INT16_MIN) & (q < fp.INT16_MAX)
-
-
-def _sig(v: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(v)
 
 
 class _Rows(nn.Module):
@@ -99,7 +91,7 @@ class QATModel(nn.Module):
                 if op.proj_size:
                     raise McuNnError(f"{op.source or f'op {i}'}: QAT does not support LSTM projections "
                                      f"(proj_size); export it with post-training quantisation")
-                rows = GATES[op.kind] * op.hidden_size
+                rows = cell_of(op.kind).n_gates * op.hidden_size
                 m.dirs = nn.ModuleList()
                 for dw in op.directions:
                     d = nn.Module()
@@ -134,8 +126,9 @@ class QATModel(nn.Module):
         for op, m in zip(self.template.ops, self.layers):
             if isinstance(op, Recurrent):
                 dirs = [DirectionWeights(w_ih=d.wx.w.detach().numpy().copy(), w_hh=d.wh.w.detach().numpy().copy(),
-                                         b_ih=d.b_ih.detach().numpy().copy(), b_hh=d.b_hh.detach().numpy().copy())
-                        for d in m.dirs]
+                                         b_ih=d.b_ih.detach().numpy().copy(), b_hh=d.b_hh.detach().numpy().copy(),
+                                         extra=dict(dw.extra))   # a cell's own parameters are not trained
+                        for d, dw in zip(m.dirs, op.directions)]
                 ops.append(Recurrent(op.kind, op.input_size, op.hidden_size, 0, op.bidirectional, dirs, op.source,
                                      **_wiring(op)))
             elif isinstance(op, Linear):
@@ -193,7 +186,7 @@ class QATModel(nn.Module):
             elif isinstance(qop, QLinear):
                 w = m.w.fake(QMAX[self.precision])
                 yq = fp.sat16(fp.requant([(fp.matvec(qop.mat.w, xq), qop.mat.mult)], qop.bias, qop.shift))
-                xv, xq = _ste(yq, qop.out_scale, xv @ w.T + m.b.to(F64), _unsat16(yq)), yq
+                xv, xq = _ste(yq, qop.out_scale, xv @ w.T + m.b.to(F64), unsat16(yq)), yq
             elif isinstance(qop, QActivation):
                 xq, xv = self._activation(qop, xq, xv)
             elif isinstance(qop, SelectLast):
@@ -223,71 +216,30 @@ class QATModel(nn.Module):
         x312 = fp.sat16(fp.rshift_round(fp._i64(xq) * qop.mult, qop.shift))
         if qop.kind == "tanh":
             yq = fp.tanh_q15(x312)
-            return yq, _ste(yq, Q15_SCALE, torch.tanh(xv), _unsat16(x312))
+            return yq, _ste(yq, Q15_SCALE, torch.tanh(xv), unsat16(x312))
         yq = fp.sigmoid_q15(x312)
-        return yq, _ste(yq, Q15_SCALE, torch.sigmoid(xv), _unsat16(x312))
+        return yq, _ste(yq, Q15_SCALE, torch.sigmoid(xv), unsat16(x312))
 
     def _direction(self, layer: QRecurrent, m: nn.Module, d: int, xq: np.ndarray, xv: torch.Tensor):
-        """One direction over the sequence: (h ints (N,T,H), h values (N,T,H))."""
-        qd, qmax = layer.directions[d], QMAX[self.precision]
-        hid, kind = layer.hidden_size, layer.kind
+        """One direction over the sequence: (h ints (N,T,H), h values (N,T,H)). The values are the
+        cell's integer step; its QAT surrogate only supplies the gradients."""
+        cell, qd, qmax = cell_of(layer.kind), layer.directions[d], QMAX[self.precision]
         n, t_len, _ = xq.shape
         wx, wh = m.wx.fake(qmax), m.wh.fake(qmax)
         b_ih, b_hh = m.b_ih.to(F64), m.b_hh.to(F64)
         acc_x = fp.matvec(qd.wx.w, xq)
         xw = xv @ wx.T + b_ih                                 # float surrogate of the input part
-        mx, mh = fp._i64(qd.wx.mult), fp._i64(qd.wh.mult)
-        hq = np.zeros((n, hid), np.int64)
-        hv = torch.zeros((n, hid), dtype=F64)
-        cq = np.zeros((n, hid), np.int64)
-        cv = torch.zeros((n, hid), dtype=F64)
+        state = {s: np.zeros((n, cell.state_size(layer, s)), np.int64) for s in cell.states}
+        values = {s: torch.zeros((n, cell.state_size(layer, s)), dtype=F64) for s in cell.states}
         outs_q: list = [None] * t_len
         outs_v: list = [None] * t_len
         steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
         for t in steps:
-            ax, ah = acc_x[:, t], fp.matvec(qd.wh.w, hq)
-            hw = hv @ wh.T + b_hh
-            if kind == "gru":
-                rz, nr = slice(0, 2 * hid), slice(2 * hid, 3 * hid)
-                pre = fp.sat16(fp.requant([(ax[:, rz], mx[rz]), (ah[:, rz], mh[rz])], qd.bias[rz], qd.shift))
-                nxq = fp.sat32(fp.requant([(ax[:, nr], mx[nr])], qd.bias[nr], qd.shift))
-                nhq = fp.sat32(fp.requant([(ah[:, nr], mh[nr])], qd.bias_h, qd.shift))
-                prev = _ste(pre, GATE_SCALE, xw[:, t, rz] + hw[:, rz], _unsat16(pre))
-                nxv = _ste(nxq, GATE_SCALE, xw[:, t, nr])
-                nhv = _ste(nhq, GATE_SCALE, hw[:, nr])
-                r_q, z_q = fp.sigmoid_q15(pre[:, :hid]), fp.sigmoid_q15(pre[:, hid:])
-                rv = _ste(r_q, Q15_SCALE, _sig(prev[:, :hid]))
-                zv = _ste(z_q, Q15_SCALE, _sig(prev[:, hid:]))
-                npre = fp.sat16(nxq + fp.rshift_round(r_q * nhq, 15))
-                nq = fp.tanh_q15(npre)
-                nv = _ste(nq, Q15_SCALE, torch.tanh(nxv + rv * nhv), _unsat16(npre))
-                new_h = fp.gru_cell(pre[:, :hid], pre[:, hid:], nxq, nhq, hq)
-                hv = _ste(new_h, Q15_SCALE, (1 - zv) * nv + zv * hv)
-                hq = new_h
-            else:
-                pre = fp.sat16(fp.requant([(ax, mx), (ah, mh)], qd.bias, qd.shift))
-                if kind == "lstm":
-                    prev = _ste(pre, GATE_SCALE, xw[:, t] + hw, _unsat16(pre))
-                    g = [pre[:, k * hid:(k + 1) * hid] for k in range(4)]
-                    gv = [prev[:, k * hid:(k + 1) * hid] for k in range(4)]
-                    iv = _ste(fp.sigmoid_q15(g[0]), Q15_SCALE, _sig(gv[0]))
-                    fv = _ste(fp.sigmoid_q15(g[1]), Q15_SCALE, _sig(gv[1]))
-                    ggv = _ste(fp.tanh_q15(g[2]), Q15_SCALE, torch.tanh(gv[2]))
-                    ov = _ste(fp.sigmoid_q15(g[3]), Q15_SCALE, _sig(gv[3]))
-                    new_c, new_h = fp.lstm_cell(g[0], g[1], g[2], g[3], cq, layer.cell_frac)
-                    cv = _ste(new_c, 2.0 ** -layer.cell_frac, fv * cv + iv * ggv, _unsat16(new_c))
-                    hv = _ste(new_h, Q15_SCALE, ov * torch.tanh(cv))
-                    cq, hq = new_c, new_h
-                elif kind == "rnn_tanh":
-                    prev = _ste(pre, GATE_SCALE, xw[:, t] + hw, _unsat16(pre))
-                    hq = fp.tanh_q15(pre)
-                    hv = _ste(hq, Q15_SCALE, torch.tanh(prev))
-                elif kind == "rnn_relu":
-                    hq = fp.relu(pre)
-                    hv = _ste(hq, layer.h_scale, torch.relu(xw[:, t] + hw), _unsat16(pre))
-                else:
-                    raise McuNnError(f"QAT: unknown recurrent kind {kind!r} in {layer.source or 'a layer'}")
-            outs_q[t], outs_v[t] = hq, hv
+            hw = values["h"] @ wh.T + b_hh
+            new, parts = cell.int_step(layer, qd, acc_x[:, t], fp.matvec(qd.wh.w, state["h"]), state, detail=True)
+            values = cell.qat_step(layer, new, parts, xw[:, t], hw, values, _ste)
+            state = new
+            outs_q[t], outs_v[t] = state["h"], values["h"]
         return np.stack(outs_q, axis=1), torch.stack(outs_v, dim=1)
 
 

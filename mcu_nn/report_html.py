@@ -18,14 +18,12 @@ from typing import Optional
 
 import numpy as np
 
+from .cells import cell_of
 from .errors import McuNnError
 from .ir import Graph, QModel
 from .quant.metrics import snr_db, top1_agreement
 from .sim import run_float
 from .sim.int_sim import quantize_model_input, run_quant
-
-GATE_NAMES = {"lstm": "ifgo", "gru": "rzn", "rnn_tanh": "a", "rnn_relu": "a"}
-
 
 # ----------------------------------------------------------------------------- integer traces
 def trace_quant(q: QModel, x: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -68,7 +66,7 @@ def measure(graph: Graph, q: QModel, x: np.ndarray, labels: Optional[np.ndarray]
             op = graph.ops[int(name.split(".")[0][2:])]
             hid = op.hidden_size
             row["per_gate_snr_db"] = {g: _finite(snr_db(fa[..., k * hid:(k + 1) * hid], qa[..., k * hid:(k + 1) * hid]))
-                                      for k, g in enumerate(GATE_NAMES[op.kind])}
+                                      for k, g in enumerate(cell_of(op.kind).gates)}
         if name.endswith(".h") and fa.ndim == 3:         # does the error grow along the sequence?
             row["snr_per_step_db"] = [_finite(snr_db(fa[:, t], qa[:, t])) for t in range(fa.shape[1])]
         tensors.append(row)

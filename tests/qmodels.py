@@ -12,7 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from mcu_nn.ir import (GATES, Activation, DirectionWeights, Embedding, FinalHidden, Graph, Linear,
+from mcu_nn.cells import GATES
+from mcu_nn.ir import (Activation, DirectionWeights, Embedding, FinalHidden, Graph, Linear,
                        QActivation, QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent,
                        Recurrent, SelectLast)
 

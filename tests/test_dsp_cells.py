@@ -22,7 +22,7 @@ pytestmark = pytest.mark.qemu            # skipped without the emulator (tests/c
 N = 160
 EDGE16 = [-32768, -32767, -16384, -4097, -4096, -64, -63, -1, 0, 1, 63, 64, 4095, 4096, 16384, 32766, 32767]
 
-SOURCE = """{% from "_cell_dsp.j2" import lstm_cell, gru_cell %}
+SOURCE = """{% from "ports/cortex_m_dsp/_cell_dsp.j2" import lstm_cell, gru_cell %}
 #include <stdint.h>
 #include "mcunn_fixedpoint.h"
 #include "bench.h"

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from mcu_nn.errors import McuNnError
-from mcu_nn.ir import (GATES, FinalHidden, Graph, Linear, QActivation, QEmbedding, QLinear, QMatrix,
+from mcu_nn.cells import GATES
+from mcu_nn.ir import (FinalHidden, Graph, Linear, QActivation, QEmbedding, QLinear, QMatrix,
                        QRecurrent, Recurrent, SelectLast)
 from mcu_nn.quant import load_calibration, quantize
 from mcu_nn.sim.float_sim import run_float

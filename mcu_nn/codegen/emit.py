@@ -14,10 +14,11 @@ import jinja2
 import numpy as np
 
 from .. import __version__
+from ..cells import cell_of
 from ..errors import McuNnError
 from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbedding, QLinear,
-                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast, producers, state_slots, tensors,
-                  whole_sequence)
+                  QMatrix, QModel, QRecurrent, Recurrent, SelectLast, macs_per_step, producers, state_slots,
+                  tensors, whole_sequence)
 from ..ops.conv1d import Conv1d, QConv1d
 from ..ops.pooling import TimeFlatten, TimePool, TimeReduce, TimeSelect, TimeSlice
 from ..ops.repeat import Repeat
@@ -144,12 +145,6 @@ def pack_group_weights(wx: np.ndarray, wh: np.ndarray, rows_per_group: int, chun
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _round_bias(bias, shift: int) -> np.ndarray:
-    """bias + 2^(shift-1): rshift_round's rounding constant folded in at export time."""
-    b = np.asarray(bias, dtype=np.int64)
-    return b + (np.int64(1) << np.int64(shift - 1)) if shift > 0 else b
-
-
 class _Builder:
     def __init__(self, q: QModel, prefix: str, weight_layout: str = "packed"):
         if weight_layout not in WEIGHT_LAYOUTS:
@@ -208,7 +203,7 @@ class _Builder:
         P = op.proj_size
         L = {"source": op.source or f"op {k}", "kind": op.kind, "H": H, "S": S, "I": op.input_size, "P": P,
              "cell_frac": 0 if fp_ else op.cell_frac, "ids": bool(getattr(op, "input_ids", False))}
-        tpl = {"lstm": "lstm.c.j2", "gru": "gru.c.j2"}.get(op.kind, "rnn.c.j2")
+        cell = cell_of(op.kind)
         dirs = []
         for d, qd in enumerate(op.directions):
             what = f"{L['source']} direction {d}"
@@ -228,7 +223,8 @@ class _Builder:
                     D["wp"], D["mp"], D["dotp"], bp = self.matrix(qd.proj, f"op{k}_d{d}_wp", what + " projection")
                     D["proj_shift"] = int(qd.proj_shift)
                     self.check_requant([(bp, qd.proj.mult)], np.zeros(P, np.int64), what + " projection")
-            self.kernels.append(self.env.get_template(tpl).render(L=L, D=D, fp=fp_, vt=self.vt))
+            D.update(cell.c_arrays(self, D["fn"][len(self.p) + 1:], qd, what))
+            self.kernels.append(self.env.get_template(cell.template).render(L=L, D=D, fp=fp_, vt=self.vt))
             dirs.append(D)
         L["dirs"] = dirs
         return L
@@ -236,7 +232,8 @@ class _Builder:
     def fused(self, op, qd, D: dict, what: str) -> None:
         """The fused gate layout of one integer direction: weight stream, requant records,
         and the names of the group dot-product kernels (portable or SIMD, chosen in C)."""
-        R = {"lstm": 4, "gru": 3}.get(op.kind, 1)
+        cell = cell_of(op.kind)
+        R = cell.n_gates
         wx, wh = np.asarray(qd.wx.w, np.int64), np.asarray(qd.wh.w, np.int64)
         both = np.concatenate([wx.reshape(-1), wh.reshape(-1)])
         wide = self.layout == "wide" or self.wtype(both) != "int8_t"
@@ -267,13 +264,9 @@ class _Builder:
         order = [g * H + u for u in range(H) for g in range(R)]            # group order
         for m in (qd.wx.mult, qd.wh.mult):
             _check_int(np.asarray(m, np.int64), -(1 << 31) + 1, (1 << 31) - 1, what + " multipliers")
-        rq = np.stack([_round_bias(qd.bias, shift), np.asarray(qd.wx.mult, np.int64),
+        rq = np.stack([fp.rounding_bias(qd.bias, shift), np.asarray(qd.wx.mult, np.int64),
                        np.asarray(qd.wh.mult, np.int64)], axis=1)[order]
-        if op.kind == "gru":   # one record block per unit: r, z, n, then the n row's bias_h
-            rq = np.concatenate([rq.reshape(H, 9), _round_bias(qd.bias_h, shift).reshape(H, 1)], axis=1)
-            D["rq"] = self.arr("mcunn_rq_gru_t", name + "_rq", rq, what + " requantisation")
-        else:
-            D["rq"] = self.arr("mcunn_rq_t", name + "_rq", rq, what + " requantisation")
+        D["rq"] = self.arr(cell.rq_type, name + "_rq", cell.rq_records(rq, qd, H), what + " requantisation")
 
     def picked_columns(self, op, wx: np.ndarray, R: int, name: str, what: str) -> str:
         """W_ih of a one-hot input as a (V, G*H) table in the kernel's group order: row ``id`` holds
@@ -385,10 +378,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         elif _is_rec(op):
             b.recurrent(k, op)
             max_h = max(max_h, op.hidden_size)
-            g = {"lstm": 4, "gru": 3}.get(op.kind, 1)
-            x_part = 0 if getattr(op, "input_ids", False) else op.input_size   # a picked column: no MACs
-            macs = len(op.directions) * (g * op.hidden_size * (x_part + op.state_size)
-                                         + op.proj_size * op.hidden_size)
+            macs = macs_per_step(op)
         elif isinstance(op, (QLinear, Linear)):
             info = b.linear(k, op)
             macs = info["O"] * info["I"]
@@ -420,10 +410,10 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
     # state: recurrent h/c per direction, then what the schedule needs (scratch, accumulators, buffers)
     for k, op in enumerate(q.ops):
         if _is_rec(op):
+            cell = cell_of(op.kind)
             for d in range(len(op.directions)):
-                member(f"op{k}_h{d}", op.state_size)
-                if op.kind == "lstm":
-                    member(f"op{k}_c{d}", op.hidden_size)
+                for s in cell.states:
+                    member(f"op{k}_{s}{d}", cell.state_size(op, s))
     hnew = member("hnew", max_h)
     sch = schedule.build(q, p, vt, b.fp, member, in_size, hnew, max(dims + [1]))
 

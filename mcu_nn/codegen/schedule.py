@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..cells import cell_of
 from ..errors import McuNnError
 from ..ir import (Activation, Embedding, FinalHidden, Linear, QActivation, QEmbedding, QLinear, QRecurrent,
                   Recurrent, SelectLast, producers, tensors, whole_sequence)
@@ -91,10 +92,10 @@ def build(q, p: str, vt: str, fp_: bool, member: Callable[..., str], in_size: in
 
 
 def _rec_call(p: str, k: int, op, d: int, x: str, hnew: str) -> str:
-    c = f"s->op{k}_c{d}, " if op.kind == "lstm" else ""
+    states = "".join(f"s->op{k}_{s}{d}, " for s in cell_of(op.kind).states)   # h, then c of an LSTM
     if getattr(op, "input_ids", False):            # one-hot input: the kernel takes the token id
         x = f"(int32_t)*({x})"
-    return f"{p}_op{k}_d{d}(s->op{k}_h{d}, {c}{x}, {hnew});"
+    return f"{p}_op{k}_d{d}({states}{x}, {hnew});"
 
 
 def _acc_members(p, k, op, vt, fp_, member, n, sch: Schedule) -> dict:

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from .. import ir
+from ..cells import cell_of
 from ..errors import McuNnError
 from .loops import fold_loops
 from .loading import first_line, load_exported, quiet, sniff
@@ -86,8 +87,9 @@ def _wire_state(graph: ir.Graph, res) -> None:
     if not res.state_inputs and not res.state_outputs:
         return
     for op, what, name in res.state_inputs:
-        slots = op.inputs[:1] + (op.inputs[1:] + ["", ""])[:2 if op.kind == "lstm" else 1]
-        slots["hc".index(what) + 1] = name
+        states = cell_of(op.kind).states
+        slots = op.inputs[:1] + (op.inputs[1:] + [""] * len(states))[:len(states)]
+        slots[states.index(what) + 1] = name
         op.inputs = slots
     graph.inputs = [ir.INPUT] + [name for _, _, name in res.state_inputs]
     main = graph.ops[-1].outputs[0]

@@ -18,6 +18,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from ..cells import from_aten, from_torch_module
 from ..errors import McuNnError
 
 SAVE_HINT = ("torch.export.save(torch.export.export(model.eval(), (example_input,)), \"model.pt2\")")
@@ -155,8 +156,7 @@ def _examples(path: Path, input_shape: Optional[tuple[int, ...]], batch_first: b
 def first_rnn_batch_first(ep: torch.export.ExportedProgram) -> Optional[bool]:
     """batch_first of the first recurrent op in the program (None when there is none)."""
     for node in ep.graph.nodes:
-        if node.op == "call_function" and str(node.target) in (
-                "aten.lstm.input", "aten.gru.input", "aten.rnn_tanh.input", "aten.rnn_relu.input"):
+        if node.op == "call_function" and from_aten(str(node.target)) is not None:
             return bool(node.args[8]) if len(node.args) > 8 else False
     return None
 
@@ -193,8 +193,7 @@ def _rnn_read_one_step(ep: torch.export.ExportedProgram, input_shape: Optional[t
     when the model turns its input time-major itself (d2l.ai's ``inputs.T``)."""
     steps = input_shape[0] if input_shape else None
     for node in ep.graph.nodes:
-        if node.op == "call_function" and str(node.target) in (
-                "aten.lstm.input", "aten.gru.input", "aten.rnn_tanh.input", "aten.rnn_relu.input"):
+        if node.op == "call_function" and from_aten(str(node.target)) is not None:
             val = node.args[0].meta.get("val") if hasattr(node.args[0], "meta") else None
             shape = tuple(val.shape) if isinstance(val, torch.Tensor) else ()
             return not (len(shape) == 3 and shape[0] == steps and steps != 1)
@@ -224,8 +223,9 @@ def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> tor
     ts.eval()
     args = [(a.name, len(a.type.elements()) if isinstance(a.type, torch.TupleType) else False)
             for a in ts.forward.schema.arguments if a.name != "self"]
-    rnn = next(((n, m, m.original_name) for n, m in ts.named_modules() if getattr(m, "original_name", "") in RNN_GATES),
-               None) or _hand_written_cell(ts, lambda m: getattr(m, "original_name", ""))
+    rnn = next(((n, m, m.original_name) for n, m in ts.named_modules()
+                if from_torch_module(getattr(m, "original_name", ""))), None) \
+        or _hand_written_cell(ts, lambda m: getattr(m, "original_name", ""))
     seen = ", ".join(f"{a.name}: {a.type}" for a in ts.forward.schema.arguments if a.name != "self")
     extras, said = _extra_examples(args, seen, rnn, path, input_shape)
 
@@ -259,7 +259,6 @@ def _torch_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {line}"
 
 
-RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 PACKED = ("; forward packs its input (pack_padded_sequence), whose data-dependent sizes torch cannot convert "
           "from TorchScript: save the whole module with torch.save(model) and pass --allow-pickle (mcu-nn folds "
           "packing away there), or call the recurrent module on the padded sequence")
@@ -335,7 +334,7 @@ def _extra_examples(args: list[tuple[str, Optional[bool]]], seen: str, rnn: Opti
         weights = dict(mod.named_parameters())
         layers = sum(1 for k in weights if k.startswith("weight_hh_l") and not k.endswith("_reverse"))
         dirs = 2 if "weight_hh_l0_reverse" in weights else 1
-        hidden = weights["weight_hh_l0"].shape[0] // RNN_GATES[cls]
+        hidden = weights["weight_hh_l0"].shape[0] // from_torch_module(cls).n_gates
         h = torch.zeros(layers * dirs, 1, weights["weight_hh_l0"].shape[1])
         c = torch.zeros(layers * dirs, 1, hidden)
     pool = [h, c] if cls in ("LSTM", "LSTMCell") else [h]
@@ -424,7 +423,7 @@ def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int
     model = obj.eval()
     args, seen = _forward_args(model)
     rnn = next(((n, m, type(m).__name__) for n, m in model.named_modules()
-                if isinstance(m, torch.nn.RNNBase) and type(m).__name__ in RNN_GATES), None)
+                if isinstance(m, torch.nn.RNNBase) and from_torch_module(type(m).__name__)), None)
     if rnn is None:
         rnn = _hand_written_cell(model, lambda m: type(m).__name__)
         if rnn is not None:               # forward(x, state=None) makes its own initial state: call it so

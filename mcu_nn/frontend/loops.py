@@ -520,7 +520,8 @@ def _structure(graph: Graph, seq: Node, dim: int, xs: list[list[Node]], consts: 
         users = {step[u] for u in n.users}
         scaled = str(n.target) == "aten.mul.Tensor" and sum(a not in consts for a in n.all_input_nodes) == 1
         piece = n.target is operator.getitem and str(n.args[0].target) in PREP   # a chunk of U h, not a cell's output
-        if (str(n.target) in PREP or scaled or piece) and n not in slice_step and n not in consts and users == {step[n] + 1} \
+        if (str(n.target) in PREP or scaled or piece) and n not in slice_step and n not in consts \
+                and users == {step[n] + 1} \
                 and step[n] + 1 < T:
             step[n] += 1
     loop = _Loop(seq, dim, xs)
@@ -827,7 +828,8 @@ def _collect(loop: _Loop, h_nodes: list[Node], seq_out: Node, call, attr, consts
         if items != h_nodes:
             w, b = _step_map(loop, items, h_nodes, consts)
             y = call(torch.ops.aten.linear.default, (seq_out, attr(f"{n.name}_weight", w), attr(f"{n.name}_bias", b)),
-                     torch.zeros(tuple(_static(d) for d in seq_out.meta["val"].shape[:-1]) + (w.shape[0],), dtype=seq_out.meta["val"].dtype))
+                     torch.zeros(tuple(_static(d) for d in seq_out.meta["val"].shape[:-1]) + (w.shape[0],),
+                                 dtype=seq_out.meta["val"].dtype))
         if str(n.target) == "aten.cat.default":
             n.replace_all_uses_with(_cat_over_time(n, y, time_axis, call))
             continue

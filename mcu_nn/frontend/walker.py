@@ -19,6 +19,7 @@ import torch
 from torch.fx import Node
 
 from .. import ir
+from ..cells import Cell, from_aten
 from ..errors import McuNnError
 from . import time_ops, walk_ops
 
@@ -27,9 +28,6 @@ SUPPORTED = ("LSTM, GRU, RNN (tanh/relu), Linear, Embedding, ReLU, Tanh, Sigmoid
              "BatchNorm1d after Linear, Softmax/LogSoftmax (last op), Dropout, Flatten, " + time_ops.SUPPORTED)
 READOUTS = "out[:, -1], h_n[-1], h_n[-2] or torch.cat([h_n[-2], h_n[-1]], dim=1) of the last recurrent layer"
 
-RNN_OPS = {"aten.lstm.input": "lstm", "aten.gru.input": "gru",
-           "aten.rnn_tanh.input": "rnn_tanh", "aten.rnn_relu.input": "rnn_relu"}
-RNN_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
 ACTIVATIONS = {"aten.relu.default": "relu", "aten.relu_.default": "relu", "aten.tanh.default": "tanh",
                "aten.tanh_.default": "tanh", "aten.sigmoid.default": "sigmoid", "aten.sigmoid_.default": "sigmoid"}
 SOFTMAX = {"aten.softmax.int": "softmax", "aten._softmax.default": "softmax",
@@ -286,8 +284,9 @@ class Walker:
         name = _opname(node)
         if node.target is operator.getitem:
             return self.getitem(node)
-        if name in RNN_OPS:
-            return self.recurrent(node, RNN_OPS[name])
+        cell = from_aten(name)
+        if cell is not None:
+            return self.recurrent(node, cell)
         if name in SIZE_QUERIES:
             self.vals[node] = _Val("int", 0)
             return
@@ -364,44 +363,45 @@ class Walker:
                             "start with nn.Embedding")
 
     # ------------------------------------------------------------------ ops
-    def recurrent(self, node: Node, kind: str) -> None:
+    def recurrent(self, node: Node, cell: Cell) -> None:
         x_node, hx, params, has_biases, num_layers, _dropout, train, bidirectional, batch_first = node.args[:9]
         params = list(params)
         names = [self.val(p, node).name for p in params]
         where = self.where(node)
-        path = self.module_path(node, names, RNN_CLASS[kind].lower())
+        module = cell.torch_module
+        path = self.module_path(node, names, module.lower())
         if train:
-            raise self.fail(f"{RNN_CLASS[kind]}{where} was saved in training mode: call model.eval() before saving")
+            raise self.fail(f"{module}{where} was saved in training mode: call model.eval() before saving")
         x = self.data(x_node, node)
         ids = x.kind == "onehot"
         if ids and self.ops:
-            raise self.fail(f"{RNN_CLASS[kind]}{where} receives a one-hot vector computed after other layers; "
+            raise self.fail(f"{module}{where} receives a one-hot vector computed after other layers; "
                             "one-hot inputs are supported on the model input only")
         self.features_last(x, node)
         if x.kind not in ("seq", "onehot"):
             what = "integer token ids (add an nn.Embedding first)" if x.kind == "tokens" else \
                 "a single vector, not a sequence"
-            raise self.fail(f"{RNN_CLASS[kind]}{where} receives {what}; unsupported")
+            raise self.fail(f"{module}{where} receives {what}; unsupported")
         want = 1 if batch_first else 0
         if x.time_dim != want:
             if not any(isinstance(o, ir.Recurrent) for o in self.ops):
                 raise Relayout()            # every layout change so far is relative to the input's
-            raise self.fail(f"{RNN_CLASS[kind]}{where} (batch_first={bool(batch_first)}) receives a sequence whose "
+            raise self.fail(f"{module}{where} (batch_first={bool(batch_first)}) receives a sequence whose "
                             f"time axis is axis {x.time_dim}; mcu-nn cannot follow that layout change")
         given = []                               # (h|c, model input name) of caller-given states
-        for what, h in zip("hc", hx if isinstance(hx, (list, tuple)) else [hx]):
+        for what, h in zip(cell.states, hx if isinstance(hx, (list, tuple)) else [hx]):
             if isinstance(h, Node) and self.vals.get(h) is not None and self.vals[h].kind == "state":
                 given.append((what, h.name))
                 continue
             if not self.is_zero_state(h):
-                raise self.fail(f"{RNN_CLASS[kind]}{where} is given an initial state that is not zeros; only the "
+                raise self.fail(f"{module}{where} is given an initial state that is not zeros; only the "
                                 "default zero state is supported (call the layer without hx)")
         ndir = 2 if bidirectional else 1
         per = len(params) // (num_layers * ndir)
         base = 4 if has_biases else 2
         if per not in (base, base + 1) or per * num_layers * ndir != len(params):
-            raise self.fail(f"{RNN_CLASS[kind]}{where} has an unexpected parameter layout ({len(params)} tensors)")
-        gates = ir.GATES[kind]
+            raise self.fail(f"{module}{where} has an unexpected parameter layout ({len(params)} tensors)")
+        gates = cell.n_gates
         state = 0
         for layer in range(num_layers):
             dirs = []
@@ -414,11 +414,11 @@ class Walker:
             hidden = dirs[0].w_ih.shape[0] // gates
             proj = dirs[0].w_hr.shape[0] if dirs[0].w_hr is not None else 0
             src = f"{path} (layer {layer})" if num_layers > 1 else path
-            self.emit(ir.Recurrent(kind, int(dirs[0].w_ih.shape[1]), int(hidden), int(proj), bool(bidirectional),
+            self.emit(ir.Recurrent(cell.kind, int(dirs[0].w_ih.shape[1]), int(hidden), int(proj), bool(bidirectional),
                                    dirs, source=src, input_ids=ids and layer == 0), *([x] if layer == 0 else []))
             state = proj or hidden
         layer_ops = self.ops[len(self.ops) - num_layers:]
-        info = _Rnn(kind, int(num_layers), ndir, int(state), path, top=self.ops[-1], layer_ops=layer_ops)
+        info = _Rnn(cell.kind, int(num_layers), ndir, int(state), path, top=self.ops[-1], layer_ops=layer_ops)
         # a state input of shape (L*D, N, H) is read per layer: rows l*D .. l*D+D-1 ("h0.l1" for layer 1)
         self.res.state_inputs += [(op, what, name if num_layers == 1 else f"{name}.l{layer}")
                                   for what, name in given for layer, op in enumerate(layer_ops)]

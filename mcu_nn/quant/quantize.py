@@ -11,8 +11,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..cells import cell_of
+from ..cells.base import GATE_SCALE, Q15_SCALE
 from ..errors import McuNnError
-from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
+from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
                   QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent, Recurrent,
                   SelectLast, Tensor, state_inputs, whole_sequence)
 from ..ops import unit_of
@@ -26,8 +28,6 @@ MAX_SHIFT = 62
 MULT_LIMIT = 1 << 31             # |mult| < 2^31
 SUM_LIMIT = 1 << 62              # |sum(acc * mult) + bias| < 2^62
 MIN_MULT_BITS = 12               # fewer significant bits in the largest multiplier = too coarse
-GATE_SCALE = 2.0 ** -12          # Q3.12 gate pre-activations
-Q15_SCALE = 2.0 ** -15
 
 
 def act_scale(absmax: float) -> float:
@@ -105,21 +105,19 @@ def _bias(b: Optional[np.ndarray], rows: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- ops
 def _quant_direction(op: Recurrent, d: int, in_scale: float, h_scale: float, precision: str,
                      where: str) -> QDirection:
-    dw = op.directions[d]
+    dw, cell = op.directions[d], cell_of(op.kind)
     qmax, hsz = QMAX[precision], op.hidden_size
-    rows = GATES[op.kind] * hsz
-    s_z = h_scale if op.kind == "rnn_relu" else GATE_SCALE
+    rows = cell.n_gates * hsz
+    s_z = cell.pre_scale(h_scale)
     rx, rh = quantize_rows(dw.w_ih, qmax), quantize_rows(dw.w_hh, qmax)
     mx = np.where(rx.zero, 0.0, rx.scale * in_scale / s_z)
     mh = np.where(rh.zero, 0.0, rh.scale * h_scale / s_z)
-    b_ih, b_hh = _bias(dw.b_ih, rows), _bias(dw.b_hh, rows)
-    if op.kind == "gru":                       # n rows keep b_hn apart: it is multiplied by r
-        bias_real = np.concatenate([b_ih[:2 * hsz] + b_hh[:2 * hsz], b_ih[2 * hsz:]]) / s_z
-        bias_h_real: Optional[np.ndarray] = b_hh[2 * hsz:] / s_z
-        biases = [bias_real, np.concatenate([np.zeros(2 * hsz), bias_h_real])]
-    else:
-        bias_real, bias_h_real = (b_ih + b_hh) / s_z, None
-        biases = [bias_real]
+    bias, bias_h = cell.biases(_bias(dw.b_ih, rows), _bias(dw.b_hh, rows), hsz)
+    bias_real = bias / s_z
+    bias_h_real = None if bias_h is None else bias_h / s_z
+    biases = [bias_real]
+    if bias_h_real is not None:                # kept apart, aligned with the rows it ends in
+        biases.append(np.concatenate([np.zeros(rows - len(bias_h_real)), bias_h_real]))
     x_bound = _picked_bound(rx) if op.input_ids else rx.bound
     shift = choose_shift([mx, mh], [x_bound, rh.bound], biases, f"{where} (direction {d})")
     wx = _qmatrix(rx, mx, shift, precision)
@@ -135,6 +133,30 @@ def _quant_direction(op: Recurrent, d: int, in_scale: float, h_scale: float, pre
         pshift = choose_shift([mp], [rp.bound], [], f"{where} (direction {d} projection)")
         qd.proj, qd.proj_shift = _qmatrix(rp, mp, pshift, precision), pshift
     return qd
+
+
+_CLIPPED = {"over_q312": lambda s: _frac(s, "over_q312"), "over_q15": lambda s: _frac(s, "over_q15"),
+            "clipped": lambda s: _clip(s), "none": lambda s: 0.0}
+
+
+def _quant_recurrent(op: Recurrent, key: str, where: str, in_scale: float, stats: dict, cal: dict,
+                     precision: str, wiring: dict) -> QRecurrent:
+    """A recurrent op at input scale ``in_scale``, with its tensors' calibration entries added to ``cal``."""
+    cell, dirs = cell_of(op.kind), range(len(op.directions))
+    h_scale, cell_frac = cell.quant_state(op, lambda name: max(_range(stats[f"{key}.d{d}.{name}"]) for d in dirs))
+    qdirs = [_quant_direction(op, d, in_scale, h_scale, precision, where) for d in dirs]
+    for dw, qd in zip(op.directions, qdirs):
+        qd.extra = cell.quant_extra(dw, h_scale, cell_frac, where)
+    qop = QRecurrent(kind=op.kind, input_size=op.input_size, hidden_size=op.hidden_size,
+                     proj_size=op.proj_size, bidirectional=op.bidirectional, directions=qdirs,
+                     in_scale=in_scale, h_scale=h_scale, cell_frac=cell_frac, source=op.source,
+                     input_ids=op.input_ids, **wiring)
+    traced = {**cell.traced(qop), "h": (h_scale, "over_q15" if h_scale == Q15_SCALE else "clipped")}
+    for d in dirs:
+        for name, (tscale, clipped) in traced.items():
+            stat = stats.get(f"{key}.d{d}.{name}")
+            cal[f"{key}.d{d}.{name}"] = _entry(stat, tscale, _CLIPPED[clipped](stat))
+    return qop
 
 
 def _picked_bound(rq: RowQuant) -> list[int]:
@@ -237,35 +259,12 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
             tq = np.clip(np.round(table / scale), -qmax, qmax).astype(np.int16)
             ops.append(QEmbedding(table=tq, out_scale=scale, source=op.source, **wiring))
         elif isinstance(op, Recurrent):
-            dirs = range(len(op.directions))
-            if op.kind == "rnn_relu" or op.proj_size:
-                h_scale = act_scale(max(_range(stats[f"{key}.d{d}.h"]) for d in dirs))
-            else:
-                h_scale = Q15_SCALE
-            cell_frac = 0
-            if op.kind == "lstm":
-                cmax = max(_range(stats[f"{key}.d{d}.c"]) for d in dirs)
-                cell_frac = max([f for f in range(16) if cmax * 2.0 ** f <= ACT_MAX], default=0)
-            qdirs = [_quant_direction(op, d, scale, h_scale, precision, where) for d in dirs]
-            for d in dirs:
-                g = stats.get(f"{key}.d{d}.gates")
-                if op.kind == "rnn_relu":
-                    cal[f"{key}.d{d}.gates"] = _entry(g, h_scale)
-                else:
-                    cal[f"{key}.d{d}.gates"] = _entry(g, GATE_SCALE, _frac(g, "over_q312"))
-                if op.kind == "lstm":
-                    c = stats.get(f"{key}.d{d}.c")
-                    cal[f"{key}.d{d}.c"] = _entry(c, 2.0 ** -cell_frac,
-                                                  _frac(c, "over_q15") if cell_frac == 15 else _clip(c))
-                h = stats.get(f"{key}.d{d}.h")
-                cal[f"{key}.d{d}.h"] = _entry(h, h_scale, _frac(h, "over_q15") if h_scale == Q15_SCALE else _clip(h))
-            ops.append(QRecurrent(kind=op.kind, input_size=op.input_size, hidden_size=op.hidden_size,
-                                  proj_size=op.proj_size, bidirectional=op.bidirectional,
-                                  directions=qdirs, in_scale=scale, h_scale=h_scale,
-                                  cell_frac=cell_frac, source=op.source, input_ids=op.input_ids, **wiring))
-            scale = h_scale
-            scales.update(zip(op.outputs[1:], [h_scale, 2.0 ** -cell_frac]))
-            scales.update(zip(state_inputs(op), [h_scale, 2.0 ** -cell_frac]))
+            qop = _quant_recurrent(op, key, where, scale, stats, cal, precision, wiring)
+            ops.append(qop)
+            scale = qop.h_scale
+            states = [cell_of(op.kind).state_scale(qop, s) for s in cell_of(op.kind).states]
+            scales.update(zip(op.outputs[1:], states))
+            scales.update(zip(state_inputs(op), states))
         elif isinstance(op, Linear):
             out_scale = act_scale(_range(stats[f"{key}.out"]))
             rq = quantize_rows(op.weight, qmax)

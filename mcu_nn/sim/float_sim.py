@@ -10,17 +10,14 @@ from typing import Optional
 
 import numpy as np
 
+from ..cells import cell_of
+from ..cells.base import sigmoid
 from ..errors import McuNnError
 from ..ops import unit_of
-from ..ir import (GATES, Activation, Embedding, FinalHidden, Graph, Linear, Recurrent,
+from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, Recurrent,
                   SelectLast, producers, split_state)
 
 F32 = np.float32
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):          # exp(+large) -> inf -> sigmoid 0, as torch
-        return (F32(1) / (F32(1) + np.exp(-x))).astype(F32)
 
 
 def _act(kind: str, x: np.ndarray) -> np.ndarray:
@@ -29,7 +26,7 @@ def _act(kind: str, x: np.ndarray) -> np.ndarray:
     if kind == "tanh":
         return np.tanh(x)
     if kind == "sigmoid":
-        return _sigmoid(x)
+        return sigmoid(x, F32)
     raise McuNnError(f"float simulator: unknown activation {kind!r}; expected relu, tanh or sigmoid")
 
 
@@ -38,68 +35,35 @@ def _f32(a: Optional[np.ndarray], size: int) -> np.ndarray:
 
 
 def _direction(op: Recurrent, d: int, x: np.ndarray, trace: Optional[dict], key: str,
-               h0: np.ndarray, c0: Optional[np.ndarray]):
-    """Run direction ``d`` of ``op`` over x (N, T, I) from (h0, c0). Returns
-    (h sequence (N,T,S), final h, final c or None)."""
-    if op.kind not in GATES:
-        raise McuNnError(f"float simulator: unknown recurrent kind {op.kind!r} in {op.source or key}; "
-                         f"expected one of {', '.join(GATES)}")
+               init: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run direction ``d`` of ``op`` over x (N, T, I) from the initial states ``init`` (absent =
+    zeros). Returns (h sequence (N,T,S), final state of each of the cell's states)."""
+    cell = cell_of(op.kind)
     dw = op.directions[d]
     n, t_len = x.shape[:2]
-    hsz, g = op.hidden_size, GATES[op.kind]
+    rows = cell.n_gates * op.hidden_size
     w_ih, w_hh = np.asarray(dw.w_ih, F32), np.asarray(dw.w_hh, F32)
-    b_ih, b_hh = _f32(dw.b_ih, g * hsz), _f32(dw.b_hh, g * hsz)
-    w_hr = None if dw.w_hr is None else np.asarray(dw.w_hr, F32)
-    s = op.state_size
+    b_ih, b_hh = _f32(dw.b_ih, rows), _f32(dw.b_hh, rows)
 
     xw = (input_part(op, w_ih, x) + b_ih).astype(F32)   # (N, T, G*H): input part of every step
-    h = np.array(h0, F32)
-    c = np.zeros((n, hsz), F32) if c0 is None else np.array(c0, F32)
-    out = np.zeros((n, t_len, s), F32)
-    rec = {} if trace is None else {
-        "gates": np.zeros((n, t_len, g * hsz), F32),
-        "c": np.zeros((n, t_len, hsz), F32) if op.kind == "lstm" else None,
-        "hfull": np.zeros((n, t_len, hsz), F32) if w_hr is not None else None,
-        "nx": np.zeros((n, t_len, hsz), F32) if op.kind == "gru" else None,
-        "nh": np.zeros((n, t_len, hsz), F32) if op.kind == "gru" else None,
-    }
+    state = {s: np.array(init[s], F32) if init.get(s) is not None else np.zeros((n, cell.state_size(op, s)), F32)
+             for s in cell.states}
+    out = np.zeros((n, t_len, op.state_size), F32)
+    rec: dict[str, np.ndarray] = {}
     steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
     for t in steps:
-        hw = (h @ w_hh.T + b_hh).astype(F32)
-        if op.kind == "lstm":
-            pre = xw[:, t] + hw
-            i, f = _sigmoid(pre[:, :hsz]), _sigmoid(pre[:, hsz:2 * hsz])
-            gg, o = np.tanh(pre[:, 2 * hsz:3 * hsz]), _sigmoid(pre[:, 3 * hsz:])
-            c = f * c + i * gg
-            hfull = o * np.tanh(c)
-            h = hfull @ w_hr.T if w_hr is not None else hfull
-            if trace is not None:
-                rec["c"][:, t] = c
-                if w_hr is not None:
-                    rec["hfull"][:, t] = hfull
-        elif op.kind == "gru":
-            rz = xw[:, t, :2 * hsz] + hw[:, :2 * hsz]
-            r, z = _sigmoid(rz[:, :hsz]), _sigmoid(rz[:, hsz:])
-            nx, nh = xw[:, t, 2 * hsz:], hw[:, 2 * hsz:]
-            npre = nx + r * nh                          # PyTorch: tanh(W_in x + b_in + r*(W_hn h + b_hn))
-            nn_ = np.tanh(npre)
-            h = (F32(1) - z) * nn_ + z * h
-            pre = np.concatenate([rz, npre], axis=1)
-            if trace is not None:
-                rec["nx"][:, t], rec["nh"][:, t] = nx, nh
-        else:
-            pre = xw[:, t] + hw
-            h = np.tanh(pre) if op.kind == "rnn_tanh" else np.maximum(pre, F32(0))
-        h = h.astype(F32)
-        out[:, t] = h
+        hw = (state["h"] @ w_hh.T + b_hh).astype(F32)
+        state, traced = cell.float_step(op, dw, xw[:, t], hw, state, F32)
+        state["h"] = state["h"].astype(F32)
+        out[:, t] = state["h"]
         if trace is not None:
-            rec["gates"][:, t] = pre
+            for name, arr in traced.items():
+                rec.setdefault(name, np.zeros((n, t_len) + arr.shape[1:], F32))[:, t] = arr
     if trace is not None:
         for name, arr in rec.items():
-            if arr is not None:
-                trace[f"{key}.d{d}.{name}"] = arr
+            trace[f"{key}.d{d}.{name}"] = arr
         trace[f"{key}.d{d}.h"] = out
-    return out, h, (c if op.kind == "lstm" else None)
+    return out, state
 
 
 def pick_columns(w: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -132,8 +96,9 @@ def run_float(graph: Graph, x: np.ndarray, trace: Optional[dict] = None,
     postprocess. The ops run in graph order over a dict of named tensors.
     With ``trace`` a dict, records float32 arrays: "input", f"op{i}.in", f"op{i}.out" and,
     per recurrent op and direction d, f"op{i}.d{d}.gates" (pre-activations (N,T,G*H); for a
-    GRU the n rows hold W_in x + b_in + r*(W_hn h + b_hn)), ".h", ".c" (LSTM), ".hfull"
-    (LSTM with projection: h before it), ".nx"/".nh" (GRU n-row halves).
+    GRU the n rows hold W_in x + b_in + r*(W_hn h + b_hn)), ".h" and what the cell traces
+    besides (mcu_nn.cells: ".c" of an LSTM, ".hfull" of a projected one: h before the
+    projection, ".nx"/".nh" of a GRU: the n rows' halves).
     """
     return run_float_all(graph, x, trace, state)[graph.output_names[0]]
 
@@ -158,11 +123,10 @@ def run_float_all(graph: Graph, x: np.ndarray, trace: Optional[dict] = None,
             valid = (cur >= 0) & (cur < table.shape[0])
             outs = [np.where(valid[..., None], table[np.where(valid, cur, 0)], F32(0)).astype(F32)]
         elif isinstance(op, Recurrent):
-            runs = [_direction(op, d, cur, trace, key, init[(i, d, "h")],
-                               init.get((i, d, "c"))) for d in range(len(op.directions))]
-            outs = [np.concatenate([r[0] for r in runs], axis=-1), np.concatenate([r[1] for r in runs], axis=-1)]
-            if op.kind == "lstm":
-                outs.append(np.concatenate([r[2] for r in runs], axis=-1))
+            runs = [_direction(op, d, cur, trace, key, {s: init.get((i, d, s)) for s in cell_of(op.kind).states})
+                    for d in range(len(op.directions))]
+            outs = [np.concatenate([r[0] for r in runs], axis=-1)]
+            outs += [np.concatenate([r[1][s] for r in runs], axis=-1) for s in cell_of(op.kind).states]
         elif isinstance(op, Linear):
             w = np.asarray(op.weight, F32)
             outs = [(cur @ w.T + _f32(op.bias, w.shape[0])).astype(F32)]

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..cells import cell_of
 from ..errors import McuNnError
 from ..ops import unit_of
 from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation,
@@ -18,70 +19,39 @@ from .. import fixedpoint as fp
 from .float_sim import pick_columns
 
 
-GATE_SCALE = 2.0 ** -fp.GATE_FRAC
-
-
-def _direction(layer: QRecurrent, d: int, x: np.ndarray, trace: Optional[dict] = None,
-               key: str = "", h0: Optional[np.ndarray] = None,
-               c0: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run direction ``d`` of ``layer`` over x (N,T,I) int from (h0, c0) (None = zeros);
-    returns (h per step (N,T,S), final h, final c).
-    With ``trace``, also records the dequantised gate pre-activations, c and h under
-    run_float's names (f"{key}.d{d}.gates" / ".c" / ".h") for the quantisation report."""
+def _direction(layer: QRecurrent, d: int, x: np.ndarray, init: dict[str, Optional[np.ndarray]],
+               trace: Optional[dict] = None, key: str = "") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run direction ``d`` of ``layer`` over x (N,T,I) int from the initial states ``init``
+    (None = zeros); returns (h per step (N,T,S), final state of each of the cell's states).
+    With ``trace``, also records the dequantised tensors the cell traces (gate pre-activations,
+    an LSTM's c) and h under run_float's names (f"{key}.d{d}.gates" / ".c" / ".h") for the
+    quantisation report."""
+    cell = cell_of(layer.kind)
     qd = layer.directions[d]
     n, t_len = x.shape[:2]
-    hid, s = layer.hidden_size, layer.state_size
     if layer.input_ids:                                 # one-hot ids: the integer 1 times column id
         acc_x = pick_columns(fp._i64(qd.wx.w), x)
     else:
         acc_x = fp.matvec(qd.wx.w, x)                   # (N,T,G*H): the input part of every step
-    mx, mh = fp._i64(qd.wx.mult), fp._i64(qd.wh.mult)
-    h = np.zeros((n, s), dtype=np.int64) if h0 is None else fp._i64(h0)
-    c = np.zeros((n, hid), dtype=np.int64) if c0 is None else fp._i64(c0)
-    out = np.zeros((n, t_len, s), dtype=np.int64)
-    if trace is not None:
-        gates = np.zeros((n, t_len, acc_x.shape[-1]))
-        cells = np.zeros((n, t_len, hid))
+    state = {s: fp._i64(init[s]) if init.get(s) is not None else np.zeros((n, cell.state_size(layer, s)), np.int64)
+             for s in cell.states}
+    out = np.zeros((n, t_len, layer.state_size), dtype=np.int64)
+    traced = cell.traced(layer) if trace is not None else {}
+    rec = {name: None for name in traced}
     steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
     for t in steps:
-        ax = acc_x[:, t]
-        ah = fp.matvec(qd.wh.w, h)
-        if layer.kind == "gru":
-            rz = slice(0, 2 * hid)
-            nr = slice(2 * hid, 3 * hid)
-            pre = fp.sat16(fp.requant([(ax[:, rz], mx[rz]), (ah[:, rz], mh[rz])], qd.bias[rz], qd.shift))
-            n_x = fp.sat32(fp.requant([(ax[:, nr], mx[nr])], qd.bias[nr], qd.shift))
-            n_h = fp.sat32(fp.requant([(ah[:, nr], mh[nr])], qd.bias_h, qd.shift))
-            if trace is not None:       # the n gate's pre-activation, as gru_cell forms it
-                n_pre = fp.sat16(n_x + fp.rshift_round(fp.sigmoid_q15(pre[:, :hid]) * n_h, 15))
-                gates[:, t] = np.concatenate([pre, n_pre], axis=1) * GATE_SCALE
-            h = fp.gru_cell(pre[:, :hid], pre[:, hid:], n_x, n_h, h)
-        else:
-            pre = fp.sat16(fp.requant([(ax, mx), (ah, mh)], qd.bias, qd.shift))
-            if trace is not None:
-                gates[:, t] = pre * (layer.h_scale if layer.kind == "rnn_relu" else GATE_SCALE)
-            if layer.kind == "lstm":
-                g = [pre[:, k * hid:(k + 1) * hid] for k in range(4)]
-                c, hfull = fp.lstm_cell(g[0], g[1], g[2], g[3], c, layer.cell_frac)
-                if trace is not None:
-                    cells[:, t] = c * 2.0 ** -layer.cell_frac
-                if qd.proj is not None:
-                    h = fp.sat16(fp.requant([(fp.matvec(qd.proj.w, hfull), qd.proj.mult)], 0, qd.proj_shift))
-                else:
-                    h = hfull
-            elif layer.kind == "rnn_tanh":
-                h = fp.tanh_q15(pre)
-            elif layer.kind == "rnn_relu":
-                h = fp.relu(pre)
-            else:
-                raise McuNnError(f"unknown recurrent kind {layer.kind!r} in {layer.source or 'QRecurrent'}")
-        out[:, t] = h
+        state, parts = cell.int_step(layer, qd, acc_x[:, t], fp.matvec(qd.wh.w, state["h"]), state,
+                                     detail=trace is not None)
+        out[:, t] = state["h"]
+        for name, (scale, _) in traced.items():
+            if rec[name] is None:
+                rec[name] = np.zeros((n, t_len) + parts[name].shape[1:])
+            rec[name][:, t] = parts[name] * scale
     if trace is not None:
-        trace[f"{key}.d{d}.gates"] = gates
-        if layer.kind == "lstm":
-            trace[f"{key}.d{d}.c"] = cells
+        for name, arr in rec.items():
+            trace[f"{key}.d{d}.{name}"] = arr
         trace[f"{key}.d{d}.h"] = out * layer.h_scale
-    return out, h, c
+    return out, state
 
 
 def _linear(op: QLinear, x: np.ndarray) -> np.ndarray:
@@ -133,9 +103,11 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
             ok = (cur >= 0) & (cur < table.shape[0])
             outs = [np.where(ok[..., None], table[np.where(ok, cur, 0)], 0)]
         elif isinstance(op, QRecurrent):
-            runs = [_direction(op, d, cur, trace, f"op{i}", init[(i, d, "h")], init.get((i, d, "c")))
+            states = cell_of(op.kind).states
+            runs = [_direction(op, d, cur, {s: init.get((i, d, s)) for s in states}, trace, f"op{i}")
                     for d in range(len(op.directions))]
-            outs = [np.concatenate([r[k] for r in runs], axis=-1) for k in (0, 1, 2)][:len(op.outputs)]
+            outs = [np.concatenate([r[0] for r in runs], axis=-1)]
+            outs += [np.concatenate([r[1][s] for r in runs], axis=-1) for s in states]
         elif isinstance(op, QLinear):
             outs = [_linear(op, cur)]
         elif isinstance(op, QActivation):

@@ -74,6 +74,8 @@ class Cell:
     states: tuple[str, ...] = ("h",)    # state tensors of a direction, h first
     template: str = ""                  # the C kernel, under templates/
     rq_type: str = "mcunn_rq_t"         # C record of one gate row's requantisation
+    extra_params: tuple[str, ...] = ()  # parameters after PyTorch's (w_ih, w_hh, b_ih, b_hh) in the op's
+    # list, read into DirectionWeights.extra under these names (a peephole LSTM's "peephole")
 
     @property
     def n_gates(self) -> int:

@@ -27,8 +27,9 @@ def _weights(dw: Any, dtype: type) -> np.ndarray:
 
 class PeepholeLSTM(LSTM):
     kind = "peephole_lstm"
-    aten = ()             # not a torch module: built in the IR (or folded from a hand-written loop)
+    aten = ("mcu_nn.peephole_lstm.input",)   # no torch module: the op a folded hand-written loop becomes
     torch_module = ""
+    extra_params = ("peephole",)
     template = "cells/peephole_lstm.c.j2"
 
     def float_step(self, op: Any, dw: Any, xw: np.ndarray, hw: np.ndarray, state: Arrays,

@@ -246,21 +246,41 @@ class _Cell:
     h: str                                   # leaf name of h in the step ("s0" / "s1")
     c: str = ""
     outs: dict = field(default_factory=dict)   # "h"/"c" -> index into the step's state outputs
+    extra: dict = field(default_factory=dict)  # the cell's own parameters (cells.Cell.extra_params)
 
 
-def _pre(e: _Eval, key: Any, op: str, x_size: int, h: str, h_size: int, c: str = "") -> tuple:
-    """(W_x, W_h, b) of the pre-activation of atom ``key`` = op(W_x x + W_h h + b)."""
+def _pre(e: _Eval, key: Any, op: str, x_size: int, h: str, h_size: int, c: str = "",
+         peep: Optional[_Aff] = None) -> tuple:
+    """(W_x, W_h, b) of the pre-activation of atom ``key`` = op(W_x x + W_h h + b), and with ``peep``
+    (a form of c) the diagonal p of a peephole term p * c in it (zeros when there is none)."""
     kind, args = e.atoms.get(key, (None, ()))
     if kind != op:
         raise _NotCell(f"a gate is {kind or 'not an activation'} where {op} was expected")
     pre = args[0]
+    p = np.zeros(pre.size)
+    if peep is not None:
+        pre, p = _peephole(e, pre, peep)
     if c and c in pre.terms:
-        raise _NotCell("its gates read c")
+        raise _NotCell("its gates read c other than through a diagonal peephole p * c")
     extra = set(pre.terms) - {"x", h}
     if extra:
         raise _NotCell("a gate's pre-activation reads a nonlinear value (" + _describe(e, next(iter(extra))) + ")")
     n = pre.size
-    return (pre.terms.get("x", np.zeros((n, x_size))), pre.terms.get(h, np.zeros((n, h_size))), pre.bias)
+    return (pre.terms.get("x", np.zeros((n, x_size))), pre.terms.get(h, np.zeros((n, h_size))), pre.bias, p)
+
+
+def _peephole(e: _Eval, pre: _Aff, c: _Aff) -> tuple[_Aff, np.ndarray]:
+    """pre = rest + p * c with p a vector (Gers & Schmidhuber's peephole): (rest, p); (pre, 0) when
+    pre has no term of c, or the terms are not a diagonal multiple of c."""
+    shared = [k for k in c.terms if k in pre.terms]
+    if not shared:
+        return pre, np.zeros(pre.size)
+    dp, dc = _diag(pre.terms[shared[0]]), _diag(c.terms[shared[0]])
+    if dp is None or dc is None or not dc.all():
+        return pre, np.zeros(pre.size)
+    p = dp / dc
+    rest = e.add(pre, e.scale(c, p), -1.0)
+    return (rest, p) if not set(rest.terms) & set(c.terms) else (pre, np.zeros(pre.size))
 
 
 def _describe(e: _Eval, key: Any) -> str:
@@ -296,7 +316,7 @@ def _match_rnn(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
     op = e.atoms.get(key, ("",))[0] if key is not None else ""
     if op not in ("tanh", "relu"):
         raise _NotCell("its new state is not tanh or relu of an affine map")
-    wx, wh, b = _pre(e, key, op, xs, "s0", hs)
+    wx, wh, b, _ = _pre(e, key, op, xs, "s0", hs)
     return _Cell("rnn_" + op, wx, wh, b, np.zeros_like(b), "s0", outs={"h": 0})
 
 
@@ -319,7 +339,7 @@ def _match_gru(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
     flipped = (_eye_coef(h_out, n_key), ch, cn) == (None, -1.0, 1.0) and _eye_coef(h_out, "s0") == 1.0
     if not flipped and (_eye_coef(h_out, n_key), ch, cn) != (1.0, 1.0, -1.0):
         raise _NotCell("its new state is not (1 - z) * n + z * h")
-    wz_x, wz_h, bz = _pre(e, z_key, "sigmoid", xs, "s0", hs)
+    wz_x, wz_h, bz, _ = _pre(e, z_key, "sigmoid", xs, "s0", hs)
     if flipped:                                # 1 - sigmoid(a) = sigmoid(-a)
         wz_x, wz_h, bz = -wz_x, -wz_h, -bz
     pre_n = e.atoms[n_key][1][0]
@@ -335,7 +355,7 @@ def _match_gru(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
     if r_key is None or set(u.terms) - {"s0"}:
         raise _NotCell("the reset gate multiplies h before the recurrent matmul, U(r * h), where nn.GRU "
                        "computes r * (U h)")
-    wr_x, wr_h, br = _pre(e, r_key, "sigmoid", xs, "s0", hs)
+    wr_x, wr_h, br, _ = _pre(e, r_key, "sigmoid", xs, "s0", hs)
     wn_x, b_in = pre_n.terms.get("x", np.zeros((hs, xs))), pre_n.bias
     wn_h, b_hn = u.terms.get("s0", np.zeros((hs, hs))), u.bias
     zeros = np.zeros(hs)
@@ -373,13 +393,17 @@ def _match_lstm(e: _Eval, outs: list[_Aff], xs: int, hs: int) -> _Cell:
         else:
             a, b = rest[0][0]
             i_key, g_key = (a, b) if e.atoms[b][0] == "tanh" else (b, a)
-        w = [_pre(e, k, op, xs, h_leaf, hs, c_leaf)
-             for k, op in ((i_key, "sigmoid"), (f_key, "sigmoid"), (g_key, "tanh"), (o_key, "sigmoid"))]
+        c_prev = _leaf(c_leaf, hs)
+        w = [_pre(e, k, op, xs, h_leaf, hs, c_leaf, peep)
+             for k, op, peep in ((i_key, "sigmoid", c_prev), (f_key, "sigmoid", c_prev), (g_key, "tanh", None),
+                                 (o_key, "sigmoid", c_out))]
         if coupled is not None:
             w[0] = tuple(-m for m in w[0])
         b_ih = np.concatenate([g[2] for g in w])
-        return _Cell("lstm", np.concatenate([g[0] for g in w]), np.concatenate([g[1] for g in w]), b_ih,
-                     np.zeros_like(b_ih), h_leaf, c_leaf, outs={"h": 1 - ci, "c": ci})
+        peepholes = np.stack([w[0][3], w[1][3], w[3][3]])
+        return _Cell("peephole_lstm" if peepholes.any() else "lstm", np.concatenate([g[0] for g in w]),
+                     np.concatenate([g[1] for g in w]), b_ih, np.zeros_like(b_ih), h_leaf, c_leaf,
+                     outs={"h": 1 - ci, "c": ci}, extra={"peephole": peepholes} if peepholes.any() else {})
     raise _NotCell("no state is o * tanh(c) of the other")
 
 
@@ -669,6 +693,22 @@ RNN_TARGETS = {"lstm": torch.ops.aten.lstm.input, "gru": torch.ops.aten.gru.inpu
                "rnn_tanh": torch.ops.aten.rnn_tanh.input, "rnn_relu": torch.ops.aten.rnn_relu.input}
 
 
+class CellOp:
+    """The op of a folded loop whose cell PyTorch has no op for (a peephole LSTM): named like an ATen
+    op (``mcu_nn.peephole_lstm.input``, the cell's ``aten``) for the walker, which reads it as nn.LSTM's
+    arguments plus the cell's extra parameters. The graph is read, never run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.__name__ = name.replace(".", "_")
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __call__(self, *args: Any) -> Any:
+        raise RuntimeError(f"{self.name} is mcu-nn's record of a folded loop; it does not run in torch")
+
+
 def fold_loops(ep: torch.export.ExportedProgram, label: str) -> None:
     """Replace every unrolled loop over time of ``ep``'s graph by one recurrent op, in place.
     Raises McuNnError (one line) for a loop whose step is not an LSTM/GRU/RNN cell."""
@@ -765,14 +805,16 @@ def _rewrite(ep, loop: _Loop, cell: _Cell, path: str, h_nodes: list[Node], c_nod
     weights = [attr("weight_ih_l0", cell.w_ih), attr("weight_hh_l0", cell.w_hh)]
     if biased:
         weights += [attr("bias_ih_l0", cell.b_ih), attr("bias_hh_l0", cell.b_hh)]
+    weights += [attr(f"{k}_l0", v) for k, v in cell.extra.items()]
     batch_first = loop.dim == 1
     seq, seq_shape = loop.seq, tuple(_static(d) for d in loop.seq.meta["val"].shape)
     if loop.kept:                              # (N, T) -> (N, T, 1)
         seq_shape += (1,)
         seq = call(torch.ops.aten.unsqueeze.default, (seq, -1), torch.zeros(seq_shape, dtype=seq.meta["val"].dtype))
     out_val = torch.zeros(seq_shape[:-1] + (cell.w_hh.shape[1],), dtype=dtype)
-    hx = init if cell.kind == "lstm" else init[0]
-    rnn = call(RNN_TARGETS[cell.kind], (seq, hx, weights, biased, 1, 0.0, False, False, batch_first),
+    hx = init if cell.c else init[0]
+    target = RNN_TARGETS.get(cell.kind) or CellOp(f"mcu_nn.{cell.kind}.input")
+    rnn = call(target, (seq, hx, weights, biased, 1, 0.0, False, False, batch_first),
                (out_val,) + (torch.zeros(h_val.shape, dtype=dtype),) * (2 if cell.c else 1))
     seq_out = call(operator.getitem, (rnn, 0), out_val)
     finals = [call(operator.getitem, (rnn, 1), torch.zeros(h_val.shape, dtype=dtype))]

@@ -368,7 +368,7 @@ class Walker:
         params = list(params)
         names = [self.val(p, node).name for p in params]
         where = self.where(node)
-        module = cell.torch_module
+        module = cell.torch_module or cell.kind
         path = self.module_path(node, names, module.lower())
         if train:
             raise self.fail(f"{module}{where} was saved in training mode: call model.eval() before saving")
@@ -398,9 +398,9 @@ class Walker:
                                 "default zero state is supported (call the layer without hx)")
         ndir = 2 if bidirectional else 1
         per = len(params) // (num_layers * ndir)
-        base = 4 if has_biases else 2
+        base = (4 if has_biases else 2) + len(cell.extra_params)
         if per not in (base, base + 1) or per * num_layers * ndir != len(params):
-            raise self.fail(f"{module}{where} has an unexpected parameter layout ({len(params)} tensors)")
+            raise self.fail(f"{module or cell.kind}{where} has an unexpected parameter layout ({len(params)} tensors)")
         gates = cell.n_gates
         state = 0
         for layer in range(num_layers):
@@ -408,9 +408,11 @@ class Walker:
             for d in range(ndir):
                 chunk = params[(layer * ndir + d) * per:(layer * ndir + d + 1) * per]
                 w = [self.param(p, node)[1] for p in chunk]
+                first = 4 if has_biases else 2
                 dirs.append(ir.DirectionWeights(
                     w_ih=w[0], w_hh=w[1], b_ih=w[2] if has_biases else None, b_hh=w[3] if has_biases else None,
-                    w_hr=w[base] if per > base else None))
+                    w_hr=w[base] if per > base else None,
+                    extra={k: w[first + i] for i, k in enumerate(cell.extra_params)}))
             hidden = dirs[0].w_ih.shape[0] // gates
             proj = dirs[0].w_hr.shape[0] if dirs[0].w_hr is not None else 0
             src = f"{path} (layer {layer})" if num_layers > 1 else path

@@ -237,3 +237,23 @@ def test_continuing_a_generation_is_one_loop() -> None:
     part = fp.lm_generate(step, s2, [1, 2], 12)
     part += fp.lm_generate(step, s2, part[-1:], 18)
     assert whole == part
+
+
+# ---------------------------------------------------------------- the worked example
+@pytest.mark.qemu
+def test_char_lm_example_quick_run(tmp_path) -> None:
+    """examples/char_lm in its smoke mode: trains briefly on CPython's own docs text, exports at
+    three precisions, and writes on the emulated board (about 20 s)."""
+    import subprocess
+    import sys
+    from clitools import ENV, ROOT
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "char_lm" / "run.py"), "--quick", "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [row["variant"] for row in doc["rows"]] == ["PyTorch float", "float32 export (simulator)",
+                                                       "int16 export (simulator)", "int8 export (simulator)"]
+    assert 25 <= len(doc["vocab"]) <= 60 and all(1 < row["perplexity"] < 60 for row in doc["rows"])
+    assert abs(doc["rows"][1]["perplexity"] - doc["rows"][0]["perplexity"]) < 1e-3
+    assert [b["identical"] for b in doc["board"]] == [True, True]
+    assert "| int8 export (simulator) |" in (tmp_path / "out" / "results.md").read_text()

@@ -22,6 +22,7 @@ a session, end to end:
   mcu-nn build build/har --board qemu-mps2-an386
   mcu-nn serial-test build/har --board qemu-mps2-an386
   mcu-nn bench build/har --board qemu-mps2-an386
+  mcu-nn generate build/char_lm --prefix "time traveller" -n 100   (language models)
 
 `mcu-nn demo` runs all of it on a tiny model it trains itself.
 `mcu-nn COMMAND --help` explains each step."""
@@ -96,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                         "18-26%% of the instructions (measured) on Cortex-M4/M7 (export prints the flash cost)")
     p.add_argument("--report", metavar="FILE", help="also write a quantisation report (.html or .md): "
                                                     "error per layer and gate, calibration ranges, plots")
+    p.add_argument("--vocab", metavar="FILE", help="language models: the tokens in id order (a text file whose "
+                                                   "characters are the tokens, or a JSON list), stored in the "
+                                                   "export as vocab.json for `mcu-nn generate`")
 
     p = cmd("verify", "compile the export on this machine and compare with the simulator, bit for bit",
             "Compile the exported C with the host compiler under address and undefined-behaviour "
@@ -145,6 +149,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
     _add_allow_modified(p)
 
+    p = cmd("generate", "a language model writes text on the board, compared with the simulator",
+            "Feed a prefix to a language model (one-hot or embedding -> RNN/GRU/LSTM -> one logit per token, "
+            "with a streaming step) and feed back each token it produces, on the board: the firmware runs "
+            "the generation loop itself (the GENERATE command). The simulator generates from the same "
+            "prefix; both texts are printed and must be identical. Greedy (argmax, ties to the lowest id) "
+            "unless --temperature: then tokens are sampled with an integer PRNG and softmax that chip and "
+            "simulator compute alike. With --board and no --port, builds the firmware if needed and boots "
+            "the emulator.",
+            'mcu-nn generate build/char_lm --prefix "time traveller" -n 100 --temperature 0.8 --seed 1')
+    p.add_argument("dir", metavar="DIR", help="an export directory of a language model")
+    p.add_argument("--prefix", required=True, help="text to start from (every character must be in the vocabulary)")
+    p.add_argument("-n", type=int, default=100, metavar="N", help="tokens to generate after the prefix (default 100)")
+    p.add_argument("--temperature", type=float, metavar="T",
+                   help="sample at this temperature (0.001..1000, in steps of 0.001); default: greedy")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler's PRNG (0..2^32-1, default 0)")
+    p.add_argument("--vocab", metavar="FILE", help="the tokens in id order: a text file whose characters are the "
+                                                   "tokens, or a JSON list (default: vocab.json stored at export)")
+    p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://...")
+    p.add_argument("--board", help=f"board to boot when no --port is given (default {DEFAULT_BOARD})")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the texts")
+    _add_allow_modified(p)
+
     cmd("boards", "list the boards mcu-nn knows", "List the known boards with their CPU, memory and "
         "how they are flashed or emulated.", "mcu-nn boards")
 
@@ -169,7 +196,7 @@ def _export(a: argparse.Namespace) -> int:
     from .report import export_summary
     result = export_model(a.model, a.out, precision=a.precision, calib=a.calib, name=a.name,
                           input_shape=a.input_shape, allow_pickle=a.allow_pickle,
-                          weight_layout=a.weight_layout)
+                          weight_layout=a.weight_layout, vocab=_vocab(a.vocab))
     print(export_summary(result))
     if a.report:
         from .report_html import write_report
@@ -209,6 +236,36 @@ def _bench(a: argparse.Namespace) -> int:
     return bench_command(Path(a.dir), a.board, as_json=a.json, allow_modified=a.allow_modified)
 
 
+def _vocab(path: Optional[str]) -> Optional[list[str]]:
+    from .generate import read_vocab
+    return read_vocab(path) if path else None
+
+
+def _generate(a: argparse.Namespace) -> int:
+    import json
+    from .device.generate import generate
+    board = a.board or (None if a.port else DEFAULT_BOARD)
+    log = (lambda s: print(s, file=sys.stderr)) if a.json else print
+    r = generate(Path(a.dir), a.prefix, a.n, port=a.port, board=board, temperature=a.temperature, seed=a.seed,
+                 vocab=a.vocab, timeout=a.timeout, log=log, allow_modified=a.allow_modified)
+    how = (f"sampled at temperature {r.temperature_milli / 1000:g}, seed {r.seed}" if r.temperature_milli
+           else "greedy")
+    if a.json:
+        print(json.dumps(r.as_dict(), ensure_ascii=False))
+    else:
+        print(f"--- board ({r.device.board}, {how}) ---\n{r.board_text}\n--- simulator ---\n{r.sim_text}\n---")
+        if r.per_step is not None:
+            print(f"{r.unit} per step on the board (model step + sampling): {r.per_step:,.0f}")
+    if not r.ok:
+        k = r.first_difference()
+        raise McuNnError(f"the board's text differs from the simulator's from generated token {k} on "
+                         f"(board id {r.board_ids[k] if k < len(r.board_ids) else None}, simulator id "
+                         f"{r.sim_ids[k] if k < len(r.sim_ids) else None})")
+    if not a.json:
+        print(f"identical: {len(r.board_ids)} tokens, board == simulator")
+    return 0
+
+
 def _boards(a: argparse.Namespace) -> int:
     from .boards import describe_boards
     print(describe_boards())
@@ -221,7 +278,7 @@ def _demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"inspect": _inspect, "export": _export, "verify": _verify, "build": _build,
-            "flash": _flash, "serial-test": _serial_test, "bench": _bench, "boards": _boards,
+            "flash": _flash, "serial-test": _serial_test, "bench": _bench, "generate": _generate, "boards": _boards,
             "demo": _demo}
 
 

@@ -145,9 +145,11 @@ def state_manifest(q: QModel) -> dict:
 def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str = "int8",
                  calib: Optional[str] = None, name: Optional[str] = None,
                  input_shape: Optional[tuple[int, ...]] = None, allow_pickle: bool = False,
-                 weight_layout: str = "packed", log: Callable[[str], None] = print) -> ExportResult:
+                 weight_layout: str = "packed", log: Callable[[str], None] = print,
+                 vocab: Optional[list[str]] = None) -> ExportResult:
     """Export ``model_path`` into ``out_dir`` and return what was written and measured.
-    ``weight_layout="wide"`` stores int8 weights as int16: more flash, faster on DSP cores."""
+    ``weight_layout="wide"`` stores int8 weights as int16: more flash, faster on DSP cores.
+    ``vocab`` (a language model's tokens, in id order) is stored as vocab.json for `mcu-nn generate`."""
     from .codegen import write_export
     from .codegen.export import run_padded, saturation_counts
     from .frontend import load_model
@@ -157,6 +159,11 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     if precision not in PRECISIONS:
         raise McuNnError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     graph = load_model(model_path, allow_pickle=allow_pickle, input_shape=input_shape, name=name)
+    extra_files = {}
+    if vocab is not None:
+        from .generate import VOCAB_FILE, check_language_model, vocab_bytes
+        check_language_model(graph, len(vocab))
+        extra_files[VOCAB_FILE] = vocab_bytes(vocab)
     data_set = load_data_set(graph, calib, precision)
     data, lengths = data_set.x, data_set.lengths
     steps = f"{data.shape[1]} steps" if lengths is None else f"{lengths.min()}..{lengths.max()} steps"
@@ -172,5 +179,5 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
              "state": state_manifest(q),
              "saturation": {"calibration": saturation_counts(q, data, lengths)}}
     manifest = write_export(q, Path(out_dir), vectors, expected, extra=extra, weight_layout=weight_layout,
-                            lengths=vec_lengths)
+                            lengths=vec_lengths, extra_files=extra_files)
     return ExportResult(Path(out_dir), graph, q, manifest, accuracy, data, lengths)

@@ -340,3 +340,18 @@ def load_export(export_dir: Path, *, allow_modified: bool = False) -> tuple[dict
     """The manifest and the test vectors of a checked export (see open_export)."""
     ex = open_export(export_dir, allow_modified=allow_modified)
     return ex.manifest, ex.vectors
+
+
+def read_listed(ex: Export, name: str) -> Optional[bytes]:
+    """The bytes of an optional file the manifest lists (e.g. qmodel.npz, vocab.json), checked
+    against its sha256; None when the export has no such file."""
+    want = ex.manifest["files"].get(name)
+    if want is None:
+        return None
+    path = ex.dir / name
+    if not path.is_file():
+        raise McuNnError(f"{path} is missing (model.json lists it); re-run mcu-nn export")
+    data = path.read_bytes()
+    if file_sha256(data) != want and name not in ex.modified:
+        raise McuNnError(f"{path} differs from the sha256 in model.json (edited after export?); re-run mcu-nn export")
+    return data

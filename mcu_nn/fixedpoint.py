@@ -499,3 +499,128 @@ def time_mean(v) -> np.ndarray:
 def time_max(v) -> np.ndarray:
     """Max over axis -2 (time)."""
     return _i64(v).max(axis=-2)
+
+
+# ----------------------------------------------------------------------------- sampling (generate)
+# How `mcu-nn generate` picks the next token from int16 logits z[0..V) with scale s (value = q * s),
+# the same on the chip and in the simulator. Greedy: the first index of the largest logit.
+# At temperature T: weight w_i ~ exp((z_i - max z) * s / T) from exp_neg_q30 (Q30) rounded to Q16
+# (the largest weighs 65536, so V <= 65535 tokens sum below 2^32), a uniform draw r in
+# [0, sum w) by rejection (no modulo bias), and the first i whose running sum exceeds r.
+# Tokens weighing under 2^-17 of the largest are never drawn.
+SAMPLE_K_FRAC = 40              # logit constant k = round(s * log2(e) * 2^40)
+SAMPLE_SHIFT = SAMPLE_K_FRAC - EXP2_FRAC     # mult / 2^shift = k / 2^40 octaves per logit unit, in Q.12
+SAMPLE_W_SHIFT = 30 - 16        # Q30 weight -> Q16
+SAMPLE_MAX_VOCAB = 65535
+SAMPLE_MAX_TEMPERATURE_MILLI = 1_000_000
+FLOAT_LOGIT_INV_SCALE = 256.0   # float32 models: logits enter the sampler as quantize_input(y, 256): Q8.8
+PRNG_DEFAULT = 0x9E3779B9       # xorshift32 must not start at 0
+U32 = (1 << 32) - 1
+
+
+def sample_logit_k(scale: float) -> int:
+    """The one float step of sampling, done on the host once per model: k = round(s * log2(e) * 2^40)
+    for logits of scale s. 1 <= k < 2^52 (s below about 2800) keeps k * 1000 inside int64."""
+    k = int(round(float(scale) * math.log2(math.e) * 2.0 ** SAMPLE_K_FRAC))
+    if not 1 <= k < (1 << 52):
+        raise ValueError(f"logit scale {scale!r} is outside what the sampler handles (k = {k})")
+    return k
+
+
+def sample_params(k: int, temperature_milli: int) -> tuple[int, int]:
+    """(mult, shift) for exp_neg_q30 at temperature T = temperature_milli / 1000 (1 .. 10^6):
+    mult / 2^shift = k * 1000 / (temperature_milli * 2^40) * 2^12, with mult an int32. Start at
+    shift = 28 and give up precision one bit at a time while mult does not fit; at shift 0 mult
+    saturates (a temperature so low that sampling is greedy in effect).
+    C: ``mcunn_sample_params`` (int64 arithmetic, div_round)."""
+    num = k * 1000
+    shift = SAMPLE_SHIFT
+    mult = int(div_round(num, temperature_milli))
+    while mult > INT32_MAX and shift > 0:
+        shift -= 1
+        mult = int(div_round(num, temperature_milli << (SAMPLE_SHIFT - shift)))
+    return min(mult, INT32_MAX), shift
+
+
+def prng_seed(seed: int) -> int:
+    """A user's seed (uint32) -> the xorshift32 state: MurmurHash3's fmix32, so nearby seeds give
+    unrelated streams; 0 (the one state xorshift never leaves) becomes PRNG_DEFAULT."""
+    h = seed & U32
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & U32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & U32
+    h ^= h >> 16
+    return h or PRNG_DEFAULT
+
+
+def prng_next(state: int) -> tuple[int, int]:
+    """xorshift32 (Marsaglia 13, 17, 5): (new state, value); the value is the new state."""
+    x = state
+    x ^= (x << 13) & U32
+    x ^= x >> 17
+    x ^= (x << 5) & U32
+    return x, x
+
+
+def draw_below(state: int, total: int) -> tuple[int, int]:
+    """(new state, r) with r uniform in [0, total), 1 <= total <= 2^32 - 1: values at or above the
+    largest multiple of total below 2^32 are rejected and drawn again (no modulo bias).
+    C: rem = (0u - total) % total is 2^32 mod total; accept r <= UINT32_MAX - rem."""
+    rem = (1 << 32) % total
+    while True:
+        state, r = prng_next(state)
+        if r <= U32 - rem:
+            return state, r % total
+
+
+def argmax_first(z) -> int:
+    """Index of the largest value; ties go to the lowest index."""
+    return int(np.argmax(_i64(z)))
+
+
+def sample_weights(z, mult: int, shift: int) -> np.ndarray:
+    """Q16 weights of the logits z (int16, 1-d): rshift_round(exp_neg_q30(max z - z_i), 14)."""
+    z = _i64(z)
+    return rshift_round(exp_neg_q30(z.max() - z, mult, shift), SAMPLE_W_SHIFT)
+
+
+def sample_token(z, mult: int, shift: int, state: int) -> tuple[int, int]:
+    """(token, new PRNG state): the first i whose running weight sum exceeds a uniform draw."""
+    w = sample_weights(z, mult, shift)
+    state, r = draw_below(state, int(w.sum()))
+    return int(np.argmax(np.cumsum(w) > r)), state
+
+
+class Sampler:
+    """The C ``mcunn_sampler_t``: greedy at temperature 0, else sample_token with its own PRNG."""
+
+    def __init__(self, logit_k: int, temperature_milli: int = 0, seed: int = 0) -> None:
+        if not 0 <= temperature_milli <= SAMPLE_MAX_TEMPERATURE_MILLI:
+            raise ValueError(f"temperature {temperature_milli / 1000:g} is outside 0..1000")
+        self.greedy = temperature_milli == 0
+        self.mult, self.shift = (0, 0) if self.greedy else sample_params(logit_k, temperature_milli)
+        self.prng = prng_seed(seed)
+
+    def next(self, z) -> int:
+        if self.greedy:
+            return argmax_first(z)
+        token, self.prng = sample_token(z, self.mult, self.shift, self.prng)
+        return token
+
+
+def lm_generate(step, sampler: Sampler, prefix: list[int], n: int) -> list[int]:
+    """The generation loop of ``mcunn_lm_generate``: feed every prefix token (``step(token)``
+    returns the int16 logits after it), then n times draw a token and feed it back (all but the
+    last, whose logits nobody reads). Continuing a generation is calling it again with the last
+    token as the prefix and the same sampler."""
+    if not prefix:
+        raise ValueError("generation needs at least one prefix token")
+    for t in prefix:
+        logits = step(t)
+    out: list[int] = []
+    for k in range(n):
+        out.append(sampler.next(logits))
+        if k + 1 < n:
+            logits = step(out[-1])
+    return out

@@ -6,13 +6,14 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from .. import __version__
-from ..errors import McuNnError
+from ..errors import McuNnError, McuNnWarning
 from ..exportdir import (MANIFEST, SCHEMA_VERSION, VECTORS, file_sha256, is_source, manifest_bytes,
                          source_digest)
 from ..ir import QModel, whole_sequence
@@ -31,9 +32,10 @@ def chip_input(q: QModel, x: np.ndarray) -> np.ndarray:
 
 def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.ndarray,
                  extra: Optional[dict] = None, weight_layout: str = "packed",
-                 lengths: Optional[np.ndarray] = None) -> dict:
-    """Write model.h, model.c, mcunn_fixedpoint.h, model.json and test_vectors.npz into
-    ``out_dir``; returns the manifest. ``expected`` are the simulator's outputs on ``test_input``.
+                 lengths: Optional[np.ndarray] = None, extra_files: Optional[dict[str, bytes]] = None) -> dict:
+    """Write model.h, model.c, mcunn_fixedpoint.h, model.json, test_vectors.npz and qmodel.npz
+    (the quantised model, for the simulator of later stages) into ``out_dir``; returns the
+    manifest. ``extra_files`` (e.g. a language model's vocab.json) are written and hashed too. ``expected`` are the simulator's outputs on ``test_input``.
     ``weight_layout`` ("packed" or "wide", see codegen.emit) trades flash for speed on int8.
     ``lengths``: steps of each test vector when they differ (``test_input`` is zero-padded
     after them and ``expected`` holds zeros there for per-step outputs; see run_padded).
@@ -49,6 +51,11 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
     vectors = _test_vectors(q, test_input, expected, lengths)
     blobs = {name: text.encode() for name, text in sources.items()}
     blobs[VECTORS] = vectors
+    blobs.update(_qmodel_file(q))
+    for fname, data in (extra_files or {}).items():
+        if fname in blobs or fname == MANIFEST or is_source(fname) or fname != Path(fname).name:
+            raise McuNnError(f"write_export: extra file {fname!r} would clash with the export's own files")
+        blobs[fname] = data
     flash = sum(a.nbytes for a in e.arrays)
     streams = not whole_sequence(q)          # False: bidirectional layers or ops that read ahead
     tokens = q.input_kind == "tokens"
@@ -78,6 +85,18 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
     blobs[MANIFEST] = manifest_bytes(manifest)
     _write_atomically(out_dir, blobs)
     return manifest
+
+
+def _qmodel_file(q: QModel) -> dict[str, bytes]:
+    """{qmodel.npz: bytes}, or nothing (with a warning) for a model holding a value the file
+    format cannot keep: the export stays usable, only `mcu-nn generate` needs the file."""
+    from ..qmodel_file import FILE, qmodel_bytes
+    try:
+        return {FILE: qmodel_bytes(q)}
+    except TypeError as e:
+        warnings.warn(f"{FILE} not written ({e}): mcu-nn generate will not run this export",
+                      McuNnWarning, stacklevel=3)
+        return {}
 
 
 def saturation_counts(q: QModel, x: np.ndarray, lengths: Optional[np.ndarray] = None) -> dict:

@@ -187,3 +187,19 @@ class DeviceClient:
         if info.output_per_step:
             return np.concatenate(outs).reshape(steps, info.output_size), ticks
         return (np.concatenate(outs) if not info.has_step else y), ticks
+
+    def generate(self, prefix: list[int], n: int, *, temperature_milli: int = 0, seed: int = 0,
+                 cont: bool = False) -> tuple[list[int], int]:
+        """One GENERATE request: feed ``prefix`` (token ids), draw ``n`` tokens on the chip ->
+        (token ids, counter ticks). ``cont`` continues the previous generation (state and
+        sampler kept; temperature and seed unused); otherwise the state is reset first."""
+        payload = P.GENERATE_HEADER.pack(P.GENERATE_CONTINUE if cont else 0, 0, n, temperature_milli,
+                                         seed & 0xFFFFFFFF, len(prefix))
+        payload += np.asarray(prefix, "<u2").tobytes()
+        try:
+            ticks, ids = P.parse_values(self.transact(P.GENERATE, payload).payload, "<u2")
+        except P.BadFrame as e:
+            raise McuNnError(f"{self.port_url}: malformed GENERATE reply ({e})") from None
+        if len(ids) != n:
+            raise McuNnError(f"{self.port_url}: GENERATE asked for {n} tokens, the board sent {len(ids)}")
+        return [int(i) for i in ids], ticks

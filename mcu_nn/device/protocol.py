@@ -13,10 +13,12 @@ import crcmod.predefined
 from cobs import cobs
 
 PROTO_VERSION = 1
-HELLO, RESET, STEP, RUN_BEGIN, RUN_DATA, READ = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+HELLO, RESET, STEP, RUN_BEGIN, RUN_DATA, READ, GENERATE = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 REPLY, ERROR = 0x80, 0x7F
 COMMAND_NAMES = {HELLO: "HELLO", RESET: "RESET", STEP: "STEP", RUN_BEGIN: "RUN_BEGIN",
-                 RUN_DATA: "RUN_DATA", READ: "READ", ERROR: "ERROR"}
+                 RUN_DATA: "RUN_DATA", READ: "READ", GENERATE: "GENERATE", ERROR: "ERROR"}
+GENERATE_HEADER = struct.Struct("<BBHIIH")     # flags, 0, n, temperature_milli, seed, n_prefix
+GENERATE_CONTINUE = 1                          # flags bit0: keep the model state and the sampler
 
 E_CRC, E_FRAME, E_OVERSIZE, E_UNKNOWN_CMD, E_BAD_LENGTH, E_STATE, E_UNSUPPORTED = range(1, 8)
 ERROR_NAMES = {E_CRC: "bad CRC", E_FRAME: "bad frame", E_OVERSIZE: "frame too long",

@@ -7,7 +7,7 @@ import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -88,6 +88,19 @@ def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional
         log(f"warning: testing modified files ({', '.join(ex.modified)}), as --allow-modified asks")
     manifest = ex.manifest
     inputs, expected = ex.vectors["input_q"], ex.vectors["expected"]
+    with board_session(ex, port=port, board=board, timeout=timeout, retries=retries, log=log,
+                       allow_modified=allow_modified) as client:
+        return _compare(client, client.info, inputs, expected, manifest, log, progress,
+                        ex.vectors.get("float_drift"), vector_lengths(ex.vectors))
+
+
+@contextlib.contextmanager
+def board_session(ex: Export, *, port: Optional[str] = None, board: Optional[str] = None,
+                  timeout: float = 5.0, retries: int = 5, log: Callable[[str], None] = print,
+                  allow_modified: bool = False) -> Iterator[DeviceClient]:
+    """A client talking to firmware built from exactly ``ex`` (HELLO done and checked). With no
+    ``port``, builds the firmware for ``board`` (an emulated one) if needed and boots it."""
+    export_dir = ex.dir
     with contextlib.ExitStack() as stack:
         if port is None:
             b = get_board(board or DEFAULT_BOARD)
@@ -104,8 +117,7 @@ def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional
         log(f"board {info.board}: model {info.name} ({info.precision}), sha256 {info.sha256[:16]}… matches "
             f"the export{' (modified on purpose: --allow-modified)' if info.modified else ''}; "
             f"{info.input_size} in / {info.output_size} out per step")
-        return _compare(client, info, inputs, expected, manifest, log, progress, ex.vectors.get("float_drift"),
-                        vector_lengths(ex.vectors))
+        yield client
 
 
 def _compare(client: DeviceClient, info: DeviceInfo, inputs: np.ndarray, expected: np.ndarray,

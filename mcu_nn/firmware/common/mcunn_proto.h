@@ -18,6 +18,7 @@
 #define MCUNN_CMD_RUN_BEGIN 0x04
 #define MCUNN_CMD_RUN_DATA 0x05
 #define MCUNN_CMD_READ 0x06
+#define MCUNN_CMD_GENERATE 0x07    /* language models: the generation loop on the chip */
 #define MCUNN_REPLY 0x80
 #define MCUNN_CMD_ERROR 0x7F       /* payload: code u8, cmd u8, ASCII message */
 

@@ -33,6 +33,36 @@ static int g_cache_valid;
 
 static uint32_t g_run_total, g_run_done;
 
+#if GLUE_HAS_STEP && GLUE_LM
+/* GENERATE: the runtime's generation loop (mcunn_lm_generate) over glue_step, one token in and
+ * int16 logits out per step: token models take the id, float models a one-hot vector. */
+#include "mcunn_fixedpoint.h"
+#define GEN_IDS_MAX (GLUE_PAYLOAD_MAX / 2)
+#define GEN_HEADER 14u            /* flags u8, 0 u8, n u16, temperature_milli u32, seed u32, n_prefix u16 */
+static int16_t g_logits[GLUE_OUTPUT_SIZE];
+static uint16_t g_gen_in[GEN_IDS_MAX], g_gen_out[GEN_IDS_MAX];
+static mcunn_sampler_t g_sampler;
+static int g_gen_live;            /* a generation may continue: no RESET or RUN since it started */
+
+static void mcunn_srv_lm_step(void *model, uint16_t token, int16_t *logits)
+{
+    size_t j;
+#if GLUE_LM_TOKENS
+    g_x.v[0] = (glue_in_t)token;
+#else
+    for (j = 0; j < GLUE_INPUT_SIZE; ++j) g_x.v[j] = glue_quantize_input(0.0f);
+    g_x.v[token] = glue_quantize_input(1.0f);
+#endif
+    glue_step((glue_state_t *)model, g_x.v, g_y.v);
+    for (j = 0; j < GLUE_OUTPUT_SIZE; ++j)
+#if GLUE_LM_FLOAT_LOGITS
+        logits[j] = mcunn_quantize_f32((float)g_y.v[j], 256.0f);   /* Q8.8, fixedpoint.FLOAT_LOGIT_INV_SCALE */
+#else
+        logits[j] = (int16_t)g_y.v[j];
+#endif
+}
+#endif
+
 static void send(uint8_t cmd, uint16_t seq, const uint8_t *p, uint16_t len)
 {
     size_t n = mcunn_frame_encode(cmd, seq, p, len, g_tx_raw, g_tx_enc);
@@ -75,6 +105,40 @@ static uint16_t reply_values(uint32_t cycles, const glue_out_t *y, size_t count)
     return (uint16_t)(6 + count * sizeof(glue_out_t));
 }
 
+#if GLUE_HAS_STEP && GLUE_LM
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* flags bit0 = continue (keep the model state and the sampler; temperature and seed unused) */
+static int do_generate(const mcunn_frame_t *f, const char **err)
+{
+    uint32_t t0, cycles, n, np_, k;
+    if (f->len < GEN_HEADER) { *err = "GENERATE needs a 14-byte header"; return -MCUNN_E_BAD_LENGTH; }
+    n = get16(f->payload + 2);
+    np_ = get16(f->payload + 12);
+    if (f->len != GEN_HEADER + 2 * np_ || np_ == 0) { *err = "GENERATE needs n_prefix >= 1 token ids"; return -MCUNN_E_BAD_LENGTH; }
+    if (6 + 2 * n > GLUE_PAYLOAD_MAX) { *err = "GENERATE: n exceeds one reply"; return -MCUNN_E_BAD_LENGTH; }
+    for (k = 0; k < np_; ++k) {
+        g_gen_in[k] = get16(f->payload + GEN_HEADER + 2 * k);
+        if (g_gen_in[k] >= GLUE_VOCAB) { *err = "token id outside the vocabulary"; return -MCUNN_E_STATE; }
+    }
+    if (f->payload[0] & 1) {
+        if (!g_gen_live) { *err = "nothing to continue: start a GENERATE first"; return -MCUNN_E_STATE; }
+    } else {
+        if (get32(f->payload + 4) > 1000000u) { *err = "temperature above 1000"; return -MCUNN_E_STATE; }
+        glue_reset(&g_state);
+        mcunn_sampler_init(&g_sampler, GLUE_LOGIT_K, get32(f->payload + 4), get32(f->payload + 8));
+    }
+    g_gen_live = 1;
+    t0 = board_counter_begin();
+    mcunn_lm_generate(mcunn_srv_lm_step, &g_state, g_logits, GLUE_VOCAB, &g_sampler, g_gen_in, np_, g_gen_out, n);
+    cycles = board_counter_end(t0);
+    put32(g_reply, cycles);
+    put16(g_reply + 4, n);
+    for (k = 0; k < n; ++k) put16(g_reply + 6 + 2 * k, g_gen_out[k]);
+    return (int)(6 + 2 * n);
+}
+#endif
+
 static uint16_t do_hello(void)
 {
     uint8_t *p = g_reply;
@@ -106,6 +170,9 @@ static int handle(const mcunn_frame_t *f, const char **err)
     case MCUNN_CMD_HELLO:
         return do_hello();
     case MCUNN_CMD_RESET:
+#if GLUE_HAS_STEP && GLUE_LM
+        g_gen_live = 0;
+#endif
         glue_reset(&g_state);
         g_run_total = g_run_done = 0;
         return 0;
@@ -125,6 +192,9 @@ static int handle(const mcunn_frame_t *f, const char **err)
         if (f->len != 4) { *err = "RUN_BEGIN needs u32 steps"; return -MCUNN_E_BAD_LENGTH; }
         k = get32(f->payload);
         if (k == 0 || (GLUE_MAX_STEPS && k > GLUE_MAX_STEPS)) { *err = "steps out of range"; return -MCUNN_E_STATE; }
+#if GLUE_HAS_STEP && GLUE_LM
+        g_gen_live = 0;
+#endif
         glue_reset(&g_state);
         g_run_total = k;
         g_run_done = 0;
@@ -169,6 +239,13 @@ static int handle(const mcunn_frame_t *f, const char **err)
             return -MCUNN_E_STATE;
         }
         return reply_values(0, g_seq_y + t0, k);
+#endif
+    case MCUNN_CMD_GENERATE:
+#if GLUE_HAS_STEP && GLUE_LM
+        return do_generate(f, err);
+#else
+        *err = GLUE_HAS_STEP ? "not a language model: output size != vocabulary" : "no streaming step to generate with";
+        return -MCUNN_E_UNSUPPORTED;
 #endif
     default:
         *err = "unknown command";

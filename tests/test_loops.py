@@ -21,10 +21,9 @@ from mcu_nn.verify import verify
 
 # case -> kind of the one recurrent op its loop folds onto
 FOLDED = {"gru_cell_loop": "gru", "docs_rnncell_loop": "rnn_tanh", "chunk_lstm_one_linear": "lstm",
-          "coupled_gate_lstm": "lstm",
+          "coupled_gate_lstm": "lstm", "peephole_lstm": "peephole_lstm", "textbook_gru_linear": "gru_reset_before",
+          "mgu_min_gru": "gru_reset_before",
           "fastrnns_custom_lstm": "lstm", "d2l_scratch_rnn": "rnn_tanh"}
-REFUSED = {"peephole_lstm": "its gates read c",
-           "mgu_min_gru": "before the recurrent matmul", "textbook_gru_linear": "before the recurrent matmul"}
 MIN_DB = {"int16": 60.0, "int8": 40.0}
 
 
@@ -130,13 +129,31 @@ def test_stacked_cells_fold_into_two_layers(fmt: str, tmp_path: Path) -> None:
     assert graph.layout == {"input": "N,T", "output": "N,T"} and graph.input_size == 1
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_not_a_known_cell_is_one_line(name: str, tmp_path: Path) -> None:
+class MatrixPeephole(nn.Module):
+    """An LSTM whose input gate sees c through a full matrix: not a cell mcu-nn knows."""
+
+    def __init__(self):
+        super().__init__()
+        self.W, self.U, self.V = nn.Linear(3, 20), nn.Linear(5, 20, bias=False), nn.Linear(5, 5, bias=False)
+
+    def forward(self, x):
+        h = c = torch.zeros(x.size(0), 5)
+        for t in range(x.size(1)):
+            zi, zf, zg, zo = (self.W(x[:, t]) + self.U(h)).chunk(4, 1)
+            c = torch.sigmoid(zf) * c + torch.sigmoid(zi + self.V(c)) * torch.tanh(zg)
+            h = torch.sigmoid(zo) * torch.tanh(c)
+        return h
+
+
+def test_not_a_known_cell_is_one_line(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "matrix_peephole.pt2"
+    torch.export.save(torch.export.export(MatrixPeephole().eval(), (torch.randn(2, 6, 3),)), str(path))
     with pytest.raises(McuNnError) as err:
-        load_model(_save(BY_NAME[name], tmp_path))
+        load_model(path)
     msg = str(err.value)
-    assert "\n" not in msg and "not an LSTM/GRU/RNN cell" in msg and REFUSED[name] in msg
-    assert "generic step graphs are not supported yet" in msg
+    assert "\n" not in msg and "not an LSTM/GRU/RNN cell" in msg
+    assert "its gates read c other than through a diagonal peephole" in msg and "write the step as one" in msg
 
 
 class StepsDiffer(nn.Module):

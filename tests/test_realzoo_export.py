@@ -23,7 +23,6 @@ from realzoo import CASES, save
 
 # not yet: issue 9's generic step graph and stacked cells
 SKIP = {
-    "peephole_lstm": "issue 9: a cell whose gates read c needs the generic integer step graph",
     "mgu_min_gru": "issue 9: a single-gate cell needs the generic integer step graph",
     "textbook_gru_linear": "issue 9: tanh(W x + U(r * h)) is not nn.GRU's r * (U h): generic step graph",
 }

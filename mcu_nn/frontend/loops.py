@@ -29,7 +29,9 @@ PREP = {"aten.linear.default", "aten.mm.default", "aten.matmul.default", "aten.a
 # tensors made from nothing but a shape: a loop's initial state
 FILLS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.default", "aten.full.default",
          "aten.full_like.default", "aten.new_full.default", "aten.ones.default", "aten.ones_like.default"}
-GENERIC = "generic step graphs are not supported yet"
+KNOWN = ("mcu-nn folds steps that are an LSTM (also with peepholes or coupled gates), a GRU (also with the reset "
+         "gate before the recurrent matmul, or one gate as in the MGU) or a tanh/relu RNN; write the step as one "
+         "of those")
 
 
 class _NotCell(Exception):
@@ -344,6 +346,13 @@ def _match_gru(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
         wz_x, wz_h, bz = -wz_x, -wz_h, -bz
     pre_n = e.atoms[n_key][1][0]
     gated = [k for k in pre_n.terms if k != "x"]
+    before = _reset_before(e, pre_n, gated)
+    if before is not None:                     # textbook GRU / MGU: n = tanh(W x + U (r * h) + b)
+        r_key, wn_h = before
+        wr_x, wr_h, br, _ = _pre(e, r_key, "sigmoid", xs, "s0", hs)
+        wn_x = pre_n.terms.get("x", np.zeros((hs, xs)))
+        return _Cell("gru_reset_before", np.concatenate([wr_x, wz_x, wn_x]), np.concatenate([wr_h, wz_h, wn_h]),
+                     np.concatenate([br, bz, pre_n.bias]), np.zeros(3 * hs), "s0", outs={"h": 0})
     if len(gated) != 1 or e.atoms.get(gated[0], ("",))[0] != "mul" or _eye_coef(pre_n, gated[0]) is None:
         if any(isinstance(k, tuple) and k[0] == "mul" for k in gated):
             raise _NotCell("the reset gate multiplies h before the recurrent matmul, U(r * h), where nn.GRU "
@@ -361,6 +370,19 @@ def _match_gru(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
     zeros = np.zeros(hs)
     return _Cell("gru", np.concatenate([wr_x, wz_x, wn_x]), np.concatenate([wr_h, wz_h, wn_h]),
                  np.concatenate([br, bz, b_in]), np.concatenate([zeros, zeros, b_hn]), "s0", outs={"h": 0})
+
+
+def _reset_before(e: _Eval, pre_n: _Aff, gated: list) -> Optional[tuple[Any, np.ndarray]]:
+    """(r's key, U) when the candidate's pre-activation reads h only as U (r * h), r a sigmoid gate."""
+    if len(gated) != 1 or e.atoms.get(gated[0], ("",))[0] != "mul":
+        return None
+    factors = [_single(f) for f in e.atoms[gated[0]][1]]
+    if None in factors or "s0" not in factors:
+        return None
+    r_key = next((k for k in factors if k != "s0"), None)
+    if r_key is None or e.atoms.get(r_key, ("",))[0] != "sigmoid":
+        return None
+    return r_key, pre_n.terms[gated[0]]
 
 
 def _match_lstm(e: _Eval, outs: list[_Aff], xs: int, hs: int) -> _Cell:
@@ -749,7 +771,7 @@ def _fold(ep, seq: Node, dim: int, xs: list[list[Node]], kept: bool, params: dic
         steps = [_step_cell(loop, t, consts) for t in range(len(xs))]
     except _NotCell as e:
         raise McuNnError(f"a hand-written recurrence in '{path}' whose step is not an LSTM/GRU/RNN cell ({e}); "
-                         f"{GENERIC}") from None
+                         f"{KNOWN}") from None
     cell = steps[0][0]
     for t, (c, outs, ins) in enumerate(steps):
         same = c.kind == cell.kind and (c.h, c.c, c.outs) == (cell.h, cell.c, cell.outs) and all(

@@ -19,7 +19,9 @@ SUBSET = ["d2l_concise_gru",          # one-hot column pick, state in/out, per-s
           "ds_tcn_gru",               # causal depthwise dilated Conv1d (streaming history)
           "cnn_attention_gru",        # attention pooling over time
           "gru_layernorm", "residual_lstm", "lstm_mobile_head_acts", "kaggle_bigru_mean_max_pool",
-          "lstm_autoencoder_repeat", "tutorial_lstm_tagger"]
+          "lstm_autoencoder_repeat", "tutorial_lstm_tagger",
+          # issue 9: hand-written loops folded (a fused kernel, and the two cell units)
+          "examples_lstmcell_sine", "peephole_lstm", "textbook_gru_linear"]
 
 
 @pytest.mark.parametrize("name", SUBSET)

@@ -229,11 +229,18 @@ def gru_cell(pre_r, pre_z, n_x, n_h, h):
     """One GRU update (PyTorch's formula). pre_r, pre_z: saturated Q3.12 int16.
     n_x = W_in x + b_in, n_h = W_hn h + b_hn: Q.12 in int32 (saturated, not to 16 bits,
     so that r * n_h may cancel a large n_x). h: Q15.
-      n     = tanh(sat16(n_x + rshift_round(r * n_h, 15)))
+      n_pre = sat16(n_x + rshift_round(r * n_h, 15)), then gru_mix(pre_z, n_pre, h).
+    C: r * n_h in int64."""
+    r = sigmoid_q15(pre_r)
+    return gru_mix(pre_z, sat16(_i64(n_x) + rshift_round(r * _i64(n_h), 15)), h)
+
+
+def gru_mix(pre_z, pre_n, h) -> np.ndarray:
+    """A GRU's new state from saturated Q3.12 pre-activations of z and n, h in Q15:
+      z, n  = sigmoid(pre_z), tanh(pre_n)
       h_new = sat16(n + rshift_round(z * (h - n), 15))      ((1-z)*n + z*h)
-    C: r * n_h in int64; z * (h - n) fits int32."""
-    r, z = sigmoid_q15(pre_r), sigmoid_q15(pre_z)
-    n = tanh_q15(sat16(_i64(n_x) + rshift_round(r * _i64(n_h), 15)))
+    C: |z * (h - n)| <= 32767 * 65535, so it and its rounding add fit int32."""
+    z, n = sigmoid_q15(pre_z), tanh_q15(pre_n)
     return sat16(n + rshift_round(z * (_i64(h) - n), 15))
 
 

@@ -229,15 +229,19 @@ class QATModel(nn.Module):
         b_ih, b_hh = m.b_ih.to(F64), m.b_hh.to(F64)
         acc_x = fp.matvec(qd.wx.w, xq)
         xw = xv @ wx.T + b_ih                                 # float surrogate of the input part
+
+        def rec(v: torch.Tensor) -> torch.Tensor:             # ... and of the recurrent part, of v
+            return v @ wh.T + b_hh
+
         state = {s: np.zeros((n, cell.state_size(layer, s)), np.int64) for s in cell.states}
         values = {s: torch.zeros((n, cell.state_size(layer, s)), dtype=F64) for s in cell.states}
         outs_q: list = [None] * t_len
         outs_v: list = [None] * t_len
         steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
         for t in steps:
-            hw = values["h"] @ wh.T + b_hh
+            hw = rec(values["h"])
             new, parts = cell.int_step(layer, qd, acc_x[:, t], fp.matvec(qd.wh.w, state["h"]), state, detail=True)
-            values = cell.qat_step(layer, new, parts, xw[:, t], hw, values, _ste)
+            values = cell.qat_step(layer, new, parts, xw[:, t], hw, values, _ste, rec)
             state = new
             outs_q[t], outs_v[t] = state["h"], values["h"]
         return np.stack(outs_q, axis=1), torch.stack(outs_v, dim=1)

@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+import cellcheck
 from mcu_nn import fixedpoint as fp
-from mcu_nn.bench import bench_export
-from mcu_nn.codegen import write_export
 from mcu_nn.ir import DirectionWeights, Graph, Linear, Recurrent, SelectLast
-from mcu_nn.qat import QATModel
-from mcu_nn.quant import metrics, quantize
-from mcu_nn.sim import run, run_float
-from mcu_nn.sim.int_sim import quantize_model_input, run_quant
-from mcu_nn.verify import verify
+from mcu_nn.sim import run_float
 from runtime_program import build_runtime_program
 
 I, H, T = 5, 12, 20
@@ -59,10 +54,7 @@ def torch_peephole(dw: DirectionWeights, x: np.ndarray, reverse: bool = False) -
 
 
 def inputs(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    steps = np.arange(T)[None, :, None]
-    return (np.sin(steps * rng.uniform(0.1, 0.6, (n, 1, I)) + rng.uniform(0, 6, (n, 1, I)))
-            + 0.2 * rng.standard_normal((n, T, I))).astype(np.float32)
+    return cellcheck.inputs(n, seed, T, I)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -75,46 +67,24 @@ def test_float_simulator_equals_torch(bidirectional):
 
 @pytest.mark.parametrize("precision,floor", [("int16", 60.0), ("int8", 40.0)])
 def test_integer_export_bit_exact_and_accurate(tmp_path, precision, floor):
-    g = make_graph()
-    q = quantize(g, inputs(64, 2), precision)
-    x = inputs(32, 3)
-    snr = metrics.snr_db(run_float(g, x), run(q, x) * q.output_scale)
-    assert snr >= floor, f"{precision}: {snr:.1f} dB"
-    vectors = inputs(4, 4) * 1.5                         # beyond the calibration: saturation too
-    write_export(q, tmp_path / "e", vectors, run(q, vectors))
-    r = verify(tmp_path / "e", cross=True, log=lambda s: None)   # host C under sanitizers, Cortex-M4 compile
-    assert r.ok and r.mismatches == 0 and r.vectors == 4, r.first_mismatch
+    # vectors beyond the calibration: saturation too
+    cellcheck.integer_export(tmp_path, make_graph(), inputs(64, 2), inputs(32, 3), inputs(4, 4) * 1.5,
+                             precision, floor)
 
 
 def test_float32_export_within_tolerance(tmp_path):
-    g = make_graph(bidirectional=True, head=True)
-    q = quantize(g, inputs(16, 2), "float32")
-    x = inputs(4, 5)
-    write_export(q, tmp_path / "e", x, run(q, x))
-    assert verify(tmp_path / "e", cross=False, log=lambda s: None).ok
+    cellcheck.float32_export(tmp_path, make_graph(bidirectional=True, head=True), inputs(16, 2), inputs(4, 5))
 
 
 @pytest.mark.qemu
 @pytest.mark.parametrize("precision", ["int8", "int16"])
 def test_bit_exact_on_cortex_m4(tmp_path, precision):
-    g = make_graph(head=True)
-    q = quantize(g, inputs(64, 2), precision)
-    x = inputs(4, 6)
-    write_export(q, tmp_path / "e", x, run(q, x))
-    assert bench_export(tmp_path / "e", "qemu-mps2-an386").vectors_checked == 4   # raises on a differing bit
+    cellcheck.board(tmp_path, make_graph(head=True), inputs(64, 2), inputs(4, 6), precision)
 
 
 @pytest.mark.parametrize("precision", ["int8", "int16"])
 def test_qat_forward_equals_run_quant(precision):
-    g = make_graph(bidirectional=True, head=True)
-    calib = inputs(32, 2)
-    qat = QATModel(g, calib, precision)
-    x = inputs(6, 7)
-    q = qat.qmodel()
-    assert np.array_equal(qat.forward_int(x), run_quant(q, quantize_model_input(q, x)))
-    loss = qat(x).pow(2).sum()
-    loss.backward()                                      # the surrogate gives gradients
-    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in qat.parameters())
+    cellcheck.qat_forward(make_graph(bidirectional=True, head=True), inputs(32, 2), inputs(6, 7), precision)
 
 
 PROGRAM = r"""

@@ -61,6 +61,9 @@ def requant_gates(qd: Any, ax: np.ndarray, ah: np.ndarray, rows: slice = slice(N
 # ste(exact ints, scale, float surrogate, passes=None) -> a torch tensor valued exactly
 # exact * scale whose gradient is the surrogate's (see mcu_nn.qat)
 Ste = Callable[..., Any]
+# rec(v) = v @ W_hh^T + b_hh in torch: the recurrent product of a vector other than h (a cell
+# whose recurrent matmul reads a gated h)
+Rec = Callable[[Any], Any]
 
 
 class Cell:
@@ -129,10 +132,11 @@ class Cell:
         raise NotImplementedError
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
-                 ste: Ste) -> dict:
+                 ste: Ste, rec: Rec) -> dict:
         """The float torch formula of one step, only for gradients: each result is
         ``ste(exact ints, scale, surrogate, passes)`` of ``int_step``'s integers. xw, hw: torch
-        surrogates of the two products; values: the previous state's tensors."""
+        surrogates of the two products; values: the previous state's tensors; rec: the recurrent
+        product's surrogate of another vector in h's place (hw is rec(values["h"]))."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- C

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import fixedpoint as fp
-from .base import GATE_SCALE, Q15_SCALE, Arrays, Cell, Ste, register, requant_gates, sigmoid, unsat16
+from .base import GATE_SCALE, Q15_SCALE, Arrays, Cell, Rec, Ste, register, requant_gates, sigmoid, unsat16
 
 
 class GRU(Cell):
@@ -50,7 +50,7 @@ class GRU(Cell):
         return {"h": fp.gru_cell(pre[:, :hid], pre[:, hid:], n_x, n_h, state["h"])}, parts
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
-                 ste: Ste) -> dict:
+                 ste: Ste, rec: Rec) -> dict:
         hid = layer.hidden_size
         rz, nr = slice(0, 2 * hid), slice(2 * hid, 3 * hid)
         pre = ste(parts["pre"], GATE_SCALE, xw[:, rz] + hw[:, rz], unsat16(parts["pre"]))

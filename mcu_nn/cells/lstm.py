@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import fixedpoint as fp
 from ..quant.quantize import ACT_MAX, act_scale
-from .base import (GATE_SCALE, Q15_SCALE, Arrays, Cell, Ste, gate_rows, register, requant_gates,
+from .base import (GATE_SCALE, Q15_SCALE, Arrays, Cell, Rec, Ste, gate_rows, register, requant_gates,
                    sigmoid, unsat16)
 
 
@@ -61,7 +61,7 @@ class LSTM(Cell):
         return {"h": h, "c": c}, parts
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
-                 ste: Ste) -> dict:
+                 ste: Ste, rec: Rec) -> dict:
         pre = parts["gates"]
         gv = gate_rows(ste(pre, GATE_SCALE, xw + hw, unsat16(pre)), 4)
         i = ste(parts["i"], Q15_SCALE, gv[0].sigmoid())

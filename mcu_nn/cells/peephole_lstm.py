@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import fixedpoint as fp
 from ..errors import McuNnError
-from .base import GATE_SCALE, Q15_SCALE, Arrays, Ste, gate_rows, register, requant_gates, sigmoid, unsat16
+from .base import GATE_SCALE, Q15_SCALE, Arrays, Rec, Ste, gate_rows, register, requant_gates, sigmoid, unsat16
 from .lstm import LSTM
 
 MAX_SHIFT = 30            # fixedpoint.peephole keeps p * c and its rounding add inside int32
@@ -76,7 +76,7 @@ class PeepholeLSTM(LSTM):
         return {"h": fp.lstm_h(pre_o, c, frac), "c": c}, parts
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
-                 ste: Ste) -> dict:
+                 ste: Ste, rec: Rec) -> dict:
         p = values["c"].new_tensor(parts["peep"])
         s = gate_rows(xw + hw, 4)
         q = gate_rows(parts["gates"], 4)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import fixedpoint as fp
 from ..quant.quantize import act_scale
-from .base import GATE_SCALE, Q15_SCALE, Arrays, Cell, Ste, register, requant_gates, unsat16
+from .base import GATE_SCALE, Q15_SCALE, Arrays, Cell, Rec, Ste, register, requant_gates, unsat16
 
 
 class Elman(Cell):
@@ -41,7 +41,7 @@ class Elman(Cell):
         return {"h": fp.relu(pre) if self.relu else fp.tanh_q15(pre)}, {"gates": pre}
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
-                 ste: Ste) -> dict:
+                 ste: Ste, rec: Rec) -> dict:
         passes = unsat16(parts["gates"])
         if self.relu:
             return {"h": ste(new["h"], layer.h_scale, (xw + hw).relu(), passes)}

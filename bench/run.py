@@ -23,7 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mcu_nn.bench import bench_export  # noqa: E402
 from mcu_nn.codegen import write_export  # noqa: E402
-from mcu_nn.ir import GATES, DirectionWeights, Graph, Recurrent  # noqa: E402
+from mcu_nn.cells import cell_of  # noqa: E402
+from mcu_nn.ir import DirectionWeights, Graph, Recurrent  # noqa: E402
 from mcu_nn.quant import quantize  # noqa: E402
 from mcu_nn.sim import run  # noqa: E402
 from mcu_nn.sim.float_sim import run_float  # noqa: E402
@@ -34,12 +35,19 @@ TARGETS = {("lstm", 16, 32): 12000, ("lstm", 40, 64): 42000, ("gru", 16, 32): 90
 STEPS, VECTORS = 8, 4
 
 
+# hand-written cells (issue 9): each cell unit beside the fused kernel of the nn module it extends
+CELL_PAIRS = [("lstm", "peephole_lstm"), ("gru", "gru_reset_before")]
+CELL_SHAPES = [(16, 32), (40, 64)]
+
+
 def make_graph(kind: str, i: int, h: int, seed: int = 0) -> Graph:
     rng = np.random.default_rng(seed)
     k = 1.0 / math.sqrt(h)
-    g = GATES[kind] * h
+    g = cell_of(kind).n_gates * h
     u = lambda *s: rng.uniform(-k, k, s).astype(np.float32)  # noqa: E731
     d = DirectionWeights(u(g, i), u(g, h), u(g), u(g))
+    if "peephole" in cell_of(kind).extra_params:
+        d.extra["peephole"] = u(3, h)
     return Graph(f"{kind}{i}x{h}", "float", i, STEPS, [Recurrent(kind, i, h, 0, False, [d], "bench")])
 
 
@@ -59,7 +67,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="Cortex-M4F only")
     ap.add_argument("--out", type=Path, help="also write the table (Markdown) to this file")
+    ap.add_argument("--cells", action="store_true",
+                    help="instead: the hand-written cell units beside the fused nn.LSTM/nn.GRU kernels")
     a = ap.parse_args()
+    if a.cells:
+        return cells_table(a.out)
     boards = [("qemu-mps2-an386", False, "M4F simd"), ("qemu-mps2-an386", True, "M4F portable")]
     if not a.quick:
         boards += [("qemu-mps2-an385", False, "M3 (portable)"), ("qemu-mps2-an500", False, "M7 simd")]
@@ -88,6 +100,29 @@ def main() -> int:
     print(f"\n({time.time() - t0:.0f} s)")
     if a.out:
         a.out.write_text(text + "\n")
+    return 0
+
+
+def cells_table(out: Path | None) -> int:
+    """Each cell unit (portable C) beside the fused kernel it extends, on the emulated Cortex-M4F."""
+    boards = [("qemu-mps2-an386", False, "M4F"), ("qemu-mps2-an386", True, "M4F portable")]
+    head = ["layer", "precision"] + [f"{b[2]} instr/step" for b in boards] + ["instr/MAC (M4F)", "flash B (M4F)"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mcunn-benchcells-") as tmp:
+        for fused, unit in CELL_PAIRS:
+            for i, h in CELL_SHAPES:
+                for precision in ("int8", "int16"):
+                    for kind in (fused, unit):
+                        d = export(kind, i, h, precision, "packed", Path(tmp))
+                        res = [bench_export(d, board, portable=portable) for board, portable, _ in boards]
+                        rows.append([f"{kind} I={i} H={h}", precision] + [f"{r.instructions_per_step:,}" for r in res]
+                                    + [f"{res[0].instructions_per_mac:.2f}", f"{res[0].flash_bytes:,}"])
+                        print(" | ".join(rows[-1]), flush=True)
+    text = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+    print("\n" + text)
+    if out:
+        out.write_text(text + "\n")
     return 0
 
 

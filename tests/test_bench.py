@@ -62,3 +62,19 @@ def test_missing_export_is_one_clear_line(tmp_path):
     with pytest.raises(McuNnError, match="does not exist") as e:
         bench_command(tmp_path / "nope", "qemu-mps2-an386")
     assert "\n" not in str(e.value)
+
+
+def test_benchmark_set_script_builds_every_row(tmp_path):
+    """bench/run.py (the table in bench/RESULTS.md): every layer it measures, the fused kernels'
+    and the cell units', still builds and exports (the measuring itself needs minutes of QEMU)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    spec = importlib.util.spec_from_file_location("bench_run", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    kinds = {(k, i, h) for k, i, h in mod.SHAPES} | {(k, i, h) for pair in mod.CELL_PAIRS for k in pair
+                                                     for i, h in mod.CELL_SHAPES}
+    for kind, i, h in sorted(kinds):
+        d = mod.export(kind, i, h, "int8", "packed", tmp_path)
+        assert (d / "model.json").is_file()

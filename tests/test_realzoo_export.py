@@ -4,8 +4,7 @@ Every case whose forward takes the sequence alone is saved as a .pt2, exported a
 int16 and int8, verified (host C == simulator, 0 differing bits) and compared with PyTorch
 run on each held-out sequence alone, in the model's own input layout (the graph records it):
 float32 within 1e-5 relative, int16 >= 60 dB, int8 >= 40 dB. Cases with state or length
-inputs are covered with their own inputs in test_signatures*.py and test_dag.py; cases that
-mcu-nn still refuses are listed in SKIP with the reason and checked to fail in one line.
+inputs are covered with their own inputs in test_signatures*.py and test_dag.py.
 `scripts/zoo_pipeline.py` runs every case in every format it saves in."""
 from __future__ import annotations
 
@@ -15,17 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from mcu_nn.errors import McuNnError
 from mcu_nn.export import export_model
 from mcu_nn.quant import metrics
 from mcu_nn.verify import verify
 from realzoo import CASES, save
 
-# not yet: issue 9's generic step graph and stacked cells
-SKIP = {
-    "mgu_min_gru": "issue 9: a single-gate cell needs the generic integer step graph",
-    "textbook_gru_linear": "issue 9: tanh(W x + U(r * h)) is not nn.GRU's r * (U h): generic step graph",
-}
 SINGLE = [c for c in CASES if c.input_names == ("x",) and "pt2" in c.formats]
 FLOOR = {"int8": 40.0, "int16": 60.0}
 # held-out inputs deliberately beyond the calibration range (the later third of a growing
@@ -87,11 +80,6 @@ def saved(tmp_path_factory):
 @pytest.mark.parametrize("precision", ["float32", "int16", "int8"])
 def test_zoo_case_exports_verifies_and_matches_pytorch(case, precision, saved, tmp_path):
     model_file, calib = saved(case)
-    if case.name in SKIP:
-        with pytest.raises(McuNnError) as e:
-            export_model(model_file, tmp_path / "e", precision=precision, calib=str(calib), log=lambda s: None)
-        assert "\n" not in str(e.value)
-        pytest.skip(SKIP[case.name])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = export_model(model_file, tmp_path / "e", precision=precision, calib=str(calib), log=lambda s: None)

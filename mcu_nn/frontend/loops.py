@@ -868,7 +868,7 @@ def _rewrite(ep, loop: _Loop, cell: _Cell, path: str, h_nodes: list[Node], c_nod
     slices = {x for xs in loop.xs for x in xs}
     slices |= {x.args[0] for x in slices if x.target is operator.getitem}     # the split / unbind
     for n in reversed(list(graph.nodes)):
-        if n in in_loop | readers | slices and not n.users and n.op == "call_function":
+        if (n in in_loop or n in readers or n in slices or n in consts) and not n.users and n.op == "call_function":
             graph.erase_node(n)
     left = in_loop & set(graph.nodes)
     if left:

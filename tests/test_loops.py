@@ -177,3 +177,52 @@ def test_loop_whose_steps_differ_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(McuNnError, match="steps differ") as err:
         load_model(path)
     assert "\n" not in str(err.value)
+
+
+class SteppedLSTM(nn.Module):
+    """nn.LSTM called one step at a time, state carried by hand (online-inference code): out[:, -1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.fc = nn.LSTM(6, 16, batch_first=True), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = c = torch.zeros(1, x.size(0), 16)
+        for t in range(x.size(1)):
+            out, (h, c) = self.lstm(x[:, t:t + 1, :], (h, c))
+        return self.fc(out[:, -1])
+
+
+class SteppedGRU(nn.Module):
+    """nn.GRU (time-major) stepped on x[t:t+1], the per-step outputs concatenated over time."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru, self.fc = nn.GRU(6, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h, outs = torch.zeros(1, x.size(1), 16), []
+        for t in range(x.size(0)):
+            out, h = self.gru(x[t:t + 1], h)
+            outs.append(out)
+        return self.fc(torch.cat(outs, dim=0))
+
+
+@pytest.mark.parametrize("cls,time_major,kind", [(SteppedLSTM, False, "lstm"), (SteppedGRU, True, "gru")])
+def test_nn_module_stepped_by_hand_folds(cls, time_major: bool, kind: str, tmp_path: Path) -> None:
+    """The loop folds into one op running any number of steps (14 here, 10 when saved), as PyTorch."""
+    torch.manual_seed(0)
+    model = cls().eval()
+    shape = (10, 2, 6) if time_major else (2, 10, 6)
+    path = tmp_path / "stepped.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(*shape),)), str(path))
+    graph = load_model(path)
+    assert [op.kind for op in graph.ops if isinstance(op, ir.Recurrent)] == [kind]
+    x = np.random.default_rng(1).standard_normal((3, 14, 6)).astype(np.float32)
+    from mcu_nn.quant import quantize
+    q = quantize(graph, x, "float32")
+    xin = torch.from_numpy(x).transpose(0, 1) if time_major else torch.from_numpy(x)
+    with torch.no_grad():
+        want = model(xin).numpy()
+    want = want.transpose(1, 0, 2) if time_major else want
+    np.testing.assert_allclose(run(q, x), want, rtol=1e-5, atol=1e-5)

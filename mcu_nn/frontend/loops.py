@@ -199,8 +199,12 @@ class _Eval:
         elif name in ("aten.clone.default", "aten.contiguous.default", "aten.alias.default", "aten.detach.default") \
                 or _full_slice(n):
             v = a[0]
+        elif name in RESHAPES and _only_ones_change(n):
+            v = a[0]                            # (N, 1, H) <-> (N, H): the same numbers per batch row
         elif name in CELL_OPS:
             v = CELL_OPS[name](self, *a)
+        elif name in STEP_OPS:
+            v = STEP_OPS[name](self, *a)
         else:
             raise _NotCell(f"it uses {name}")
         self.vals[n] = v
@@ -234,6 +238,33 @@ def _rnn_cell(act: str):
 
 CELL_OPS = {"aten.lstm_cell.default": _lstm_cell, "aten.gru_cell.default": _gru_cell,
             "aten.rnn_tanh_cell.default": _rnn_cell("tanh"), "aten.rnn_relu_cell.default": _rnn_cell("relu")}
+
+
+def _one_step(cell, lstm: bool):
+    """nn.LSTM/GRU/RNN called on one step (``self.lstm(x[:, t:t+1], (h, c))`` in a loop): its cell,
+    when it has one layer and one direction; out, h_n (and c_n) are all the new state."""
+    def step(e: _Eval, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first=False):
+        if num_layers != 1 or bidirectional or len(params) not in (2, 4):
+            raise _NotCell("it steps a multi-layer or bidirectional nn module one step at a time")
+        new = cell(e, x, hx if lstm else hx, *params)
+        return [new[0], new[0], new[1]] if lstm else [new, new]
+    return step
+
+
+STEP_OPS = {"aten.lstm.input": _one_step(_lstm_cell, True), "aten.gru.input": _one_step(_gru_cell, False),
+            "aten.rnn_tanh.input": _one_step(_rnn_cell("tanh"), False),
+            "aten.rnn_relu.input": _one_step(_rnn_cell("relu"), False)}
+RESHAPES = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.squeeze.dim",
+            "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default"}
+
+
+def _only_ones_change(n: Node) -> bool:
+    """A reshape that only adds or drops axes of size 1."""
+    src = n.args[0].meta.get("val") if isinstance(n.args[0], Node) else None
+    out = n.meta.get("val")
+    if src is None or out is None:
+        return False
+    return [d for d in src.shape if d != 1] == [d for d in out.shape if d != 1]
 
 
 # ----------------------------------------------------------------------------- matching a step
@@ -511,6 +542,10 @@ def _candidates(graph: Graph) -> list[tuple[Node, int, list[list[Node]], bool]]:
             dim = (n.args[1] if len(n.args) > 1 else 0) % n.args[0].meta["val"].dim()
             items = {u.args[1]: u for u in n.users if u.target is operator.getitem}
             sel[(n.args[0], dim)] = items
+        elif _one_step_slice(n):                     # x[:, t:t+1]: step t with its time axis kept
+            dim = n.args[1] % n.args[0].meta["val"].dim()
+            sel.setdefault((n.args[0], dim), {}).setdefault(n.args[2], n)
+            aliases.setdefault(sel[(n.args[0], dim)][n.args[2]], []).append(n)
         elif _splits_into_ones(n):                   # (N, T).split(1, dim=1): steps of one feature each
             items = {u.args[1]: u for u in n.users if u.target is operator.getitem}
             sel[(n.args[0], n.args[2] % 2)] = items
@@ -520,6 +555,16 @@ def _candidates(graph: Graph) -> list[tuple[Node, int, list[list[Node]], bool]]:
         if steps is not None and steps >= 3 and sorted(items) == list(range(steps)):
             found.append((src, dim, [aliases.get(items[t], [items[t]]) for t in range(steps)], (src, dim) in kept))
     return found
+
+
+def _one_step_slice(n: Node) -> bool:
+    """``x[:, t:t+1]`` of an (N, T, F) or (T, N, F) sequence along a leading axis."""
+    if str(n.target) != "aten.slice.Tensor" or not isinstance(n.args[0], Node) or len(n.args) < 4:
+        return False
+    rank = n.args[0].meta["val"].dim()
+    args = list(n.args) + [1]
+    return rank == 3 and n.args[1] % rank < 2 and isinstance(args[2], int) and args[2] >= 0 \
+        and args[3] == args[2] + 1 and args[4] == 1
 
 
 def _splits_into_ones(n: Node) -> bool:
@@ -860,6 +905,7 @@ def _rewrite(ep, loop: _Loop, cell: _Cell, path: str, h_nodes: list[Node], c_nod
                     u.replace_input_with(h, x_t)
     readers = {u for n in in_loop for u in n.users} - in_loop     # torch.stack / cat after the loop
     _collect(loop, h_nodes, seq_out, call, attr, consts, in_loop)
+    _last_step_readout(loop, h_nodes[-1], finals[0], in_loop, call)
     for last, final in zip([h_nodes[-1]] + c_nodes[-1:], finals):
         last.replace_all_uses_with(final, delete_user_cb=lambda u: u not in in_loop)
     # Erase only what the fold made dead: a global DCE would also drop an unused c of a later stacked
@@ -884,7 +930,7 @@ def _collect(loop: _Loop, h_nodes: list[Node], seq_out: Node, call, attr, consts
         if n in in_loop or n.op == "output" or not n.args or not isinstance(n.args[0], (list, tuple)) or \
                 not any(a in in_loop for a in n.args[0] if isinstance(a, Node)):
             continue
-        items = list(n.args[0])
+        items = [h if _step_output(i, h) else i for i, h in zip(n.args[0], h_nodes)]
         if str(n.target) not in ("aten.stack.default", "aten.cat.default") or len(items) != len(h_nodes):
             raise McuNnError(f"the loop's per-step values are combined by {n.target}; only torch.stack or "
                              "torch.cat over time is supported")
@@ -905,12 +951,38 @@ def _collect(loop: _Loop, h_nodes: list[Node], seq_out: Node, call, attr, consts
         n.replace_all_uses_with(y)
 
 
+def _step_output(n: Any, h: Node) -> bool:
+    """``out`` of a one-step nn.LSTM/GRU/RNN call whose new h is ``h``: the same numbers, (N, 1, H)."""
+    return isinstance(n, Node) and n.target is operator.getitem and n.args[1] == 0 \
+        and h.target is operator.getitem and n.args[0] is h.args[0] and str(n.args[0].target) in STEP_OPS
+
+
+def _last_step_readout(loop: _Loop, h_last: Node, final: Node, in_loop: set, call) -> None:
+    """``out[:, -1]`` (or ``out.squeeze(1)``) of the last one-step call, read after the loop: the final
+    h (``h_n[-1]`` of the folded op)."""
+    if final.meta["val"].dim() == 3:
+        shape = tuple(final.meta["val"].shape[1:])
+        final = call(torch.ops.aten.select.int, (final, 0, -1), torch.zeros(shape, dtype=final.meta["val"].dtype))
+    for n in loop.copies[-1]:
+        if not _step_output(n, h_last):
+            continue
+        for u in [u for u in n.users if u not in in_loop]:
+            name = str(u.target)
+            step_axis = loop.dim
+            if (name == "aten.select.int" and u.args[1] % 3 == step_axis and u.args[2] in (0, -1)) or \
+                    (name in ("aten.squeeze.dim", "aten.squeeze.dims") and _only_ones_change(u)):
+                u.replace_all_uses_with(final)
+
+
 def _cat_over_time(cat: Node, y: Node, time_axis: int, call) -> Node:
     """torch.cat of the per-step (N, F) outputs, from y = their stack in the op's layout: on axis 1 with
     F = 1 it is (N, T) (pytorch/examples' sine model), on axis 0 the (T*N, F) rows of d2l's models."""
     shape = [_static(d) for d in y.meta["val"].shape]
-    axis = (cat.args[1] if len(cat.args) > 1 else 0) % 2
+    item_rank = cat.args[0][0].meta["val"].dim()
+    axis = (cat.args[1] if len(cat.args) > 1 else 0) % item_rank
     dtype = y.meta["val"].dtype
+    if item_rank == 3 and axis == time_axis:         # cat of per-step (N, 1, H) outs: the sequence itself
+        return y
     if axis == 1 and time_axis == 1 and shape[-1] == 1:
         return call(torch.ops.aten.squeeze.dim, (y, -1), torch.zeros(shape[:-1], dtype=dtype))
     if axis == 0:

@@ -29,7 +29,7 @@ from torch import nn
 from .cells import cell_of
 from .cells.base import Q15_SCALE, unsat16
 from .errors import McuNnError
-from .ir import (Activation, DirectionWeights, Embedding, FinalHidden, Graph, Linear,
+from .ir import (DirectionWeights, Embedding, FinalHidden, Graph, Linear,
                  QActivation, QEmbedding, QLinear, QModel, QRecurrent, Recurrent, SelectLast)
 from . import fixedpoint as fp
 from .quant.calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration

@@ -1,12 +1,13 @@
 """Fold a hand-written loop over time into one recurrent op (issue 9).
 
 torch.export unrolls ``for t in range(T): h = cell(x[:, t], h)`` into T copies of the step.
-``fold_loops`` finds them (the input selected or unbound per step, state flowing from copy t to
-copy t+1), evaluates each copy symbolically into affine forms over its inputs (``_Aff``), matches
-the result against the LSTM / GRU / RNN equations and, when it is one of them, replaces the copies
-by one ``aten.lstm.input`` / ``aten.gru.input`` / ``aten.rnn_*.input`` node with PyTorch-layout
-weights, which the walker reads like any nn.LSTM. The saved T is only the example's: the folded op
-runs any number of steps. Anything else gets one McuNnError line.
+``fold_loops`` finds them (the input selected, unbound or split per step, state flowing from copy
+t to copy t+1), works each copy out as affine forms (``step_forms``), asks ``cell_match`` which
+cell it is, and replaces the copies by one recurrent node with PyTorch-layout weights:
+``aten.lstm.input`` / ``aten.gru.input`` / ``aten.rnn_*.input`` for the fused kernels, or a
+``CellOp`` named after a cell unit that PyTorch has no op for. The walker reads either like an
+nn.LSTM. The saved T is only the example's: the folded op runs any number of steps. Stacked cells
+fold one per pass. Anything else gets one McuNnError line.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import torch
 from torch.fx import Graph, Node
 
 from ..errors import McuNnError
+from .cell_match import Match, match_cell
+from .step_forms import STEP_OPS, Aff, Eval, NotCell, full_slice, leaf, only_ones_change
 
 # linear maps of the state alone, which torch.export places right after the state is made
 PREP = {"aten.linear.default", "aten.mm.default", "aten.matmul.default", "aten.addmm.default", "aten.t.default",
@@ -32,454 +35,6 @@ FILLS = {"aten.zeros.default", "aten.zeros_like.default", "aten.new_zeros.defaul
 KNOWN = ("mcu-nn folds steps that are an LSTM (also with peepholes or coupled gates), a GRU (also with the reset "
          "gate before the recurrent matmul, or one gate as in the MGU) or a tanh/relu RNN; write the step as one "
          "of those")
-
-
-class _NotCell(Exception):
-    """The step is a recurrence but not a known cell; the message says what was found."""
-
-
-# ----------------------------------------------------------------------------- affine forms
-@dataclass
-class _Aff:
-    """sum_k terms[k] @ atom_k + bias, per batch row. Atoms are the step's inputs ("x", "s0", ...)
-    and nonlinear results (sigmoid/tanh/relu of a form, products of two forms), by key."""
-    terms: dict
-    bias: np.ndarray
-
-    @property
-    def size(self) -> int:
-        return int(self.bias.shape[0])
-
-    def sig(self) -> tuple:
-        return tuple(sorted(((repr(k), m.shape, m.tobytes()) for k, m in self.terms.items()))) + (self.bias.tobytes(),)
-
-
-def _leaf(key: Any, size: int) -> _Aff:
-    return _Aff({key: np.eye(size)}, np.zeros(size))
-
-
-def _functional(name: str) -> str:
-    """aten.add_.Tensor -> aten.add.Tensor: the TorchScript converter keeps in-place ops, whose results
-    its graph then uses like the functional op's."""
-    ns, _, rest = name.partition(".")
-    op, _, overload = rest.partition(".")
-    return f"{ns}.{op[:-1]}.{overload}" if ns == "aten" and op.endswith("_") and not op.startswith("_") else name
-
-
-def _single(a: _Aff) -> Optional[Any]:
-    """The key of a form that is exactly one atom (identity, no bias), else None."""
-    if len(a.terms) != 1 or a.bias.any():
-        return None
-    (k, m), = a.terms.items()
-    return k if m.shape[0] == m.shape[1] and np.array_equal(m, np.eye(m.shape[0])) else None
-
-
-def _diag(m: np.ndarray) -> Optional[np.ndarray]:
-    return np.diag(m).copy() if m.shape[0] == m.shape[1] and not (m - np.diag(np.diag(m))).any() else None
-
-
-class _Eval:
-    """Evaluates one step copy's nodes into ``_Aff`` forms; ``atoms`` defines the nonlinear keys."""
-
-    def __init__(self, consts: dict[Node, torch.Tensor]):
-        self.consts = consts
-        self.atoms: dict = {}
-        self.vals: dict[Node, Any] = {}
-
-    def atom(self, op: str, *args: _Aff) -> _Aff:
-        key = (op,) + tuple(sorted((a.sig() for a in args), key=repr)) if op == "mul" else (op, args[0].sig())
-        self.atoms.setdefault(key, (op, args))
-        return _leaf(key, args[0].size)
-
-    def arg(self, a: Any) -> Any:
-        if isinstance(a, Node):
-            if a in self.vals:
-                return self.vals[a]
-            if a in self.consts:
-                return self.consts[a].detach().double().numpy()
-            raise _NotCell(f"it reads {a.name}, which is neither the step's input, its state nor a parameter")
-        if isinstance(a, (list, tuple)):
-            return [self.arg(b) for b in a]
-        return a
-
-    # -- algebra
-    def add(self, a: Any, b: Any, alpha: float = 1.0) -> _Aff:
-        size = a.size if isinstance(a, _Aff) else b.size
-        a, b = self.form(a, size), self.scale(self.form(b, size), alpha)
-        terms = dict(a.terms)
-        for k, m in b.terms.items():
-            terms[k] = terms[k] + m if k in terms else m
-        return _Aff({k: m for k, m in terms.items() if m.any()}, a.bias + b.bias)   # x - x cancels
-
-    def form(self, v: Any, size: int = 0) -> _Aff:
-        if isinstance(v, _Aff):
-            return v
-        c = np.asarray(v, dtype=np.float64)
-        if c.ndim > 1 and c.shape[0] != 1:
-            raise _NotCell(f"it adds a constant of shape {list(c.shape)} that varies over the batch")
-        return _Aff({}, np.broadcast_to(c.reshape(-1), (max(size, c.size),)).copy())
-
-    def scale(self, a: _Aff, c: Any) -> _Aff:
-        c = np.asarray(c, dtype=np.float64).reshape(-1)
-        return _Aff({k: m * c[:, None] for k, m in a.terms.items()}, a.bias * c)
-
-    def mul(self, a: Any, b: Any) -> _Aff:
-        if not isinstance(a, _Aff):
-            a, b = b, a
-        if not isinstance(b, _Aff):
-            return self.scale(a, np.broadcast_to(np.asarray(b, dtype=np.float64).reshape(-1), (a.size,)))
-        da = {k: _diag(m) for k, m in a.terms.items()}
-        db = {k: _diag(m) for k, m in b.terms.items()}
-        if any(d is None for d in (*da.values(), *db.values())):
-            return self.atom("mul", a, b)           # a matrix on either side: keep the product whole
-        out = self.add(self.scale(_Aff(dict(a.terms), np.zeros(a.size)), b.bias),
-                       self.scale(_Aff(dict(b.terms), b.bias.copy()), a.bias))   # + a.bias * b.bias
-        for ka, va in da.items():                 # elementwise: distribute over the atoms
-            for kb, vb in db.items():
-                prod = self.atom("mul", _leaf(ka, a.size), _leaf(kb, a.size))
-                out = self.add(out, self.scale(prod, va * vb))
-        return out
-
-    def linear(self, a: Any, w: np.ndarray, b: Any = None) -> _Aff:
-        a = self.form(a)
-        out = _Aff({k: w @ m for k, m in a.terms.items()}, w @ a.bias)
-        return out if b is None else self.add(out, b)
-
-    def cat(self, parts: list) -> _Aff:
-        parts = [self.form(p) for p in parts]
-        sizes = [p.size for p in parts]
-        terms: dict = {}
-        at = 0
-        for p in parts:
-            for k, m in p.terms.items():
-                if k not in terms:
-                    terms[k] = np.zeros((sum(sizes), m.shape[1]))
-                terms[k][at:at + p.size] = m
-            at += p.size
-        return _Aff(terms, np.concatenate([p.bias for p in parts]))
-
-    def rows(self, a: _Aff, start: int, end: int) -> _Aff:
-        return _Aff({k: m[start:end] for k, m in a.terms.items()}, a.bias[start:end])
-
-    def chunks(self, a: _Aff, sizes: list[int]) -> list[_Aff]:
-        bounds = np.cumsum([0] + sizes)
-        return [self.rows(a, int(s), int(e)) for s, e in zip(bounds[:-1], bounds[1:])]
-
-    # -- nodes
-    def node(self, n: Node) -> None:
-        name, a = _functional(str(n.target)), [self.arg(x) for x in n.args]
-        kw = {k: self.arg(v) for k, v in n.kwargs.items()}
-        if n.target is operator.getitem:
-            v = a[0][a[1]]
-        elif name in ("aten.add.Tensor", "aten.sub.Tensor"):
-            v = self.add(a[0], a[1], kw.get("alpha", 1) * (-1 if name.endswith("sub.Tensor") else 1))
-        elif name == "aten.rsub.Scalar":
-            v = self.add(a[1], a[0], -kw.get("alpha", 1))          # other - alpha * x
-        elif name == "aten.mul.Tensor":
-            v = self.mul(a[0], a[1])
-        elif name == "aten.neg.default":
-            v = self.scale(a[0], -1.0)
-        elif name in ("aten.sigmoid.default", "aten.tanh.default", "aten.relu.default"):
-            v = self.atom(name.split(".")[1], self.form(a[0]))
-        elif name == "aten.linear.default":
-            v = self.linear(a[0], a[1], a[2] if len(a) > 2 else kw.get("bias"))
-        elif name in ("aten.matmul.default", "aten.mm.default") and not isinstance(a[1], _Aff):
-            v = self.linear(a[0], np.asarray(a[1]).T)
-        elif name == "aten.addmm.default":
-            v = self.linear(a[1], np.asarray(a[2]).T, a[0])
-        elif name == "aten.cat.default" and (a[1] if len(a) > 1 else 0) in (1, -1):
-            v = self.cat(a[0])
-        elif name in ("aten.chunk.default", "aten.unsafe_chunk.default") and a[2] in (1, -1):
-            size = -(-a[0].size // a[1])
-            v = self.chunks(a[0], [min(size, a[0].size - i * size) for i in range(a[1]) if i * size < a[0].size])
-        elif name in ("aten.split.Tensor", "aten.unsafe_split.Tensor") and a[2] in (1, -1):
-            v = self.chunks(a[0], [min(a[1], a[0].size - s) for s in range(0, a[0].size, a[1])])
-        elif name == "aten.split_with_sizes.default" and a[2] in (1, -1):
-            v = self.chunks(a[0], list(a[1]))
-        elif name in ("aten.clone.default", "aten.contiguous.default", "aten.alias.default", "aten.detach.default") \
-                or _full_slice(n):
-            v = a[0]
-        elif name in RESHAPES and _only_ones_change(n):
-            v = a[0]                            # (N, 1, H) <-> (N, H): the same numbers per batch row
-        elif name in CELL_OPS:
-            v = CELL_OPS[name](self, *a)
-        elif name in STEP_OPS:
-            v = STEP_OPS[name](self, *a)
-        else:
-            raise _NotCell(f"it uses {name}")
-        self.vals[n] = v
-
-
-def _gates(e: _Eval, x: Any, h: Any, w_ih, w_hh, b_ih, b_hh, n: int) -> tuple[list[_Aff], list[_Aff]]:
-    gi, gh = e.linear(x, w_ih, b_ih), e.linear(h, w_hh, b_hh)
-    size = gi.size // n
-    return e.chunks(gi, [size] * n), e.chunks(gh, [size] * n)
-
-
-def _lstm_cell(e: _Eval, x, hc, w_ih, w_hh, b_ih=None, b_hh=None):
-    (gi, gh), c = _gates(e, x, hc[0], w_ih, w_hh, b_ih, b_hh, 4), hc[1]
-    i, f, g, o = (e.atom(op, e.add(a, b)) for op, a, b in zip(("sigmoid", "sigmoid", "tanh", "sigmoid"), gi, gh))
-    c2 = e.add(e.mul(f, c), e.mul(i, g))
-    return [e.mul(o, e.atom("tanh", c2)), c2]
-
-
-def _gru_cell(e: _Eval, x, h, w_ih, w_hh, b_ih=None, b_hh=None):
-    gi, gh = _gates(e, x, h, w_ih, w_hh, b_ih, b_hh, 3)
-    r, z = (e.atom("sigmoid", e.add(a, b)) for a, b in zip(gi[:2], gh[:2]))
-    n = e.atom("tanh", e.add(gi[2], e.mul(r, gh[2])))
-    return e.add(e.add(n, e.mul(z, n), -1.0), e.mul(z, h))
-
-
-def _rnn_cell(act: str):
-    def cell(e: _Eval, x, h, w_ih, w_hh, b_ih=None, b_hh=None):
-        return e.atom(act, e.add(e.linear(x, w_ih, b_ih), e.linear(h, w_hh, b_hh)))
-    return cell
-
-
-CELL_OPS = {"aten.lstm_cell.default": _lstm_cell, "aten.gru_cell.default": _gru_cell,
-            "aten.rnn_tanh_cell.default": _rnn_cell("tanh"), "aten.rnn_relu_cell.default": _rnn_cell("relu")}
-
-
-def _one_step(cell, lstm: bool):
-    """nn.LSTM/GRU/RNN called on one step (``self.lstm(x[:, t:t+1], (h, c))`` in a loop): its cell,
-    when it has one layer and one direction; out, h_n (and c_n) are all the new state."""
-    def step(e: _Eval, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first=False):
-        if num_layers != 1 or bidirectional or len(params) not in (2, 4):
-            raise _NotCell("it steps a multi-layer or bidirectional nn module one step at a time")
-        new = cell(e, x, hx if lstm else hx, *params)
-        return [new[0], new[0], new[1]] if lstm else [new, new]
-    return step
-
-
-STEP_OPS = {"aten.lstm.input": _one_step(_lstm_cell, True), "aten.gru.input": _one_step(_gru_cell, False),
-            "aten.rnn_tanh.input": _one_step(_rnn_cell("tanh"), False),
-            "aten.rnn_relu.input": _one_step(_rnn_cell("relu"), False)}
-RESHAPES = {"aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.squeeze.dim",
-            "aten.squeeze.dims", "aten.squeeze.default", "aten.unsqueeze.default"}
-
-
-def _only_ones_change(n: Node) -> bool:
-    """A reshape that only adds or drops axes of size 1."""
-    src = n.args[0].meta.get("val") if isinstance(n.args[0], Node) else None
-    out = n.meta.get("val")
-    if src is None or out is None:
-        return False
-    return [d for d in src.shape if d != 1] == [d for d in out.shape if d != 1]
-
-
-# ----------------------------------------------------------------------------- matching a step
-@dataclass
-class _Cell:
-    """A step recognised as a cell: PyTorch-layout weights and which state input is h (and c)."""
-    kind: str
-    w_ih: np.ndarray
-    w_hh: np.ndarray
-    b_ih: np.ndarray
-    b_hh: np.ndarray
-    h: str                                   # leaf name of h in the step ("s0" / "s1")
-    c: str = ""
-    outs: dict = field(default_factory=dict)   # "h"/"c" -> index into the step's state outputs
-    extra: dict = field(default_factory=dict)  # the cell's own parameters (cells.Cell.extra_params)
-
-
-def _pre(e: _Eval, key: Any, op: str, x_size: int, h: str, h_size: int, c: str = "",
-         peep: Optional[_Aff] = None) -> tuple:
-    """(W_x, W_h, b) of the pre-activation of atom ``key`` = op(W_x x + W_h h + b), and with ``peep``
-    (a form of c) the diagonal p of a peephole term p * c in it (zeros when there is none)."""
-    kind, args = e.atoms.get(key, (None, ()))
-    if kind != op:
-        raise _NotCell(f"a gate is {kind or 'not an activation'} where {op} was expected")
-    pre = args[0]
-    p = np.zeros(pre.size)
-    if peep is not None:
-        pre, p = _peephole(e, pre, peep)
-    if c and c in pre.terms:
-        raise _NotCell("its gates read c other than through a diagonal peephole p * c")
-    extra = set(pre.terms) - {"x", h}
-    if extra:
-        raise _NotCell("a gate's pre-activation reads a nonlinear value (" + _describe(e, next(iter(extra))) + ")")
-    n = pre.size
-    return (pre.terms.get("x", np.zeros((n, x_size))), pre.terms.get(h, np.zeros((n, h_size))), pre.bias, p)
-
-
-def _peephole(e: _Eval, pre: _Aff, c: _Aff) -> tuple[_Aff, np.ndarray]:
-    """pre = rest + p * c with p a vector (Gers & Schmidhuber's peephole): (rest, p); (pre, 0) when
-    pre has no term of c, or the terms are not a diagonal multiple of c."""
-    shared = [k for k in c.terms if k in pre.terms]
-    if not shared:
-        return pre, np.zeros(pre.size)
-    dp, dc = _diag(pre.terms[shared[0]]), _diag(c.terms[shared[0]])
-    if dp is None or dc is None or not dc.all():
-        return pre, np.zeros(pre.size)
-    p = dp / dc
-    rest = e.add(pre, e.scale(c, p), -1.0)
-    return (rest, p) if not set(rest.terms) & set(c.terms) else (pre, np.zeros(pre.size))
-
-
-def _describe(e: _Eval, key: Any) -> str:
-    if isinstance(key, str):
-        return {"x": "the input"}.get(key, "the state")
-    op, args = e.atoms[key]
-    return f"{op} of " + " and ".join(", ".join(_describe(e, k) for k in a.terms) or "a constant" for a in args)
-
-
-def _eye_coef(a: _Aff, key: Any) -> Optional[float]:
-    m = a.terms.get(key)
-    if m is None or m.shape[0] != m.shape[1]:
-        return None
-    for s in (1.0, -1.0):
-        if np.array_equal(m, s * np.eye(m.shape[0])):
-            return s
-    return None
-
-
-def _products(e: _Eval, a: _Aff) -> dict:
-    """{frozenset of the two factor keys: coefficient} of a's product atoms (coefficients +-1)."""
-    out = {}
-    for k in a.terms:
-        if isinstance(k, tuple) and k[0] == "mul" and e.atoms[k][0] == "mul":
-            factors = [_single(f) for f in e.atoms[k][1]]
-            if None not in factors:
-                out[frozenset(factors)] = (k, _eye_coef(a, k))
-    return out
-
-
-def _match_rnn(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
-    key = _single(h_out)
-    op = e.atoms.get(key, ("",))[0] if key is not None else ""
-    if op not in ("tanh", "relu"):
-        raise _NotCell("its new state is not tanh or relu of an affine map")
-    wx, wh, b, _ = _pre(e, key, op, xs, "s0", hs)
-    return _Cell("rnn_" + op, wx, wh, b, np.zeros_like(b), "s0", outs={"h": 0})
-
-
-def _match_gru(e: _Eval, h_out: _Aff, xs: int, hs: int) -> _Cell:
-    """h' = (1 - z) * n + z * h (PyTorch) or z * n + (1 - z) * h (then z is negated);
-    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
-    prods = _products(e, h_out)
-    tanhs = {k for f in prods for k in f if e.atoms.get(k, ("",))[0] == "tanh"}
-    if len(tanhs) != 1 or len(h_out.terms) != 3 or h_out.bias.any():
-        raise _NotCell("its new state is not a gated mix of h and a tanh candidate")
-    n_key = next(iter(tanhs))
-    zh = [(f, v) for f, v in prods.items() if "s0" in f]
-    zn = [(f, v) for f, v in prods.items() if n_key in f]
-    if len(zh) != 1 or len(zn) != 1:
-        raise _NotCell("its new state is not a gated mix of h and a tanh candidate")
-    (fh, (_, ch)), (fn, (_, cn)) = zh[0], zn[0]
-    z_key = next(iter(fh - {"s0"}))
-    if z_key != next(iter(fn - {n_key}), None):
-        raise _NotCell("the mix of h and the candidate uses two different gates")
-    flipped = (_eye_coef(h_out, n_key), ch, cn) == (None, -1.0, 1.0) and _eye_coef(h_out, "s0") == 1.0
-    if not flipped and (_eye_coef(h_out, n_key), ch, cn) != (1.0, 1.0, -1.0):
-        raise _NotCell("its new state is not (1 - z) * n + z * h")
-    wz_x, wz_h, bz, _ = _pre(e, z_key, "sigmoid", xs, "s0", hs)
-    if flipped:                                # 1 - sigmoid(a) = sigmoid(-a)
-        wz_x, wz_h, bz = -wz_x, -wz_h, -bz
-    pre_n = e.atoms[n_key][1][0]
-    gated = [k for k in pre_n.terms if k != "x"]
-    before = _reset_before(e, pre_n, gated)
-    if before is not None:                     # textbook GRU / MGU: n = tanh(W x + U (r * h) + b)
-        r_key, wn_h = before
-        wr_x, wr_h, br, _ = _pre(e, r_key, "sigmoid", xs, "s0", hs)
-        wn_x = pre_n.terms.get("x", np.zeros((hs, xs)))
-        return _Cell("gru_reset_before", np.concatenate([wr_x, wz_x, wn_x]), np.concatenate([wr_h, wz_h, wn_h]),
-                     np.concatenate([br, bz, pre_n.bias]), np.zeros(3 * hs), "s0", outs={"h": 0})
-    if len(gated) != 1 or e.atoms.get(gated[0], ("",))[0] != "mul" or _eye_coef(pre_n, gated[0]) is None:
-        if any(isinstance(k, tuple) and k[0] == "mul" for k in gated):
-            raise _NotCell("the reset gate multiplies h before the recurrent matmul, U(r * h), where nn.GRU "
-                           "computes r * (U h)")
-        raise _NotCell("its candidate is not tanh(W x + r * (U h))")
-    fa, fb = e.atoms[gated[0]][1]
-    r_key = _single(fa) if _single(fa) is not None and e.atoms.get(_single(fa), ("",))[0] == "sigmoid" else _single(fb)
-    u = fb if r_key == _single(fa) else fa
-    if r_key is None or set(u.terms) - {"s0"}:
-        raise _NotCell("the reset gate multiplies h before the recurrent matmul, U(r * h), where nn.GRU "
-                       "computes r * (U h)")
-    wr_x, wr_h, br, _ = _pre(e, r_key, "sigmoid", xs, "s0", hs)
-    wn_x, b_in = pre_n.terms.get("x", np.zeros((hs, xs))), pre_n.bias
-    wn_h, b_hn = u.terms.get("s0", np.zeros((hs, hs))), u.bias
-    zeros = np.zeros(hs)
-    return _Cell("gru", np.concatenate([wr_x, wz_x, wn_x]), np.concatenate([wr_h, wz_h, wn_h]),
-                 np.concatenate([br, bz, b_in]), np.concatenate([zeros, zeros, b_hn]), "s0", outs={"h": 0})
-
-
-def _reset_before(e: _Eval, pre_n: _Aff, gated: list) -> Optional[tuple[Any, np.ndarray]]:
-    """(r's key, U) when the candidate's pre-activation reads h only as U (r * h), r a sigmoid gate."""
-    if len(gated) != 1 or e.atoms.get(gated[0], ("",))[0] != "mul":
-        return None
-    factors = [_single(f) for f in e.atoms[gated[0]][1]]
-    if None in factors or "s0" not in factors:
-        return None
-    r_key = next((k for k in factors if k != "s0"), None)
-    if r_key is None or e.atoms.get(r_key, ("",))[0] != "sigmoid":
-        return None
-    return r_key, pre_n.terms[gated[0]]
-
-
-def _match_lstm(e: _Eval, outs: list[_Aff], xs: int, hs: int) -> _Cell:
-    """c' = f * c + i * g, h' = o * tanh(c'); i, f, o sigmoid and g tanh of W x + U h + b."""
-    for ci in (0, 1):
-        c_out, h_out = outs[ci], outs[1 - ci]
-        prods = _products(e, h_out)
-        if len(prods) != 1 or len(h_out.terms) != 1 or h_out.bias.any():
-            continue
-        (factors, (_, coef)), = prods.items()
-        t_key = next((k for k in factors if e.atoms[k][0] == "tanh" and e.atoms[k][1][0].sig() == c_out.sig()), None)
-        if coef != 1.0 or t_key is None:
-            continue
-        o_key = next(iter(factors - {t_key}))
-        leaves = ["s0", "s1"]
-        cprods = _products(e, c_out)
-        fc = [(f, v) for f, v in cprods.items() if f & set(leaves)]
-        if len(fc) != 1 or fc[0][1][1] != 1.0:
-            raise _NotCell("its cell state is not f * c + i * g")
-        c_leaf = next(iter(fc[0][0] & set(leaves)))
-        h_leaf = "s1" if c_leaf == "s0" else "s0"
-        f_key = next(iter(fc[0][0] - {c_leaf}))
-        rest = [(f, v) for f, v in cprods.items() if f != fc[0][0]]
-        coupled = _coupled_candidate(e, c_out, f_key, rest)
-        if coupled is None and (len(rest) != 1 or rest[0][1][1] != 1.0 or len(c_out.terms) != 2
-                                or c_out.bias.any()):
-            raise _NotCell("its cell state is not f * c + i * g")
-        if coupled is not None:                # CIFG: i = 1 - f = sigmoid(-a_f), the LSTM with negated f rows
-            i_key, g_key = f_key, coupled
-        else:
-            a, b = rest[0][0]
-            i_key, g_key = (a, b) if e.atoms[b][0] == "tanh" else (b, a)
-        c_prev = _leaf(c_leaf, hs)
-        w = [_pre(e, k, op, xs, h_leaf, hs, c_leaf, peep)
-             for k, op, peep in ((i_key, "sigmoid", c_prev), (f_key, "sigmoid", c_prev), (g_key, "tanh", None),
-                                 (o_key, "sigmoid", c_out))]
-        if coupled is not None:
-            w[0] = tuple(-m for m in w[0])
-        b_ih = np.concatenate([g[2] for g in w])
-        peepholes = np.stack([w[0][3], w[1][3], w[3][3]])
-        return _Cell("peephole_lstm" if peepholes.any() else "lstm", np.concatenate([g[0] for g in w]),
-                     np.concatenate([g[1] for g in w]), b_ih, np.zeros_like(b_ih), h_leaf, c_leaf,
-                     outs={"h": 1 - ci, "c": ci}, extra={"peephole": peepholes} if peepholes.any() else {})
-    raise _NotCell("no state is o * tanh(c) of the other")
-
-
-def _coupled_candidate(e: _Eval, c_out: _Aff, f_key: Any, rest: list) -> Optional[Any]:
-    """The tanh candidate g of c' = f * c + (1 - f) * g (coupled input and forget gates), else None.
-    Expanded, (1 - f) * g is g - f * g: one identity term g and one product f * g of coefficient -1."""
-    gs = [k for k in c_out.terms if isinstance(k, tuple) and e.atoms.get(k, ("",))[0] == "tanh"
-          and _eye_coef(c_out, k) == 1.0]
-    if len(gs) != 1 or len(rest) != 1 or rest[0][0] != frozenset((f_key, gs[0])) or rest[0][1][1] != -1.0 \
-            or len(c_out.terms) != 3 or c_out.bias.any():
-        return None
-    return gs[0]
-
-
-def _match(e: _Eval, outs: list[_Aff], xs: int, hs: int) -> _Cell:
-    if len(outs) == 2:
-        return _match_lstm(e, outs, xs, hs)
-    if len(outs) != 1:
-        raise _NotCell(f"it carries {len(outs)} state tensors")
-    key = _single(outs[0])
-    if key is not None and e.atoms.get(key, ("",))[0] in ("tanh", "relu"):
-        return _match_rnn(e, outs[0], xs, hs)
-    return _match_gru(e, outs[0], xs, hs)
 
 
 # ----------------------------------------------------------------------------- finding the loop
@@ -506,16 +61,8 @@ def _static(d: Any) -> Optional[int]:
     return value if value is not None else hint if isinstance(hint, int) else None
 
 
-def _full_slice(n: Any) -> bool:
-    """x[:, :] written out: aten.slice.Tensor from 0 to the end in steps of 1 (the converters make these)."""
-    if not isinstance(n, Node) or str(n.target) != "aten.slice.Tensor":
-        return False
-    args = list(n.args) + [None] * 5
-    return args[2] in (None, 0) and (args[3] is None or args[3] >= 2 ** 62) and args[4] in (None, 1)
-
-
 def _unslice(n: Node) -> Node:
-    while _full_slice(n):
+    while full_slice(n):
         n = n.args[0]
     return n
 
@@ -693,7 +240,7 @@ def _core(copy: list[Node], outs: list[Node], stop: tuple = ()) -> list[Node]:
     return [n for n in copy if n in keep]
 
 
-def _step_cell(loop: _Loop, t: int, consts: dict) -> tuple[_Cell, list[Node], list[Node]]:
+def _step_cell(loop: _Loop, t: int, consts: dict) -> tuple[Match, list[Node], list[Node]]:
     """The cell of step t: of all its state when that is one cell, else of the first stacked cell
     (the smallest group of states that reads only x and itself, e.g. lstm1 of two stacked
     LSTMCells). Returns it, the group's state outputs and its state inputs (s0, s1 in the cell)."""
@@ -707,32 +254,32 @@ def _step_cell(loop: _Loop, t: int, consts: dict) -> tuple[_Cell, list[Node], li
     ins = [loop.state_in[t][loop.feeds[j]] for j in group]
     e = _evaluate(loop, t, consts, outs, ins)
     forms = [e.vals[o] for o in outs]
-    if not all(isinstance(f, _Aff) for f in forms):
-        raise _NotCell("its state is not a tensor")
+    if not all(isinstance(f, Aff) for f in forms):
+        raise NotCell("its state is not a tensor")
     xs, hs = int(loop.xs[t][0].meta["val"].shape[-1]), int(outs[0].meta["val"].shape[-1])
-    return _match(e, forms, xs, hs), outs, ins
+    return match_cell(e, forms, xs, hs), outs, ins
 
 
-def _evaluate(loop: _Loop, t: int, consts: dict, outs: list[Node], ins: list[Node]) -> _Eval:
+def _evaluate(loop: _Loop, t: int, consts: dict, outs: list[Node], ins: list[Node]) -> Eval:
     """Step t's ``outs`` as affine forms over x and the state inputs ``ins`` (leaves s0, s1, ...)."""
-    e = _Eval(consts)
+    e = Eval(consts)
     for x in loop.xs[t]:
-        e.vals[x] = _leaf("x", int(loop.xs[t][0].meta["val"].shape[-1]))
+        e.vals[x] = leaf("x", int(loop.xs[t][0].meta["val"].shape[-1]))
     for j, s in enumerate(ins):
-        e.vals[s] = _leaf(f"s{j}", int(s.meta["val"].shape[-1]))
+        e.vals[s] = leaf(f"s{j}", int(s.meta["val"].shape[-1]))
     for n in _core(loop.copies[t], outs):
         if n not in e.vals:
             e.node(n)
     return e
 
 
-def _first_group(e: _Eval, outs: list[Node], feeds: list[int]) -> list[int]:
+def _first_group(e: Eval, outs: list[Node], feeds: list[int]) -> list[int]:
     """Indices of the smallest set of state outputs whose forms read no state but their own."""
     memo: dict = {}
 
     def leaves(a: Any) -> set:
         found = set()
-        for k in (a.terms if isinstance(a, _Aff) else ()):
+        for k in (a.terms if isinstance(a, Aff) else ()):
             if isinstance(k, str):
                 found.add(k)
             else:
@@ -814,7 +361,7 @@ def _fold(ep, seq: Node, dim: int, xs: list[list[Node]], kept: bool, params: dic
     path = _module_path(core0, names)
     try:
         steps = [_step_cell(loop, t, consts) for t in range(len(xs))]
-    except _NotCell as e:
+    except NotCell as e:
         raise McuNnError(f"a hand-written recurrence in '{path}' whose step is not an LSTM/GRU/RNN cell ({e}); "
                          f"{KNOWN}") from None
     cell = steps[0][0]
@@ -826,8 +373,8 @@ def _fold(ep, seq: Node, dim: int, xs: list[list[Node]], kept: bool, params: dic
                              "differs); a loop whose steps differ is not a recurrence")
         if t + 1 < len(steps):
             nxt = steps[t + 1][2]
-            for role, leaf in (("h", c.h), ("c", c.c)):
-                if leaf and outs[c.outs[role]] is not nxt[int(leaf[1])]:
+            for role, slot in (("h", c.h), ("c", c.c)):
+                if slot and outs[c.outs[role]] is not nxt[int(slot[1])]:
                     raise McuNnError(f"the loop in '{path}' does not hand {role} of step {t} to step {t + 1}")
     h_nodes = [outs[cell.outs["h"]] for _, outs, _ in steps]
     c_nodes = [outs[cell.outs["c"]] for _, outs, _ in steps] if cell.c else []
@@ -837,7 +384,7 @@ def _fold(ep, seq: Node, dim: int, xs: list[list[Node]], kept: bool, params: dic
              None if whole else [_core(copy, outs) for copy, (_, outs, _) in zip(loop.copies, steps)])
 
 
-def _rewrite(ep, loop: _Loop, cell: _Cell, path: str, h_nodes: list[Node], c_nodes: list[Node],
+def _rewrite(ep, loop: _Loop, cell: Match, path: str, h_nodes: list[Node], c_nodes: list[Node],
              init: list[Node], consts: dict, cores: Optional[list[list[Node]]] = None) -> None:
     """Replace the loop by one recurrent op. With ``cores`` (the first of stacked cells, per step),
     only those nodes go; the rest of the loop reads h_t as out[:, t] of the new op, so that the
@@ -970,7 +517,7 @@ def _last_step_readout(loop: _Loop, h_last: Node, final: Node, in_loop: set, cal
             name = str(u.target)
             step_axis = loop.dim
             if (name == "aten.select.int" and u.args[1] % 3 == step_axis and u.args[2] in (0, -1)) or \
-                    (name in ("aten.squeeze.dim", "aten.squeeze.dims") and _only_ones_change(u)):
+                    (name in ("aten.squeeze.dim", "aten.squeeze.dims") and only_ones_change(u)):
                 u.replace_all_uses_with(final)
 
 
@@ -999,16 +546,16 @@ def _step_map(loop: _Loop, items: list[Node], h_nodes: list[Node], consts: dict)
     """(W, b) of y_t = W h_t + b, the same at every step, else McuNnError."""
     found = None
     for t, (y, h) in enumerate(zip(items, h_nodes)):
-        e = _Eval(consts)
-        e.vals[h] = _leaf("h", int(h.meta["val"].shape[-1]))
+        e = Eval(consts)
+        e.vals[h] = leaf("h", int(h.meta["val"].shape[-1]))
         try:
             for n in _core(loop.copies[t], [y], (h,)):
                 if n not in e.vals:
                     e.node(n)
-        except _NotCell:
+        except NotCell:
             e.vals[y] = None
         v = e.vals.get(y)
-        if not isinstance(v, _Aff) or set(v.terms) != {"h"}:
+        if not isinstance(v, Aff) or set(v.terms) != {"h"}:
             raise McuNnError("the loop's stacked per-step outputs are neither h nor an affine map (Linear, "
                              "matmul + bias) of h; unsupported")
         if found is not None and not (np.array_equal(found[0], v.terms["h"]) and np.array_equal(found[1], v.bias)):

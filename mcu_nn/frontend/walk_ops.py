@@ -4,7 +4,6 @@ Each function takes the ``Walker`` and an FX node and either handles the node (r
 leaves it to the walker's "unsupported" message (returns False)."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np

@@ -27,13 +27,14 @@ class Board:
     counter: str                      # "timer" (QEMU virtual time), "cycles" (DWT), "ns" (host)
     counter_hz: int
     clock_hz: int
-    flash_method: str                 # "qemu", "pyocd", "host"
+    flash_method: str                 # "qemu", "host", "pyocd" (else openocd), "openocd", "avrdude", "esptool"
     firmware_dir: str                 # folder under mcu_nn/firmware/boards
     qemu_machine: Optional[str] = None
     icount_shift: Optional[int] = None
     pyocd_target: Optional[str] = None
     openocd_config: tuple[str, ...] = field(default_factory=tuple)
     stack_bytes: int = 4096
+    flash_args: tuple[str, ...] = ()  # avrdude/esptool options, e.g. ("-p", "atmega328p", "-c", "arduino")
 
     @property
     def emulated(self) -> bool:

@@ -123,12 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd("flash", "flash firmware to a board (or boot it in the emulator)",
             "Flash a firmware image. For an emulated board this boots the image in QEMU and serves its "
             "UART on 127.0.0.1:PORT until stopped (Ctrl-C); for a real board it runs the board's "
-            "flashing tool (pyocd, openocd, ...) and returns.",
+            "flashing tool (pyocd, openocd, avrdude, esptool) and returns. An image built for another "
+            "board (the ELF records its board) is refused.",
             "mcu-nn flash build/har/firmware/qemu-mps2-an386/firmware.elf --board qemu-mps2-an386 "
             "--listen 4321")
     p.add_argument("firmware", metavar="FIRMWARE", help="firmware.elf from `mcu-nn build`")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
     p.add_argument("--listen", type=int, metavar="PORT", help="emulated boards: TCP port for the UART")
+    p.add_argument("--port", metavar="DEVICE", help="boards flashed through a serial bootloader (avrdude, "
+                                                   "esptool): their port, or 'auto' for the one known adapter")
 
     p = cmd("serial-test", "run the test vectors on a board over a serial port, compared bit for bit",
             "Send every test vector to the board (RUN, and STEP one step at a time), compare each output "
@@ -136,7 +139,9 @@ def _parser() -> argparse.ArgumentParser:
             "builds the firmware if needed and boots the emulator itself.",
             "mcu-nn serial-test build/har --port socket://127.0.0.1:4321")
     p.add_argument("dir", metavar="DIR", help="an export directory")
-    p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://...")
+    p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://..., or 'auto': the one "
+                                               "port of a known probe or USB-serial adapter (ST-Link, CMSIS-DAP, "
+                                               "J-Link, CH340, CP210x, FTDI, Arduino, Pico)")
     p.add_argument("--board", help=f"board to boot when no --port is given (default {DEFAULT_BOARD})")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
     _add_allow_modified(p)
@@ -166,7 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler's PRNG (0..2^32-1, default 0)")
     p.add_argument("--vocab", metavar="FILE", help="the tokens in id order: a text file whose characters are the "
                                                    "tokens, or a JSON list (default: vocab.json stored at export)")
-    p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://...")
+    p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://..., or 'auto': the one "
+                                               "port of a known probe or USB-serial adapter (ST-Link, CMSIS-DAP, "
+                                               "J-Link, CH340, CP210x, FTDI, Arduino, Pico)")
     p.add_argument("--board", help=f"board to boot when no --port is given (default {DEFAULT_BOARD})")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the texts")
@@ -220,7 +227,7 @@ def _build(a: argparse.Namespace) -> int:
 
 def _flash(a: argparse.Namespace) -> int:
     from .flash import flash
-    return flash(Path(a.firmware), a.board, listen=a.listen)
+    return flash(Path(a.firmware), a.board, listen=a.listen, port=a.port)
 
 
 def _serial_test(a: argparse.Namespace) -> int:

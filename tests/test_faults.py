@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -158,15 +159,25 @@ def test_board_that_never_answers_times_out_clearly(tmp_path):
 
 def test_a_port_that_does_not_exist(tmp_path):
     make_standin(tmp_path)
-    with pytest.raises(McuNnError, match="cannot open serial port /dev/ttyNOPE"):
+    with pytest.raises(McuNnError, match="serial port /dev/ttyNOPE does not exist"):   # + the ports that do
         serial_test(tmp_path, port="/dev/ttyNOPE", **quiet)
 
 
+def _marked_elf(tmp_path, board: str):
+    """A host ELF carrying the board note that mcu-nn build writes for ``board``."""
+    from mcu_nn.boards import get_board
+    from mcu_nn.build import board_note_c
+    src = tmp_path / f"{board}.c"
+    src.write_text(board_note_c(get_board(board)) + "int main(void) { return 0; }\n")
+    subprocess.run(["cc", str(src), "-o", str(tmp_path / f"{board}.elf")], check=True)
+    return tmp_path / f"{board}.elf"
+
+
 def test_flash_without_a_probe_tool_is_one_clear_line(tmp_path, monkeypatch):
-    fw = tmp_path / "firmware.elf"
-    fw.write_bytes(b"\x7fELF")
+    nucleo, qemu = _marked_elf(tmp_path, "nucleo-f411re"), _marked_elf(tmp_path, "qemu-mps2-an386")
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(McuNnError, match="needs pyocd or openocd: pip install pyocd"):
-        flash(fw, "nucleo-f411re", log=lambda s: None)
+    with pytest.raises(McuNnError, match=r"needs pyocd, which is not installed: pip install 'mcu-nn\[hw\]' "
+                                         r"\(or apt install openocd\)"):
+        flash(nucleo, "nucleo-f411re", log=lambda s: None)
     with pytest.raises(McuNnError, match="pass --listen PORT"):
-        flash(fw, "qemu-mps2-an386", log=lambda s: None)
+        flash(qemu, "qemu-mps2-an386", log=lambda s: None)

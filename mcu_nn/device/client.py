@@ -39,8 +39,10 @@ class DeviceClient:
             except (serial.SerialException, OSError, ValueError) as e:
                 # an emulator that is still starting refuses connections for a moment
                 if time.monotonic() > deadline or not url.startswith("socket://"):
+                    from .ports import existing_ports
+                    where = "" if "://" in url else f"; {existing_ports()}"
                     raise McuNnError(f"cannot open serial port {url}: {e}; check the port name "
-                                     "(e.g. /dev/ttyACM0, COM3, socket://127.0.0.1:4321)") from None
+                                     f"(e.g. /dev/ttyACM0, COM3, socket://127.0.0.1:4321, auto){where}") from None
                 time.sleep(0.05)
 
     def close(self) -> None:

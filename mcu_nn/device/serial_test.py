@@ -18,6 +18,7 @@ from ..exportdir import Export, open_export, vector_lengths
 from ..errors import McuNnError
 from .client import DeviceClient
 from .emulator import Emulator
+from .ports import resolve_port
 from .protocol import DeviceInfo
 
 
@@ -101,6 +102,7 @@ def board_session(ex: Export, *, port: Optional[str] = None, board: Optional[str
     """A client talking to firmware built from exactly ``ex`` (HELLO done and checked). With no
     ``port``, builds the firmware for ``board`` (an emulated one) if needed and boots it."""
     export_dir = ex.dir
+    port = resolve_port(port, log)          # "auto" -> the one known probe's port
     with contextlib.ExitStack() as stack:
         if port is None:
             b = get_board(board or DEFAULT_BOARD)

@@ -19,13 +19,24 @@
 #define SYST_CVR REG(0xE000E018u)
 #define SYSCLK 25000000u
 
+void board_counter_start(void)
+{
+    TIMER_CTRL = 0;
+    TIMER_RELOAD = 0xFFFFFFFFu;
+    TIMER_VALUE = 0xFFFFFFFFu;
+    TIMER_CTRL = 1;                  /* enabled, free running down-counter */
+}
+
+uint32_t board_counter_now(void)
+{
+    return ~TIMER_VALUE;             /* counting up */
+}
+
 void board_init(void)
 {
     UART_BAUDDIV = 16;
     UART_CTRL = 3;                   /* TX and RX enabled, no interrupts */
-    TIMER_RELOAD = 0xFFFFFFFFu;
-    TIMER_VALUE = 0xFFFFFFFFu;
-    TIMER_CTRL = 1;                  /* enabled, free running down-counter */
+    board_counter_start();
     SYST_RVR = SYSCLK / 1000u - 1u;
     SYST_CVR = 0;
     SYST_CSR = 7;                    /* processor clock, interrupt, enable */

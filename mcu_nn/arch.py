@@ -52,7 +52,7 @@ def _cortex_m(name: str, core: str, cpu: str, float_flags: tuple[str, ...], feat
 
 
 ARCHES: dict[str, Arch] = {a.name: a for a in [
-    _cortex_m("cortex-m0plus", "Cortex-M0+ (ARMv6-M)", "cortex-m0plus", ("-mfloat-abi=soft",), set(),
+    _cortex_m("cortex-m0plus", "Cortex-M0/M0+ (ARMv6-M)", "cortex-m0plus", ("-mfloat-abi=soft",), set(),
               cycle_counter=None),
     _cortex_m("cortex-m3", "Cortex-M3", "cortex-m3", ("-mfloat-abi=soft",), set()),
     _cortex_m("cortex-m4f", "Cortex-M4F", "cortex-m4", ("-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),

@@ -93,6 +93,41 @@ static const uint8_t glue_hash[32] = {{{hash_bytes}}};
 """
 
 
+_CSIZE = {"int16_t": 2, "int32_t": 4, "float": 4}
+
+
+def server_ram_bytes(m: dict, board: Board) -> int:
+    """A lower bound of the inference server's static buffers for this model on this board
+    (firmware/common/server.c: receive, raw and encoded transmit, input, output and reply
+    buffers of one frame payload each, plus whole sequences for bidirectional models)."""
+    step_in = int(m["input_size"]) * _CSIZE.get(m["in_ctype"], 4)
+    step_out = int(m["output_size"]) * _CSIZE.get(m["out_ctype"], 4)
+    payload = max(board.payload_max, step_in, 6 + step_out)
+    total = 6 * payload
+    if not m["has_step"]:
+        steps = int(m.get("max_steps") or 0)
+        total += steps * step_in + (steps if m["output_per_step"] else 1) * step_out
+    return total
+
+
+def check_fits(m: dict, board: Board) -> None:
+    """Refuse, before compiling, a model that cannot fit the board: its weights alone exceed
+    flash, or its state + the server's buffers + the stack exceed RAM. (The linker script's
+    assertion stays the exact check for what this estimate does not see.)"""
+    if board.flash is None or board.ram is None:
+        return
+    flash = int(m.get("flash_bytes") or 0)
+    if flash > board.flash.size:
+        raise McuNnError(f"model {m['name']} needs {flash:,} B of flash for its weights and tables; "
+                         f"{board.name} has {board.flash.size:,} B: export a smaller model or int8 weights")
+    ram = int(m.get("ram_bytes") or 0) + server_ram_bytes(m, board) + board.stack_bytes
+    if ram > board.ram.size:
+        raise McuNnError(f"model {m['name']} and the server do not fit in this board's RAM: at least {ram:,} B "
+                         f"(state {int(m.get('ram_bytes') or 0):,} B + server buffers "
+                         f"{server_ram_bytes(m, board):,} B + stack {board.stack_bytes:,} B); {board.name} "
+                         f"has {board.ram.size:,} B")
+
+
 def linker_script(board: Board) -> str:
     """The linker script of a board: its architecture's template filled from the row (shared
     with the bench)."""
@@ -175,6 +210,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
         log(f"warning: building from modified files ({', '.join(ex.modified)}): the firmware reports "
             f"sha256 {ex.digest[:16]}… and says it was modified")
     m = ex.manifest
+    check_fits(m, b)
     out = export_dir / "firmware" / b.name
     out.mkdir(parents=True, exist_ok=True)
     (out / BUILD_RECORD).unlink(missing_ok=True)      # written again only when the build succeeds

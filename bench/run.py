@@ -1,6 +1,7 @@
 """Benchmark a fixed set of recurrent layers on the emulated Cortex-M boards and print one table.
 
     python bench/run.py [--quick] [--out bench/RESULTS.md]
+    python bench/run.py --cores          # one column per emulated core (issue 10)
 
 Every model is a single layer, batch 1, with seeded random weights quantised by mcu-nn's own
 quantiser (mcu_nn.quant.quantize) and exported by mcu_nn.codegen.write_export. Each row is one
@@ -69,9 +70,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="also write the table (Markdown) to this file")
     ap.add_argument("--cells", action="store_true",
                     help="instead: the hand-written cell units beside the fused nn.LSTM/nn.GRU kernels")
+    ap.add_argument("--cores", action="store_true",
+                    help="instead: instructions per step on every emulated core (int8/int16, float32 with an FPU)")
     a = ap.parse_args()
     if a.cells:
         return cells_table(a.out)
+    if a.cores:
+        return cores_table(a.out)
     boards = [("qemu-mps2-an386", False, "M4F simd"), ("qemu-mps2-an386", True, "M4F portable")]
     if not a.quick:
         boards += [("qemu-mps2-an385", False, "M3 (portable)"), ("qemu-mps2-an500", False, "M7 simd")]
@@ -118,6 +123,36 @@ def cells_table(out: Path | None) -> int:
                         rows.append([f"{kind} I={i} H={h}", precision] + [f"{r.instructions_per_step:,}" for r in res]
                                     + [f"{res[0].instructions_per_mac:.2f}", f"{res[0].flash_bytes:,}"])
                         print(" | ".join(rows[-1]), flush=True)
+    text = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+    print("\n" + text)
+    if out:
+        out.write_text(text + "\n")
+    return 0
+
+
+CORE_SHAPES = [("lstm", 16, 32), ("gru", 16, 32)]
+
+
+def cores_table(out: Path | None) -> int:
+    """Instructions per step of each layer and precision on every emulated board, one column a
+    core (its kernels: DSP where the core has the extension, else portable; float32 only where
+    the core has an FPU)."""
+    from mcu_nn.arch import ARCHES
+    from mcu_nn.boards import BOARDS
+    order = list(ARCHES)                                # smallest core first
+    boards = sorted((b for b in BOARDS.values() if b.emulated), key=lambda b: order.index(b.arch.name))
+    head = ["layer", "precision"] + [f"{b.arch.core.split(' (')[0]} ({b.name}, {'DSP' if b.arch.dsp else 'portable'})"
+                                     for b in boards]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mcunn-benchcores-") as tmp:
+        for kind, i, h in CORE_SHAPES:
+            for precision in ("int8", "int16", "float32"):
+                d = export(kind, i, h, precision, "packed", Path(tmp))
+                cells = [f"{bench_export(d, b.name).instructions_per_step:,}"
+                         if precision != "float32" or "fpu" in b.arch.features else "(no FPU)" for b in boards]
+                rows.append([f"{kind.upper()} I={i} H={h}", precision] + cells)
+                print(" | ".join(rows[-1]), flush=True)
     text = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
                      + ["| " + " | ".join(r) + " |" for r in rows])
     print("\n" + text)

@@ -1,10 +1,11 @@
 """``mcu-nn bench``: instructions per time step, per MAC, flash and RAM of an export.
 
-The export is linked into a small bench firmware (``firmware/bench``) for an emulated
-Cortex-M board and run under ``qemu-system-arm -icount shift=10``: the CMSDK TIMER0
-(25 MHz) then counts virtual time, which is exactly instructions x 1024 ns, so
-instructions = ticks x 40 / 1024 (one tick is 0.04 instruction: rounding is exact). The
-firmware also prints every test vector's outputs, which must equal the simulator's bit for
+The export is linked into a small bench firmware (``firmware/bench``) with the board's own
+start-up, ``board.c`` (its counter, read through ``board.h``) and its architecture's
+semihosting, and run by the board's emulator row at its bench shift (QEMU ``-icount
+shift=10``: every instruction is 1024 ns of virtual time, so a timer of known frequency
+counts instructions; on the MPS2 boards a 25 MHz tick is 0.04 instruction and rounding is
+exact). The firmware also prints every test vector's outputs, which must equal the simulator's bit for
 bit (float32: within verify's tolerance) or the bench fails: a figure is only reported for
 code that computes the right thing.
 
@@ -28,17 +29,18 @@ from .boards import BOARDS as ALL_BOARDS, Board
 from .build import linker_script
 from .errors import McuNnError
 from .exportdir import Export, full_length_vectors, open_export, stage_sources
+from .launch import run_to_end
 from .toolchain import require, run_tool
 from .compare import differing
 
-FIRMWARE = Path(__file__).resolve().parent / "firmware" / "bench"
-STARTUP = FIRMWARE.parent / "common" / "cortexm_startup.c"    # the boards' own start-up
-ICOUNT_SHIFT = 10
-TICK_NS = 40                      # TIMER0 runs at 25 MHz on every mps2 machine
+ROOT = Path(__file__).resolve().parent / "firmware"
+FIRMWARE = ROOT / "bench"
+STARTUP = ROOT / "common" / "cortexm_startup.c"    # the Cortex-M boards' own start-up
+ICOUNT_SHIFT = 10                 # the emulator rows' bench shift (mcu_nn/boards.py)
 
 
-# The emulated rows of the board table: the bench runs where QEMU can count instructions.
-BOARDS = {name: b for name, b in ALL_BOARDS.items() if b.emulated}
+# The emulated rows of the board table: the bench runs where an emulator counts instructions.
+BOARDS = {name: b for name, b in ALL_BOARDS.items() if b.emulated and b.arch.semihosting}
 CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
           "-ffunction-sections", "-fdata-sections"]
 
@@ -103,7 +105,7 @@ def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, porta
     """Link the export with the bench firmware for ``board``; returns the ELF. ``portable``
     compiles the portable C kernels (MCUNN_PORTABLE) instead of the SIMD ones."""
     b = _board(board)
-    gcc = require("arm-none-eabi-gcc")
+    gcc = require(b.arch.tool("gcc"))
     ex = export_dir if isinstance(export_dir, Export) else open_export(Path(export_dir))
     export_dir = ex.dir
     manifest, vec = ex.manifest, ex.vectors
@@ -115,16 +117,18 @@ def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, porta
                          "(steady state excludes the first step) — re-export with a longer --input-shape")
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "bench_vectors.h").write_text(_vectors_header(manifest, xq))
-    flags = [*CFLAGS, *b.arch_flags, *(["-DMCUNN_PORTABLE"] if portable else [])]
+    flags = [*CFLAGS, *b.cflags(), *(["-DMCUNN_PORTABLE"] if portable and b.arch.dsp else [])]
     c_files = stage_sources(ex, build_dir / "model")
-    inc = ["-I", str(build_dir / "model"), "-I", str(FIRMWARE), "-I", str(build_dir)]
+    inc = ["-I", str(build_dir / "model"), "-I", str(FIRMWARE), "-I", str(ROOT / "common"), "-I", str(build_dir)]
     for c in c_files:
         run_tool([gcc, *flags, *inc, "-c", str(c), "-o", str(build_dir / f"{c.stem}.o")],
-                 f"arm-none-eabi-gcc ({b.cpu}) of {export_dir}/{c.name}", cwd=build_dir)
+                 f"{gcc} ({b.cpu}) of {export_dir}/{c.name}", cwd=build_dir)
     elf = build_dir / "bench.elf"
     (build_dir / "bench.ld").write_text(linker_script(b))
+    firmware = [ROOT / b.arch.startup, ROOT / b.arch.semihosting, ROOT / "boards" / b.firmware_dir / "board.c",
+                FIRMWARE / "bench_main.c"]
     run_tool([gcc, *flags, *inc, "-nostartfiles", "--specs=nosys.specs", "-T", str(build_dir / "bench.ld"),
-              "-Wl,--gc-sections", str(STARTUP), str(FIRMWARE / "semihost.c"), str(FIRMWARE / "bench_main.c"),
+              "-Wl,--gc-sections", *map(str, firmware),
               *(str(build_dir / f"{c.stem}.o") for c in c_files), "-lm", "-o", str(elf)],
              f"linking the bench firmware for {board}",
              cwd=build_dir)
@@ -132,16 +136,14 @@ def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, porta
 
 
 def run_bench(elf: Path, board: str, timeout: float = 300) -> str:
-    """Boot ``elf`` in QEMU under -icount; returns what the firmware printed."""
+    """Boot ``elf`` on the board's emulator at its bench shift; returns what the firmware printed."""
+    return run_to_end(_board(board), elf, timeout=timeout)
+
+
+def ticks_to_instructions(ticks: float, board: str = "qemu-mps2-an386") -> float:
+    """Counter ticks of ``board`` -> instructions at its emulator's bench shift (not rounded)."""
     b = _board(board)
-    qemu = require("qemu-system-arm")
-    return run_tool([qemu, "-M", b.qemu_machine, "-display", "none", "-serial", "null", "-monitor", "none",
-                     "-semihosting-config", "enable=on,target=native", "-icount", f"shift={ICOUNT_SHIFT}",
-                     "-kernel", str(elf)], f"QEMU ({b.qemu_machine}) running {elf.name}", timeout=timeout)
-
-
-def ticks_to_instructions(ticks: float) -> float:
-    return ticks * TICK_NS / (1 << ICOUNT_SHIFT)
+    return b.emulator.instructions(ticks, b.counter_hz, b.emulator.bench_shift)
 
 
 @dataclass
@@ -230,19 +232,24 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
         flash = _model_flash(bdir, elf)
     n = vec["input_q"].shape[0] if vectors is None else min(vectors, vec["input_q"].shape[0])
     _check_outputs(p, manifest, vec["expected"], n, vec.get("float_drift"))
-    for count, ticks in ((2000, p.loop1000), (4000, p.loop2000)):   # loops of known length, timed in asm
-        got = ticks_to_instructions(ticks - p.empty)
-        if abs(got - count) > 0.5:
-            raise McuNnError(f"instruction counter check failed: a loop of {count} instructions measured {got:.1f}; "
-                             "is QEMU running with -icount?")
+    instr = lambda ticks: ticks_to_instructions(ticks, board)  # noqa: E731
+    # loops of 1000 and 2000 iterations of 2 instructions between the same counter reads: they
+    # must differ by exactly 2000 instructions (the conversion is exact), and each exceed the
+    # empty region by 2000/4000 plus at most the few instructions that set up the loop
+    diff = instr(p.loop2000 - p.loop1000)
+    if abs(diff - 2000) > 0.5 or not all(0 <= round(instr(t - p.empty)) - n <= 8
+                                         for n, t in ((2000, p.loop1000), (4000, p.loop2000))):
+        raise McuNnError(f"instruction counter check failed on {board}: loops of 2000 and 4000 instructions "
+                         f"measured {instr(p.loop1000 - p.empty):.1f} and {instr(p.loop2000 - p.empty):.1f}; "
+                         "is the emulator running with -icount?")
     steps = int(vec["input_q"].shape[1])
     if p.steps:
-        steady = [ticks_to_instructions(t - p.empty) for t in p.steps[1:]]
+        steady = [instr(t - p.empty) for t in p.steps[1:]]
         per_step = round(sum(steady) / len(steady))
     else:                                          # bidirectional: whole sequence / steps
-        per_step = round(ticks_to_instructions(p.run - p.empty) / steps)
+        per_step = round(instr(p.run - p.empty) / steps)
     macs = int(manifest["macs_per_step"])
-    simd = board != "qemu-mps2-an385" and not portable and manifest["precision"] != "float32"
+    simd = ALL_BOARDS[board].arch.dsp and not portable and manifest["precision"] != "float32"
     return BenchResult(manifest["name"], manifest["precision"], board, "simd" if simd else "portable",
                        per_step, macs, round(per_step / macs, 3) if macs else 0.0, flash,
                        p.state + p.stack, p.state, p.stack, manifest.get("weight_layout", "packed"), n)
@@ -268,6 +275,7 @@ def bench_command(export_dir: Path, board: str, *, as_json: bool = False, allow_
         print(json.dumps({**{k: d[k] for k in keys}, **{k: v for k, v in d.items() if k not in keys}}))
     else:
         print(format_table([r]))
-        print(f"(QEMU -icount shift={ICOUNT_SHIFT}: instructions exact; steady state = mean of steps 2..T of test "
+        e = BOARDS[board].emulator
+        print(f"({e.label} -icount shift={e.bench_shift}: instructions exact; steady state = mean of steps 2..T of test "
               f"vector 0; RAM = state + stack of one step; outputs of {r.vectors_checked} vectors bit-exact)")
     return 0

@@ -12,18 +12,17 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import fixedpoint as fp
-from .boards import Board, get_board
+from .boards import MIN_PAYLOAD, Board, get_board
 from .errors import McuNnError
 from .exportdir import Export, load_manifest, open_export, stage_sources  # noqa: F401 (load_manifest: tests)
 from .toolchain import find_cc, require, run_tool, section_sizes
 
 FIRMWARE = Path(__file__).parent / "firmware"
 COMMON_SOURCES = ("frame.c", "server.c")
-CROSS_CC = "arm-none-eabi-gcc"
+CROSS_CC = "arm-none-eabi-gcc"        # the Cortex-M architectures' compiler (mcu_nn/arch.py)
 PRECISION_CODE = {"int8": 0, "int16": 1, "float32": 2}
 TYPE_CODE = {"int16_t": 0, "int32_t": 1, "float": 2}
 COUNTER_CODE = {"none": 0, "cycles": 1, "timer": 2, "ns": 3}
-MIN_PAYLOAD = 512          # bytes per frame payload; raised when one step needs more
 
 
 @dataclass
@@ -77,7 +76,7 @@ typedef {p}_state_t glue_state_t;
 #define GLUE_COUNTER_KIND {COUNTER_CODE[board.counter]}
 #define GLUE_MAX2(a, b) ((a) > (b) ? (a) : (b))
 /* one step of input and (+6 bytes of header) one step of output must fit in a frame */
-#define GLUE_PAYLOAD_MAX GLUE_MAX2({MIN_PAYLOAD}u, GLUE_MAX2(GLUE_INPUT_SIZE * sizeof(glue_in_t), \\
+#define GLUE_PAYLOAD_MAX GLUE_MAX2({board.payload_max}u, GLUE_MAX2(GLUE_INPUT_SIZE * sizeof(glue_in_t), \\
                          6u + GLUE_OUTPUT_SIZE * sizeof(glue_out_t)))
 #define glue_reset {p}_reset
 #define glue_run {p}_run
@@ -94,9 +93,45 @@ static const uint8_t glue_hash[32] = {{{hash_bytes}}};
 """
 
 
+_CSIZE = {"int16_t": 2, "int32_t": 4, "float": 4}
+
+
+def server_ram_bytes(m: dict, board: Board) -> int:
+    """A lower bound of the inference server's static buffers for this model on this board
+    (firmware/common/server.c: receive, raw and encoded transmit, input, output and reply
+    buffers of one frame payload each, plus whole sequences for bidirectional models)."""
+    step_in = int(m["input_size"]) * _CSIZE.get(m["in_ctype"], 4)
+    step_out = int(m["output_size"]) * _CSIZE.get(m["out_ctype"], 4)
+    payload = max(board.payload_max, step_in, 6 + step_out)
+    total = 6 * payload
+    if not m["has_step"]:
+        steps = int(m.get("max_steps") or 0)
+        total += steps * step_in + (steps if m["output_per_step"] else 1) * step_out
+    return total
+
+
+def check_fits(m: dict, board: Board) -> None:
+    """Refuse, before compiling, a model that cannot fit the board: its weights alone exceed
+    flash, or its state + the server's buffers + the stack exceed RAM. (The linker script's
+    assertion stays the exact check for what this estimate does not see.)"""
+    if board.flash is None or board.ram is None:
+        return
+    flash = int(m.get("flash_bytes") or 0)
+    if flash > board.flash.size:
+        raise McuNnError(f"model {m['name']} needs {flash:,} B of flash for its weights and tables; "
+                         f"{board.name} has {board.flash.size:,} B: export a smaller model or int8 weights")
+    ram = int(m.get("ram_bytes") or 0) + server_ram_bytes(m, board) + board.stack_bytes
+    if ram > board.ram.size:
+        raise McuNnError(f"model {m['name']} and the server do not fit in this board's RAM: at least {ram:,} B "
+                         f"(state {int(m.get('ram_bytes') or 0):,} B + server buffers "
+                         f"{server_ram_bytes(m, board):,} B + stack {board.stack_bytes:,} B); {board.name} "
+                         f"has {board.ram.size:,} B")
+
+
 def linker_script(board: Board) -> str:
-    """The linker script of a Cortex-M board, from the board table (shared with the bench)."""
-    text = (FIRMWARE / "common" / "cortexm.ld.in").read_text()
+    """The linker script of a board: its architecture's template filled from the row (shared
+    with the bench)."""
+    text = (FIRMWARE / board.arch.linker_template).read_text()
     for key, val in {"BOARD": board.name, "FLASH_ORIGIN": hex(board.flash.origin),
                      "FLASH_SIZE": hex(board.flash.size), "RAM_ORIGIN": hex(board.ram.origin),
                      "RAM_SIZE": hex(board.ram.size), "STACK_SIZE": hex(board.stack_bytes)}.items():
@@ -104,18 +139,20 @@ def linker_script(board: Board) -> str:
     return text
 
 
-def _need_cross_toolchain() -> None:
-    require(CROSS_CC, "install the Arm cross compiler (apt install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
-    r = subprocess.run([CROSS_CC, "-print-file-name=libc_nano.a"], capture_output=True, text=True)
+def _need_cross_toolchain(board: Board) -> str:
+    cc = board.arch.tool("gcc")
+    require(cc, "install the Arm cross compiler (apt install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
+    r = subprocess.run([cc, "-print-file-name=libc_nano.a"], capture_output=True, text=True)
     if "/" not in r.stdout:
         raise McuNnError("newlib for arm-none-eabi is missing: apt install libnewlib-arm-none-eabi")
+    return cc
 
 
 def firmware_sources(board: Board) -> list[Path]:
     """The server, start-up and board sources that go around a model."""
     srcs = [FIRMWARE / "common" / s for s in COMMON_SOURCES]
-    if board.cross:
-        srcs.append(FIRMWARE / "common" / "cortexm_startup.c")
+    if board.arch.startup:
+        srcs.append(FIRMWARE / board.arch.startup)
     srcs.append(FIRMWARE / "boards" / board.firmware_dir / "board.c")
     return srcs
 
@@ -166,12 +203,12 @@ def _record(out: Path, ex: Export, b: Board) -> None:
                                                 "modified": bool(ex.modified)}) + "\n")
 
 
-def elf_sizes(elf: Path) -> tuple[int, int]:
-    """(flash, RAM) bytes of a linked Cortex-M ELF: flash = code + constants + .data's image."""
-    sec = section_sizes(elf)
-    flash = sum(sec.get(s, 0) for s in (".isr_vector", ".text", ".ARM.exidx", ".data"))
-    ram = sec.get(".data", 0) + sec.get(".bss", 0)
-    return flash, ram
+def elf_sizes(elf: Path, board: Optional[Board] = None) -> tuple[int, int]:
+    """(flash, RAM) bytes of a linked ELF, by the sections its architecture counts as each
+    (Cortex-M: flash = vectors + code + constants + .data's image, RAM = .data + .bss)."""
+    arch = (board or get_board("qemu-mps2-an386")).arch
+    sec = section_sizes(elf, arch.tool("size"))
+    return (sum(sec.get(s, 0) for s in arch.flash_sections), sum(sec.get(s, 0) for s in arch.ram_sections))
 
 
 def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] = print,
@@ -187,6 +224,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
         log(f"warning: building from modified files ({', '.join(ex.modified)}): the firmware reports "
             f"sha256 {ex.digest[:16]}… and says it was modified")
     m = ex.manifest
+    check_fits(m, b)
     out = export_dir / "firmware" / b.name
     out.mkdir(parents=True, exist_ok=True)
     (out / BUILD_RECORD).unlink(missing_ok=True)      # written again only when the build succeeds
@@ -198,18 +236,18 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
     (out / "mcunn_board.c").write_text(board_note_c(b))
     srcs = [str(s) for s in model_srcs + firmware_sources(b) + [out / "mcunn_board.c"]]
     if b.cross:
-        _need_cross_toolchain()
+        cc = _need_cross_toolchain(b)
         (out / "firmware.ld").write_text(linker_script(b))
-        run_tool([CROSS_CC, *common, *b.arch_flags, "-ffunction-sections", "-fdata-sections",
-              "-nostartfiles", "-specs=nano.specs", "-specs=nosys.specs", "-T", str(out / "firmware.ld"),
-              "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}", *srcs, "-lm", "-o", str(elf)],
-             f"{CROSS_CC} ({b.name})")
-        flash, ram = elf_sizes(elf)
+        run_tool([cc, *common, *b.cflags(), "-ffunction-sections", "-fdata-sections", *b.arch.link_flags,
+                  "-T", str(out / "firmware.ld"), "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}",
+                  *srcs, "-lm", "-o", str(elf)], f"{cc} ({b.name})")
+        flash, ram = elf_sizes(elf, b)
         binf = hexf = None
         if not b.emulated:
             binf, hexf = out / "firmware.bin", out / "firmware.hex"
-            run_tool(["arm-none-eabi-objcopy", "-O", "binary", str(elf), str(binf)], "objcopy")
-            run_tool(["arm-none-eabi-objcopy", "-O", "ihex", str(elf), str(hexf)], "objcopy")
+            objcopy = b.arch.tool("objcopy")
+            run_tool([objcopy, "-O", "binary", str(elf), str(binf)], "objcopy")
+            run_tool([objcopy, "-O", "ihex", str(elf), str(hexf)], "objcopy")
         _record(out, ex, b)
         log(f"built {elf} for {b.name}: flash {flash:,} B of {b.flash.size >> 10} KiB "
             f"({100 * flash / b.flash.size:.1f}%), RAM {ram:,} B + {b.stack_bytes:,} B stack of "

@@ -3,6 +3,7 @@ arguments and calls one function of the package; no logic lives here."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -179,8 +180,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the texts")
     _add_allow_modified(p)
 
-    cmd("boards", "list the boards mcu-nn knows", "List the known boards with their CPU, memory and "
-        "how they are flashed or emulated.", "mcu-nn boards")
+    p = cmd("boards", "list the boards mcu-nn knows", "List the known boards with their architecture, core, "
+            "memory, counter and how they are flashed or emulated (rows: mcu_nn/firmware/boards/*/board.toml; "
+            "docs/boards.md).", "mcu-nn boards --json")
+    p.add_argument("--json", action="store_true", help="one JSON object per board, in a list")
 
     p = cmd("demo", "train a tiny model and take it all the way to the emulated board",
             "Train a tiny LSTM on synthetic sensor data, export it as int8, verify it on the host, "
@@ -274,8 +277,8 @@ def _generate(a: argparse.Namespace) -> int:
 
 
 def _boards(a: argparse.Namespace) -> int:
-    from .boards import describe_boards
-    print(describe_boards())
+    from .boards import BOARDS, board_summary, describe_boards
+    print(json.dumps([board_summary(b) for b in BOARDS.values()]) if a.json else describe_boards())
     return 0
 
 

@@ -57,9 +57,9 @@ def run_tool(cmd: list[str], what: str, *, cwd: Optional[Path] = None, timeout: 
     return r.stdout + r.stderr
 
 
-def section_sizes(binary: Path) -> dict[str, int]:
-    """Bytes per section of an object or ELF (``arm-none-eabi-size -A``)."""
-    out = run_tool([require("arm-none-eabi-size"), "-A", str(binary)], "arm-none-eabi-size")
+def section_sizes(binary: Path, size_tool: str = "arm-none-eabi-size") -> dict[str, int]:
+    """Bytes per section of an object or ELF (``<prefix>size -A``)."""
+    out = run_tool([require(size_tool), "-A", str(binary)], size_tool)
     sizes: dict[str, int] = {}
     for line in out.splitlines():
         parts = line.split()

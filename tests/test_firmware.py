@@ -52,7 +52,8 @@ def _symbols(elf) -> dict[str, int]:
 
 
 @arm
-@pytest.mark.parametrize("board", ["qemu-mps2-an386", "qemu-mps2-an385", "qemu-mps2-an500", "nucleo-f411re"])
+@pytest.mark.parametrize("board", ["qemu-mps2-an386", "qemu-mps2-an385", "qemu-mps2-an500", "nucleo-f411re",
+                                   "qemu-microbit", "qemu-mps2-an505", "qemu-mps3-an547"])
 def test_cross_build_links_within_the_board_memory(tmp_path, board):
     make_standin(tmp_path, name="har")
     logs = []

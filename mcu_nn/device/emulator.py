@@ -1,8 +1,8 @@
-"""Boot firmware where no hardware is needed: QEMU for the mps2 boards (UART on a loopback
-TCP port) or the host board's executable (a pseudo-terminal). Always torn down on exit."""
+"""Boot firmware where no hardware is needed: an emulated board through its emulator row
+(mcu_nn/launch.py; UART on a loopback TCP port) or the host board's executable (a
+pseudo-terminal). Always torn down on exit."""
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -11,8 +11,7 @@ from typing import Callable, Optional
 
 from ..boards import Board, get_board
 from ..errors import McuNnError
-
-QEMU = "qemu-system-arm"
+from ..launch import emulator_command
 
 
 def free_port() -> int:
@@ -22,11 +21,8 @@ def free_port() -> int:
 
 
 def qemu_command(elf: Path, board: Board, port: int) -> list[str]:
-    cmd = [QEMU, "-M", board.qemu_machine, "-kernel", str(elf), "-display", "none",
-           "-monitor", "none", "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"]
-    if board.icount_shift is not None:
-        cmd += ["-icount", f"shift={board.icount_shift}"]
-    return cmd
+    """The serving command line: the board's UART on a loopback TCP server at ``port``."""
+    return emulator_command(board, elf, serial=f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on")
 
 
 class Emulator:
@@ -54,15 +50,10 @@ class Emulator:
             raise McuNnError(f"firmware {self.elf} does not exist; run mcu-nn build first")
         if self.board.flash_method == "host":
             self._start_host()
-        elif self.board.emulated:
-            self._start_qemu()
         else:
-            raise McuNnError(f"{self.board.name} is a real board with no emulator: flash it "
-                             f"(mcu-nn flash) and pass its serial port with --port")
+            self._start_emulator()
 
-    def _start_qemu(self) -> None:
-        if not shutil.which(QEMU):
-            raise McuNnError(f"{QEMU} not found: install it (apt install qemu-system-arm)")
+    def _start_emulator(self) -> None:
         for _ in range(3):       # a port taken between free_port() and QEMU's bind: try another
             port = self.port or free_port()
             self.proc = subprocess.Popen(qemu_command(self.elf, self.board, port), stdin=subprocess.DEVNULL,
@@ -72,9 +63,9 @@ class Emulator:
                 return
             err = self._reap()
             if self.port or "ddress already in use" not in err:
-                raise McuNnError(f"QEMU did not start for {self.board.name}: "
+                raise McuNnError(f"{self.board.emulator.binary} did not start for {self.board.name}: "
                                  f"{err.strip().splitlines()[-1] if err.strip() else 'no message'}")
-        raise McuNnError("QEMU could not bind a free loopback port after 3 tries")
+        raise McuNnError(f"{self.board.emulator.binary} could not bind a free loopback port after 3 tries")
 
     def _wait_listening(self, port: int) -> bool:
         """True once QEMU listens. Probing by connecting is safe: with server=on QEMU accepts

@@ -56,11 +56,11 @@ def _describe(i: int, how: str, got: np.ndarray, exp: np.ndarray, bad: np.ndarra
 
 
 def _cycles(ticks: int, info: DeviceInfo) -> tuple[float, str]:
+    """The board row's conversion (instructions under QEMU -icount, cycles, ns); a board this
+    mcu-nn does not know reports raw ticks of its counter."""
     board = BOARDS.get(info.board)
-    if info.counter == "timer" and board is not None and board.icount_shift is not None:
-        # QEMU -icount shift=N: a 25 MHz tick is 40 ns, an instruction 2^N ns (docs/protocol.md)
-        ns_per_tick = 1e9 / info.counter_hz
-        return round(ticks * ns_per_tick / 2 ** board.icount_shift), "instructions"
+    if board is not None and board.counter == info.counter:
+        return board.counter_units(ticks)
     if info.counter == "timer":
         return ticks * info.clock_hz / info.counter_hz, "cycles (from a timer)"
     return float(ticks), {"cycles": "cycles", "ns": "ns"}.get(info.counter, "ticks")
@@ -112,7 +112,8 @@ def board_session(ex: Export, *, port: Optional[str] = None, board: Optional[str
                 build_firmware(export_dir, b.name, log=log, allow_modified=allow_modified)
             emu = stack.enter_context(Emulator(firmware_path(export_dir, b.name), b.name, log=log))
             port = emu.url
-            log(f"booted {b.name} ({'QEMU -M ' + b.qemu_machine if b.emulated else 'host'}), serial on {port}")
+            where = b.emulator.label if b.emulator else "host"
+            log(f"booted {b.name} ({where}), serial on {port}")
         client = stack.enter_context(DeviceClient(port, timeout=timeout, retries=retries))
         info = client.hello()
         check_device(info, ex, port)

@@ -12,5 +12,10 @@ void board_write(const uint8_t *p, size_t n);       /* blocking */
  * returns the counter; end returns the ticks elapsed since begin and restarts the tick. */
 uint32_t board_counter_begin(void);
 uint32_t board_counter_end(uint32_t begin);
+/* The counter alone, for firmware that measures without serving (the bench): start it with
+ * no UART and no periodic tick; read it as ticks at the row's counter_hz, counting up,
+ * modulo 2^32. Under an emulator row the difference of two reads converts to instructions. */
+void board_counter_start(void);
+uint32_t board_counter_now(void);
 
 #endif

@@ -48,10 +48,17 @@ void board_init(void)
     GPIOA_AFRL = (GPIOA_AFRL & ~(0xFFu << 8)) | (0x77u << 8);   /* AF7 = USART2 */
     USART_BRR = (APB1_HZ + BAUD / 2u) / BAUD;
     USART_CR1 = (1u << 13) | (1u << 3) | (1u << 2);             /* UE, TE, RE */
+    board_counter_start();
+}
+
+void board_counter_start(void)
+{
     DEMCR |= 1u << 24;                                          /* TRCENA */
     DWT_CYCCNT = 0;
     DWT_CTRL |= 1u;
 }
+
+uint32_t board_counter_now(void) { return DWT_CYCCNT; }
 
 int board_getc(void)
 {

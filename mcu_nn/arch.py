@@ -1,0 +1,75 @@
+"""Architectures: what every board of one core shares (toolchain, CPU flags and features,
+start-up code, linker template, how a program prints and exits under emulation, which
+sections count as flash and RAM). A board row (mcu_nn/boards.py) names one of these, so a
+new board of a known core is a row and a ``board.c``; a new core is one entry here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import McuNnError
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str                         # "cortex-m4f": what board rows name
+    core: str                         # "Cortex-M4F": for people
+    cpu: str                          # the -mcpu value ("host" for the host board)
+    cflags: tuple[str, ...]           # compiler flags selecting the core and float ABI
+    features: frozenset[str]          # "dsp" (fast kernels), "fpu", "mve"
+    fpu: Optional[str] = None
+    toolchain_prefix: str = ""        # "arm-none-eabi-"; "" is the host compiler
+    link_flags: tuple[str, ...] = ()
+    startup: Optional[str] = None     # under mcu_nn/firmware: reset handler and vector table
+    linker_template: Optional[str] = None
+    semihosting: Optional[str] = None  # print/exit under emulation (the bench)
+    flash_sections: tuple[str, ...] = ()
+    ram_sections: tuple[str, ...] = ()
+    cycle_counter: Optional[str] = None   # the core's own counter on real silicon, if it has one
+
+    @property
+    def cross(self) -> bool:
+        return bool(self.toolchain_prefix)
+
+    @property
+    def dsp(self) -> bool:
+        """The fast kernels (templates/ports/cortex_m_dsp) apply; else the portable C."""
+        return "dsp" in self.features
+
+    def tool(self, name: str) -> str:
+        return self.toolchain_prefix + name
+
+
+def _cortex_m(name: str, core: str, cpu: str, float_flags: tuple[str, ...], features: set[str],
+              fpu: Optional[str] = None, cycle_counter: Optional[str] = "DWT CYCCNT") -> Arch:
+    return Arch(name=name, core=core, cpu=cpu, cflags=("-mthumb", f"-mcpu={cpu}", *float_flags),
+                features=frozenset(features), fpu=fpu, toolchain_prefix="arm-none-eabi-",
+                link_flags=("-nostartfiles", "-specs=nano.specs", "-specs=nosys.specs"),
+                startup="common/cortexm_startup.c", linker_template="common/cortexm.ld.in",
+                semihosting="bench/semihost.c",
+                flash_sections=(".isr_vector", ".text", ".ARM.exidx", ".data"),
+                ram_sections=(".data", ".bss"), cycle_counter=cycle_counter)
+
+
+ARCHES: dict[str, Arch] = {a.name: a for a in [
+    _cortex_m("cortex-m0plus", "Cortex-M0/M0+ (ARMv6-M)", "cortex-m0plus", ("-mfloat-abi=soft",), set(),
+              cycle_counter=None),
+    _cortex_m("cortex-m3", "Cortex-M3", "cortex-m3", ("-mfloat-abi=soft",), set()),
+    _cortex_m("cortex-m4f", "Cortex-M4F", "cortex-m4", ("-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
+              {"dsp", "fpu"}, "fpv4-sp-d16"),
+    _cortex_m("cortex-m7", "Cortex-M7", "cortex-m7", ("-mfloat-abi=hard", "-mfpu=fpv5-d16"),
+              {"dsp", "fpu"}, "fpv5-d16"),
+    _cortex_m("cortex-m33", "Cortex-M33 (DSP, FPU)", "cortex-m33", ("-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"),
+              {"dsp", "fpu"}, "fpv5-sp-d16"),
+    # -mfpu=auto: the FPU and Helium that -mcpu=cortex-m55 implies (Helium kernels: a later port)
+    _cortex_m("cortex-m55", "Cortex-M55 (DSP, FPU, Helium)", "cortex-m55", ("-mfloat-abi=hard", "-mfpu=auto"),
+              {"dsp", "fpu", "mve"}, "fp-armv8-fullfp16-d16+mve.fp"),
+    Arch(name="host", core="this machine", cpu="host", cflags=(), features=frozenset()),
+]}
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return ARCHES[name]
+    except KeyError:
+        raise McuNnError(f"unknown architecture {name!r}; known: {', '.join(ARCHES)}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import fixedpoint as fp
-from .boards import MIN_PAYLOAD, Board, get_board
+from .boards import BOARDS, MIN_PAYLOAD, Board, get_board
 from .errors import McuNnError
 from .exportdir import Export, load_manifest, open_export, stage_sources  # noqa: F401 (load_manifest: tests)
 from .toolchain import find_cc, require, run_tool, section_sizes
@@ -110,22 +110,38 @@ def server_ram_bytes(m: dict, board: Board) -> int:
     return total
 
 
-def check_fits(m: dict, board: Board) -> None:
-    """Refuse, before compiling, a model that cannot fit the board: its weights alone exceed
+def fit_problem(m: dict, board: Board) -> Optional[str]:
+    """Why the model of manifest ``m`` cannot fit the board, or None: its weights alone exceed
     flash, or its state + the server's buffers + the stack exceed RAM. (The linker script's
     assertion stays the exact check for what this estimate does not see.)"""
     if board.flash is None or board.ram is None:
-        return
+        return None
     flash = int(m.get("flash_bytes") or 0)
     if flash > board.flash.size:
-        raise McuNnError(f"model {m['name']} needs {flash:,} B of flash for its weights and tables; "
-                         f"{board.name} has {board.flash.size:,} B: export a smaller model or int8 weights")
+        return (f"model {m['name']} needs {flash:,} B of flash for its weights and tables; "
+                f"{board.name} has {board.flash.size:,} B: export a smaller model or int8 weights")
     ram = int(m.get("ram_bytes") or 0) + server_ram_bytes(m, board) + board.stack_bytes
     if ram > board.ram.size:
-        raise McuNnError(f"model {m['name']} and the server do not fit in this board's RAM: at least {ram:,} B "
-                         f"(state {int(m.get('ram_bytes') or 0):,} B + server buffers "
-                         f"{server_ram_bytes(m, board):,} B + stack {board.stack_bytes:,} B); {board.name} "
-                         f"has {board.ram.size:,} B")
+        return (f"model {m['name']} and the server do not fit in this board's RAM: at least {ram:,} B "
+                f"(state {int(m.get('ram_bytes') or 0):,} B + server buffers "
+                f"{server_ram_bytes(m, board):,} B + stack {board.stack_bytes:,} B); {board.name} "
+                f"has {board.ram.size:,} B")
+    return None
+
+
+def check_fits(m: dict, board: Board) -> None:
+    """Refuse, before compiling, a model that cannot fit the board (see fit_problem)."""
+    problem = fit_problem(m, board)
+    if problem:
+        raise McuNnError(problem)
+
+
+def fit_line(m: dict) -> str:
+    """One line for export and inspect: the boards the model (with the serial server) does not fit."""
+    misfits = [b.name for b in BOARDS.values() if fit_problem(m, b)]
+    if not misfits:
+        return f"{m['precision']}: fits every board in `mcu-nn boards` (with the serial server)"
+    return f"{m['precision']}: too big for {', '.join(misfits)} (flash or RAM, with the serial server)"
 
 
 def linker_script(board: Board) -> str:

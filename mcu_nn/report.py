@@ -61,6 +61,11 @@ def _manifests_per_precision(graph: Graph) -> dict[str, dict]:
     return manifests
 
 
+def fit_line(m: dict) -> str:
+    from .build import fit_line as line       # build stands on the board table; report only prints
+    return line(m)
+
+
 def inspect_model(path: str | Path, *, allow_pickle: bool = False,
                   input_shape: Optional[tuple[int, ...]] = None) -> str:
     from .frontend import load_model
@@ -82,7 +87,7 @@ def inspect_model(path: str | Path, *, allow_pickle: bool = False,
                 "float32 flash B"], rows),
         "", f"RAM (state + scratch, caller-owned struct): {ram}",
         "flash counts the model's constant arrays; the activation tables (2 KiB) are shared by all "
-        "integer layers"])
+        "integer layers", *(fit_line(manifests[p]) for p in PRECISIONS)])
 
 
 def export_summary(result) -> str:
@@ -114,6 +119,7 @@ def export_summary(result) -> str:
                      f"max abs error {acc.max_abs_error:.4g}, SNR {acc.snr_db:.1f} dB{top1}")
     if m["precision"] != "float32":
         lines.append(saturation_line(m, "calibration", "on the calibration data"))
+    lines.append(fit_line(m))
     lines.append(f"wrote {result.out_dir}/: " + ", ".join(m["files"]) + f"  (sha256 {m['sha256'][:16]}…)")
     lines.append(f"next: mcu-nn verify {result.out_dir}")
     return "\n".join(lines)

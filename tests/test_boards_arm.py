@@ -126,6 +126,20 @@ def test_too_big_for_the_microbit_is_refused_before_compiling(tmp_path, monkeypa
     assert "\n" not in str(e.value)
 
 
+def test_export_and_inspect_say_which_boards_a_model_does_not_fit(tmp_path):
+    """The same estimate as build's refusal, said at export time for every board."""
+    from mcu_nn.build import fit_line
+    from mcu_nn.exportdir import load_manifest
+    make_standin(tmp_path, bidirectional=True, max_steps=3000, features=1)
+    line = fit_line(load_manifest(tmp_path))
+    assert "too big for" in line and "qemu-microbit" in line and "qemu-mps2-an386" not in line
+    g = Q.make_graph("gru", input_size=3, hidden=8, seq_len=4, name="small")
+    q = quantize(g, Q.make_input(g, n=4), "int8")
+    m = write_export(q, tmp_path / "small", Q.make_input(g, n=1), run(q, Q.make_input(g, n=1)))
+    assert fit_line(m) == "int8: fits every board in `mcu-nn boards` (with the serial server)" or \
+        "qemu-" not in fit_line(m)                      # the Arm and RISC-V boards all hold it
+
+
 def test_boards_lists_arch_core_emulator_and_memory():
     r = mcu_nn("boards", "--json")
     assert r.returncode == 0, r.stderr

@@ -26,6 +26,7 @@ class Arch:
     flash_sections: tuple[str, ...] = ()
     ram_sections: tuple[str, ...] = ()
     cycle_counter: Optional[str] = None   # the core's own counter on real silicon, if it has one
+    loop_units: int = 2               # counter units per iteration of the bench's calibration loop
 
     @property
     def cross(self) -> bool:
@@ -64,6 +65,13 @@ ARCHES: dict[str, Arch] = {a.name: a for a in [
     # -mfpu=auto: the FPU and Helium that -mcpu=cortex-m55 implies (Helium kernels: a later port)
     _cortex_m("cortex-m55", "Cortex-M55 (DSP, FPU, Helium)", "cortex-m55", ("-mfloat-abi=hard", "-mfpu=auto"),
               {"dsp", "fpu", "mve"}, "fp-armv8-fullfp16-d16+mve.fp"),
+    # AVR: avr-libc's start-up and avr-gcc's default linker script for the MCU; the bench prints
+    # over USART0 and exits by sleeping with interrupts off (simavr stops); its calibration loop
+    # (sbiw + brne) is 4 cycles an iteration
+    *(Arch(name=mcu, core=core, cpu=mcu, cflags=(f"-mmcu={mcu}",), features=frozenset(), toolchain_prefix="avr-",
+           link_flags=("-Wl,--defsym=_ebss=__bss_end",), semihosting="bench/avr_exit.c",
+           flash_sections=(".text", ".data"), ram_sections=(".data", ".bss"), loop_units=4)
+      for mcu, core in (("atmega328p", "AVR ATmega328P (8-bit)"), ("atmega2560", "AVR ATmega2560 (8-bit)"))),
     Arch(name="host", core="this machine", cpu="host", cflags=(), features=frozenset()),
 ]}
 

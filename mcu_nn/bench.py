@@ -20,6 +20,7 @@ import json
 import re
 import tempfile
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
@@ -60,6 +61,7 @@ class BenchResult:
     stack_bytes: int
     weight_layout: str
     vectors_checked: int
+    unit: str = "instructions"    # what instructions_per_step counts: "cycles" on a cycle-exact emulator
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,7 +99,7 @@ def _vectors_header(manifest: dict, xq: np.ndarray) -> str:
             f"#define BENCH_FLOAT {1 if manifest['precision'] == 'float32' else 0}\n"
             f"#define BENCH_STATE_T {p}_state_t\n#define BENCH_IN_T {p}_in_t\n#define BENCH_OUT_T {p}_out_t\n"
             f"#define BENCH_RESET {p}_reset\n#define BENCH_RUN {p}_run\n{step}"
-            f"static const BENCH_IN_T bench_x[] = {_c_array(xq, ctype)};\n")
+            f"static const BENCH_IN_T BENCH_ROM bench_x[] = {_c_array(xq, ctype)};\n")
 
 
 def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, portable: bool = False,
@@ -124,11 +126,13 @@ def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, porta
         run_tool([gcc, *flags, *inc, "-c", str(c), "-o", str(build_dir / f"{c.stem}.o")],
                  f"{gcc} ({b.cpu}) of {export_dir}/{c.name}", cwd=build_dir)
     elf = build_dir / "bench.elf"
-    (build_dir / "bench.ld").write_text(linker_script(b))
-    firmware = [ROOT / b.arch.startup, ROOT / b.arch.semihosting, ROOT / "boards" / b.firmware_dir / "board.c",
-                FIRMWARE / "bench_main.c"]
-    run_tool([gcc, *flags, *inc, "-nostartfiles", "--specs=nosys.specs", "-T", str(build_dir / "bench.ld"),
-              "-Wl,--gc-sections", *map(str, firmware),
+    link = [*b.arch.link_flags]       # AVR: the toolchain's own start-up and linker script
+    if b.arch.linker_template:
+        (build_dir / "bench.ld").write_text(linker_script(b))
+        link = ["-nostartfiles", "--specs=nosys.specs", "-T", str(build_dir / "bench.ld")]
+    firmware = [*([ROOT / b.arch.startup] if b.arch.startup else []), ROOT / b.arch.semihosting,
+                ROOT / "boards" / b.firmware_dir / "board.c", FIRMWARE / "bench_main.c"]
+    run_tool([gcc, *flags, *inc, *link, "-Wl,--gc-sections", *map(str, firmware),
               *(str(build_dir / f"{c.stem}.o") for c in c_files), "-lm", "-o", str(elf)],
              f"linking the bench firmware for {board}",
              cwd=build_dir)
@@ -141,9 +145,16 @@ def run_bench(elf: Path, board: str, timeout: float = 300) -> str:
 
 
 def ticks_to_instructions(ticks: float, board: str = "qemu-mps2-an386") -> float:
-    """Counter ticks of ``board`` -> instructions at its emulator's bench shift (not rounded)."""
+    """Counter ticks of ``board`` -> instructions at its emulator's bench shift (not rounded);
+    a cycle-exact emulator's cycle counter (AVR under simavr) -> cycles."""
     b = _board(board)
+    if b.counter == "cycles":
+        return float(Fraction(ticks) * Fraction(b.clock_hz, b.counter_hz))
     return b.emulator.instructions(ticks, b.counter_hz, b.emulator.bench_shift)
+
+
+def _unit(board: str) -> str:
+    return "cycles" if _board(board).counter == "cycles" else "instructions"
 
 
 @dataclass
@@ -201,9 +212,9 @@ def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int,
                                  "model (please report it)")
 
 
-def _model_flash(build_dir: Path, elf: Path) -> int:
+def _model_flash(build_dir: Path, elf: Path, board: Board) -> int:
     """.text + .rodata bytes of the symbols model.o defines that survive in the linked ELF."""
-    nm = require("arm-none-eabi-nm")
+    nm = require(board.arch.tool("nm"))
     names = set()
     for line in run_tool([nm, "--defined-only", str(build_dir / "model.o")], "arm-none-eabi-nm").splitlines():
         parts = line.split()
@@ -229,19 +240,22 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
         bdir = Path(build_dir) if build_dir else Path(tmp)
         elf = build_bench(ex, board, bdir, portable=portable, vectors=vectors)
         p = _parse(run_bench(elf, board))
-        flash = _model_flash(bdir, elf)
+        flash = _model_flash(bdir, elf, _board(board))
     n = vec["input_q"].shape[0] if vectors is None else min(vectors, vec["input_q"].shape[0])
     _check_outputs(p, manifest, vec["expected"], n, vec.get("float_drift"))
     instr = lambda ticks: ticks_to_instructions(ticks, board)  # noqa: E731
-    # loops of 1000 and 2000 iterations of 2 instructions between the same counter reads: they
-    # must differ by exactly 2000 instructions (the conversion is exact), and each exceed the
-    # empty region by 2000/4000 plus at most the few instructions that set up the loop
+    # loops of 1000 and 2000 iterations of u units (2 instructions; AVR: 4 cycles) between the
+    # same counter reads: they must differ by exactly 1000 u (the conversion is exact), and each
+    # exceed the empty region by 1000 u / 2000 u plus at most the few units that set up the loop
+    # (AVR: less 1, the last brne not taken)
+    u = _board(board).arch.loop_units
     diff = instr(p.loop2000 - p.loop1000)
-    if abs(diff - 2000) > 0.5 or not all(0 <= round(instr(t - p.empty)) - n <= 8
-                                         for n, t in ((2000, p.loop1000), (4000, p.loop2000))):
-        raise McuNnError(f"instruction counter check failed on {board}: loops of 2000 and 4000 instructions "
-                         f"measured {instr(p.loop1000 - p.empty):.1f} and {instr(p.loop2000 - p.empty):.1f}; "
-                         "is the emulator running with -icount?")
+    if abs(diff - 1000 * u) > 0.5 or not all(-1 <= round(instr(t - p.empty)) - n <= 4 * u
+                                             for n, t in ((1000 * u, p.loop1000), (2000 * u, p.loop2000))):
+        raise McuNnError(f"counter check failed on {board}: loops of {1000 * u} and {2000 * u} "
+                         f"{_unit(board)} measured {instr(p.loop1000 - p.empty):.1f} and "
+                         f"{instr(p.loop2000 - p.empty):.1f}; is the emulator running with -icount, "
+                         "and the row's counter_hz right?")
     steps = int(vec["input_q"].shape[1])
     if p.steps:
         steady = [instr(t - p.empty) for t in p.steps[1:]]
@@ -252,11 +266,14 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
     simd = ALL_BOARDS[board].arch.dsp and not portable and manifest["precision"] != "float32"
     return BenchResult(manifest["name"], manifest["precision"], board, "simd" if simd else "portable",
                        per_step, macs, round(per_step / macs, 3) if macs else 0.0, flash,
-                       p.state + p.stack, p.state, p.stack, manifest.get("weight_layout", "packed"), n)
+                       p.state + p.stack, p.state, p.stack, manifest.get("weight_layout", "packed"), n,
+                       _unit(board))
 
 
 def format_table(results: list[BenchResult]) -> str:
     head = ["model", "precision", "board", "kernels", "instr/step", "MACs/step", "instr/MAC", "flash B", "RAM B"]
+    if results and all(r.unit == "cycles" for r in results):
+        head[4], head[6] = "cycles/step", "cycles/MAC"
     rows = [[r.name, r.precision, r.board, r.path, f"{r.instructions_per_step:,}", f"{r.macs_per_step:,}",
              f"{r.instructions_per_mac:.2f}", f"{r.flash_bytes:,}", f"{r.ram_bytes:,} ({r.state_bytes}+{r.stack_bytes})"]
             for r in results]
@@ -276,6 +293,8 @@ def bench_command(export_dir: Path, board: str, *, as_json: bool = False, allow_
     else:
         print(format_table([r]))
         e = BOARDS[board].emulator
-        print(f"({e.label} -icount shift={e.bench_shift}: instructions exact; steady state = mean of steps 2..T of test "
+        how = f"{e.label}: cycles exact" if r.unit == "cycles" else \
+            f"{e.label} -icount shift={e.bench_shift}: instructions exact"
+        print(f"({how}; steady state = mean of steps 2..T of test "
               f"vector 0; RAM = state + stack of one step; outputs of {r.vectors_checked} vectors bit-exact)")
     return 0

@@ -182,7 +182,8 @@ def board_summary(b: Board) -> dict[str, Any]:
     return {"name": b.name, "arch": b.arch.name, "core": b.arch.core, "features": sorted(b.arch.features),
             "flash": [b.flash.origin, b.flash.size] if b.flash else None,
             "ram": [b.ram.origin, b.ram.size] if b.ram else None, "counter": b.counter,
-            "emulator": f"{b.emulator.binary} -M {b.emulator.machine}" if b.emulator else None,
+            "emulator": (f"{b.emulator.binary} -M {b.emulator.machine}" if b.emulator.binary.startswith("qemu-")
+                         else b.emulator.label) if b.emulator else None,
             "flash_method": b.flash_method, "description": b.description}
 
 

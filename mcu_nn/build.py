@@ -157,11 +157,21 @@ def linker_script(board: Board) -> str:
 
 def _need_cross_toolchain(board: Board) -> str:
     cc = board.arch.tool("gcc")
+    if board.arch.toolchain_prefix == "avr-":
+        return require(cc, "install the AVR toolchain (apt install gcc-avr avr-libc; scripts/install-deps.sh does it)")
     require(cc, "install the Arm cross compiler (apt install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
     r = subprocess.run([cc, "-print-file-name=libc_nano.a"], capture_output=True, text=True)
     if "/" not in r.stdout:
         raise McuNnError("newlib for arm-none-eabi is missing: apt install libnewlib-arm-none-eabi")
     return cc
+
+
+def check_linked_ram(board: Board, ram: int) -> None:
+    """Where the architecture's own linker script does not assert it (AVR: avr-gcc's default
+    script knows no per-chip RAM size), the linked .data + .bss + the stack must fit RAM."""
+    if board.ram is not None and ram + board.stack_bytes > board.ram.size:
+        raise McuNnError(f"the model and server do not fit in {board.name}'s RAM: .data + .bss {ram:,} B "
+                         f"+ stack {board.stack_bytes:,} B > {board.ram.size:,} B")
 
 
 def firmware_sources(board: Board) -> list[Path]:
@@ -253,11 +263,16 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
     srcs = [str(s) for s in model_srcs + firmware_sources(b) + [out / "mcunn_board.c"]]
     if b.cross:
         cc = _need_cross_toolchain(b)
-        (out / "firmware.ld").write_text(linker_script(b))
+        script = []
+        if b.arch.linker_template:
+            (out / "firmware.ld").write_text(linker_script(b))
+            script = ["-T", str(out / "firmware.ld")]
         run_tool([cc, *common, *b.cflags(), "-ffunction-sections", "-fdata-sections", *b.arch.link_flags,
-                  "-T", str(out / "firmware.ld"), "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}",
+                  *script, "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}",
                   *srcs, "-lm", "-o", str(elf)], f"{cc} ({b.name})")
         flash, ram = elf_sizes(elf, b)
+        if not b.arch.linker_template:
+            check_linked_ram(b, ram)
         binf = hexf = None
         if not b.emulated:
             binf, hexf = out / "firmware.bin", out / "firmware.hex"

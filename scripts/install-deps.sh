@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what mcu-nn's demo and tests need on a fresh Debian/Ubuntu machine:
-# the Arm cross compiler with newlib, QEMU's Arm system emulator, clang, and the Python
+# the Arm cross compiler with newlib, QEMU's Arm system emulator, the AVR toolchain and simavr
+# (with its headers: mcu-nn's UART bridge links libsimavr), clang, and the Python
 # package with its test extras. Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ need=()
 command -v arm-none-eabi-gcc >/dev/null || need+=(gcc-arm-none-eabi)
 [ -e /usr/lib/arm-none-eabi/newlib/libc.a ] || [ -e /usr/lib/arm-none-eabi/lib/libc.a ] || need+=(libnewlib-arm-none-eabi)
 command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
+command -v avr-gcc >/dev/null || need+=(gcc-avr avr-libc)
+{ command -v simavr >/dev/null && [ -e /usr/include/simavr/sim_avr.h ]; } || need+=(simavr libsimavr-dev)
 command -v clang >/dev/null || need+=(clang)
 command -v cc >/dev/null || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then

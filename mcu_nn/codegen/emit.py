@@ -59,6 +59,8 @@ def f32_literal(v: float) -> str:
 
 # requantisation record types: {int64 bias; int32 mx, mh} = 16 bytes; a GRU unit = 3 records + int64
 _RQ_BYTES = {"mcunn_rq_t": 16, "mcunn_rq_gru_t": 56}
+# the flash read of one element of an MCUNN_ROM array (mcunn_fixedpoint.h)
+_RD = {"int8_t": "MCUNN_RD8", "int16_t": "MCUNN_RD16", "int32_t": "MCUNN_RD32", "int64_t": "MCUNN_RD64"}
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Array:
     values: np.ndarray
     align: bool = False                   # word-aligned (the SIMD kernels load it with LDM)
     op: int = -1                          # index of the op it belongs to (its name is "<prefix>_op<k>_...")
+    rom: bool = False                     # MCUNN_ROM (AVR: PROGMEM); every read goes through MCUNN_RD*
 
     @property
     def dims(self) -> str:
@@ -77,6 +80,11 @@ class Array:
     @property
     def attrs(self) -> str:
         return " MCUNN_ALIGN4" if self.align else ""
+
+    @property
+    def storage(self) -> str:
+        """Before the name (declaration parsers read "<name>[...] = {")."""
+        return " MCUNN_ROM" if self.rom else ""
 
     @property
     def nbytes(self) -> int:
@@ -161,14 +169,16 @@ class _Builder:
         self.env = environment()
 
     # ---------------------------------------------------------------- arrays
-    def arr(self, ctype: str, name: str, values, what: str, align: bool = False) -> str:
+    def arr(self, ctype: str, name: str, values, what: str, align: bool = False, rom: bool = False) -> str:
+        """Declare a constant array; ``rom``: it lives in flash on AVR too, so the kernels read it
+        only through MCUNN_RD* (weights, requantisation records, embedding tables)."""
         values = np.asarray(values)
         full = f"{self.p}_{name}"
         if ctype in ("int8_t", "int16_t", "int32_t"):
             bits = {"int8_t": 8, "int16_t": 16, "int32_t": 32}[ctype]
             _check_int(values, -(1 << (bits - 1)) + (1 if ctype == "int32_t" else 0), (1 << (bits - 1)) - 1, what)
         k = re.match(r"op(\d+)", name)         # names are op<k>_...: parsed before the prefix is added
-        self.arrays.append(Array(ctype, full, values, align, int(k.group(1)) if k else -1))
+        self.arrays.append(Array(ctype, full, values, align, int(k.group(1)) if k else -1, rom))
         return full
 
     def wtype(self, w: np.ndarray) -> str:
@@ -180,8 +190,9 @@ class _Builder:
         """Weights + multipliers arrays and the dot function; returns per-row |acc| bounds."""
         w = np.asarray(m.w, dtype=np.int64)
         wt = self.wtype(w)
-        wname = self.arr(wt, name, w, f"{what} weights")
-        mname = self.arr("int32_t", name + "_mult", np.asarray(m.mult, dtype=np.int64), f"{what} multipliers")
+        wname = self.arr(wt, name, w, f"{what} weights", rom=True)
+        mname = self.arr("int32_t", name + "_mult", np.asarray(m.mult, dtype=np.int64), f"{what} multipliers",
+                         rom=True)
         bound = np.abs(w).sum(axis=1) * 32768
         # int32 only where proven; otherwise widen (same results, no overflow)
         acc = 32 if m.acc_bits == 32 and int(bound.max(initial=0)) < (1 << 31) else 64
@@ -242,10 +253,11 @@ class _Builder:
         ids = bool(getattr(op, "input_ids", False))
         stream_wx = wx[:, :0] if ids else wx          # one-hot ids: the input columns are picked, not streamed
         D["w"] = self.arr(ctype, name + "_w", pack_group_weights(stream_wx, wh, R, chunk), what + " weights",
-                          align=True)
+                          align=True, rom=True)
         D["wt"], D["R"] = ctype, R
         if ids:
             D["wcol"] = self.picked_columns(op, wx, R, name, what)
+            D["rd_wcol"] = _RD[self.wtype(wx)]
         accs = []
         bounds = []
         for m in (qd.wx, qd.wh):
@@ -266,14 +278,15 @@ class _Builder:
             _check_int(np.asarray(m, np.int64), -(1 << 31) + 1, (1 << 31) - 1, what + " multipliers")
         rq = np.stack([fp.rounding_bias(qd.bias, shift), np.asarray(qd.wx.mult, np.int64),
                        np.asarray(qd.wh.mult, np.int64)], axis=1)[order]
-        D["rq"] = self.arr(cell.rq_type, name + "_rq", cell.rq_records(rq, qd, H), what + " requantisation")
+        D["rq"] = self.arr(cell.rq_type, name + "_rq", cell.rq_records(rq, qd, H), what + " requantisation",
+                           rom=True)
 
     def picked_columns(self, op, wx: np.ndarray, R: int, name: str, what: str) -> str:
         """W_ih of a one-hot input as a (V, G*H) table in the kernel's group order: row ``id`` holds
         column id of W_ih, unit u's R gate rows at [u * R .. u * R + R - 1]."""
         H = op.hidden_size
         order = [g * H + u for u in range(H) for g in range(R)]
-        return self.arr(self.wtype(wx), name + "_wcol", wx[order].T, what + " input columns")
+        return self.arr(self.wtype(wx), name + "_wcol", wx[order].T, what + " input columns", rom=True)
 
     def linear(self, k: int, op) -> dict:
         src = op.source or f"op {k}"
@@ -287,7 +300,8 @@ class _Builder:
             w, m, dot, bound = self.matrix(op.mat, f"op{k}_w", src)
             self.check_requant([(bound, op.mat.mult)], op.bias, src)
             L = {"source": src, "fn": f"{self.p}_op{k}", "O": O, "I": I, "w": w, "m": m, "dot": dot,
-                 "b": self.arr("int64_t", f"op{k}_b", np.asarray(op.bias, np.int64), src), "shift": int(op.shift)}
+                 "b": self.arr("int64_t", f"op{k}_b", np.asarray(op.bias, np.int64), src, rom=True),
+                 "shift": int(op.shift)}
         self.kernels.append(self.env.get_template("linear.c.j2").render(L=L, fp=self.fp, vt=self.vt))
         return L
 
@@ -335,7 +349,8 @@ class _Builder:
         ctype = "float" if self.fp else self.wtype(table)
         V, D = table.shape
         L = {"source": src, "fn": f"{self.p}_op{k}", "V": V, "D": D,
-             "table": self.arr(ctype, f"op{k}_table", table, src + " table")}
+             "table": self.arr(ctype, f"op{k}_table", table, src + " table", rom=not self.fp),
+             "rd": _RD.get(ctype, "")}
         self.kernels.append(self.env.get_template("embedding.c.j2").render(L=L, fp=self.fp, vt=self.vt))
         return L
 

@@ -9,7 +9,23 @@
 #include "bench.h"
 #include "board.h"
 #include "model.h"
+#if defined(__AVR__)
+#include <avr/io.h>                   /* SP */
+#include <avr/pgmspace.h>
+#include <string.h>
+#define BENCH_ROM PROGMEM             /* the test vectors stay in flash */
+#else
+#define BENCH_ROM
+#endif
 #include "bench_vectors.h"
+#if defined(__AVR__)
+/* one vector at a time is copied to SRAM */
+static BENCH_IN_T xbuf[BENCH_T * BENCH_IN_SIZE];
+#define VECTOR(i) (memcpy_P(xbuf, bench_x + (size_t)(i) * BENCH_T * BENCH_IN_SIZE, sizeof xbuf), \
+                   (const BENCH_IN_T *)xbuf)
+#else
+#define VECTOR(i) (bench_x + (size_t)(i) * BENCH_T * BENCH_IN_SIZE)
+#endif
 
 #define PAINT 0xA5A5A5A5u
 #define PAINT_WORDS 4096u            /* or down to the end of .bss on a small RAM */
@@ -21,7 +37,11 @@ static BENCH_OUT_T y[BENCH_T * BENCH_OUT_SIZE];
 #if !BENCH_BIDIR
 static uint32_t ticks[BENCH_T];
 #endif
+#if defined(__AVR__)
+static char line[64];                 /* 2 KiB of SRAM: lines leave in pieces */
+#else
 static char line[520];
+#endif
 static size_t used;
 
 static void flush(void)
@@ -95,6 +115,17 @@ static volatile uint32_t g_loops[3] = {0u, 1000u, 2000u};
 #define ASM_UNIFIED(s) s
 #endif
 
+/* The calibration loop: 2 instructions an iteration on Arm; on AVR sbiw (2 cycles) + brne
+ * (2 taken) = 4 cycles an iteration (Arch.loop_units) */
+#if defined(__AVR__)
+#define CAL_LOOP(cnt) do { uint16_t c_ = (uint16_t)(cnt); \
+    __asm__ volatile("1: sbiw %0, 1\n\tbrne 1b" : "+w"(c_) : : "cc"); } while (0)
+#define READ_SP(sp) ((sp) = (uint32_t *)SP)
+#else
+#define CAL_LOOP(cnt) __asm__ volatile(ASM_UNIFIED("1: subs %0, %0, #1\n\tbne 1b") : "+l"(cnt) : : "cc")
+#define READ_SP(sp) __asm__ volatile("mov %0, sp" : "=r"(sp))
+#endif
+
 int main(void)
 {
     uint32_t i, t, a, b, cnt;
@@ -114,7 +145,7 @@ int main(void)
     for (i = 1; i <= 2; ++i) {
         cnt = g_loops[i];
         a = board_counter_now();
-        __asm__ volatile(ASM_UNIFIED("1: subs %0, %0, #1\n\tbne 1b") : "+l"(cnt) : : "cc");
+        CAL_LOOP(cnt);
         b = board_counter_now();
         put(i == 1 ? " loop1000 " : " loop2000 ");
         put_u(b - a);
@@ -123,7 +154,7 @@ int main(void)
     flush();
 
     for (i = 0; i < BENCH_N; ++i) {
-        x = bench_x + (size_t)i * BENCH_T * BENCH_IN_SIZE;
+        x = VECTOR(i);
         BENCH_RESET(&state);
         BENCH_RUN(&state, x, BENCH_T, y);
         put_outputs("R ", i, y, BENCH_PER_STEP ? BENCH_T * BENCH_OUT_SIZE : BENCH_OUT_SIZE);
@@ -136,14 +167,15 @@ int main(void)
     }
 
     /* timing and stack: paint the stack below us, then time every step of vector 0 */
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
+    READ_SP(sp);
     low = (size_t)(sp - &_ebss) > PAINT_WORDS ? sp - PAINT_WORDS : &_ebss;
     for (p = low; p < sp - 1; ++p) *p = PAINT;
+    x = VECTOR(0);
     BENCH_RESET(&state);
 #if BENCH_BIDIR
     (void)t;
     a = board_counter_now();
-    BENCH_RUN(&state, bench_x, BENCH_T, y);
+    BENCH_RUN(&state, x, BENCH_T, y);
     b = board_counter_now();
     put("RUN ");
     put_u(b - a);
@@ -151,7 +183,7 @@ int main(void)
 #else
     for (t = 0; t < BENCH_T; ++t) {
         a = board_counter_now();
-        BENCH_STEP(&state, bench_x + t * BENCH_IN_SIZE, y);
+        BENCH_STEP(&state, x + t * BENCH_IN_SIZE, y);
         b = board_counter_now();
         ticks[t] = b - a;
     }

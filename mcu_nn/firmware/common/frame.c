@@ -62,7 +62,8 @@ void mcunn_rx_init(mcunn_rx_t *rx, uint8_t *buf, size_t cap)
     rx->overflow = 0;
 }
 
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+/* (uint16_t): a uint8_t << 8 is a signed int, which overflows where int is 16-bit (AVR) */
+static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | ((uint16_t)p[1] << 8)); }
 
 int mcunn_rx_byte(mcunn_rx_t *rx, uint8_t b, mcunn_frame_t *f)
 {

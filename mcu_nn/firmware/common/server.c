@@ -106,7 +106,7 @@ static uint16_t reply_values(uint32_t cycles, const glue_out_t *y, size_t count)
 }
 
 #if GLUE_HAS_STEP && GLUE_LM
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | ((uint16_t)p[1] << 8)); }
 
 /* flags bit0 = continue (keep the model state and the sampler; temperature and seed unused) */
 static int do_generate(const mcunn_frame_t *f, const char **err)

@@ -26,6 +26,9 @@ class Arch:
     flash_sections: tuple[str, ...] = ()
     ram_sections: tuple[str, ...] = ()
     cycle_counter: Optional[str] = None   # the core's own counter on real silicon, if it has one
+    bench_link_flags: tuple[str, ...] = ("-nostartfiles", "--specs=nosys.specs")
+    libc: str = "libc_nano.a"         # a file the cross compiler finds when its C library is installed
+    packages: str = "gcc-arm-none-eabi libnewlib-arm-none-eabi"   # apt packages of the toolchain
 
     @property
     def cross(self) -> bool:
@@ -64,6 +67,18 @@ ARCHES: dict[str, Arch] = {a.name: a for a in [
     # -mfpu=auto: the FPU and Helium that -mcpu=cortex-m55 implies (Helium kernels: a later port)
     _cortex_m("cortex-m55", "Cortex-M55 (DSP, FPU, Helium)", "cortex-m55", ("-mfloat-abi=hard", "-mfpu=auto"),
               {"dsp", "fpu", "mve"}, "fp-armv8-fullfp16-d16+mve.fp"),
+    # RV32IMAC in machine mode with picolibc. -misa-spec=2.2: there Zicsr is part of I, so the
+    # start-up's CSR instructions assemble while GCC 12 still picks picolibc's rv32imac/ilp32
+    # multilib (with -march=rv32imac_zicsr it falls back to the rv64 default and cannot link).
+    # picolibc's specs in the compile flags too: they carry its include path.
+    Arch(name="rv32imac", core="RISC-V RV32IMAC", cpu="rv32imac",
+         cflags=("-march=rv32imac", "-mabi=ilp32", "-misa-spec=2.2", "--specs=picolibc.specs"),
+         features=frozenset(), toolchain_prefix="riscv64-unknown-elf-", link_flags=("-nostartfiles",),
+         startup="common/riscv_startup.c", linker_template="common/riscv.ld.in",
+         semihosting="bench/semihost_riscv.c", flash_sections=(".text", ".data"),
+         ram_sections=(".data", ".bss"), cycle_counter="mcycle CSR",
+         bench_link_flags=("-nostartfiles",), libc="picolibc.specs",
+         packages="gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf"),
     Arch(name="host", core="this machine", cpu="host", cflags=(), features=frozenset()),
 ]}
 

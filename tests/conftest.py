@@ -1,20 +1,28 @@
 """Shared test set-up: tests marked ``qemu`` (the emulated board: qemu-system-arm and the Arm
-cross compiler) or ``arm`` (the cross compiler only) are skipped, with the install line, where
-those tools are missing. CI installs them (scripts/install-deps.sh), so there they all run."""
+cross compiler), ``arm`` (the cross compiler only) or ``riscv`` (the RISC-V board's toolchain,
+picolibc and emulator) are skipped, with the install line, where those tools are missing. CI
+installs them (scripts/install-deps.sh), so there they all run."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 HAVE_ARM = shutil.which("arm-none-eabi-gcc") is not None
 HAVE_QEMU = HAVE_ARM and shutil.which("qemu-system-arm") is not None
 INSTALL = "apt install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm (or: make test)"
+HAVE_RISCV = (shutil.which("riscv64-unknown-elf-gcc") is not None and shutil.which("qemu-system-riscv32") is not None
+              and Path("/usr/lib/picolibc/riscv64-unknown-elf").is_dir())
+INSTALL_RISCV = ("apt install gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc "
+                 "(scripts/install-deps.sh)")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if "qemu" in item.keywords and not HAVE_QEMU:
+        if "riscv" in item.keywords and not HAVE_RISCV:
+            item.add_marker(pytest.mark.skip(reason=f"needs the RISC-V toolchain, picolibc and QEMU: {INSTALL_RISCV}"))
+        elif "qemu" in item.keywords and not HAVE_QEMU:
             item.add_marker(pytest.mark.skip(reason=f"needs qemu-system-arm and arm-none-eabi-gcc: {INSTALL}"))
         elif "arm" in item.keywords and not HAVE_ARM:
             item.add_marker(pytest.mark.skip(reason=f"needs arm-none-eabi-gcc: {INSTALL}"))

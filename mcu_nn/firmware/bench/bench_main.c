@@ -88,11 +88,19 @@ static void put_outputs(const char *tag, uint32_t i, const BENCH_OUT_T *v, size_
  * constant's set-up into the timed region */
 static volatile uint32_t g_loops[3] = {0u, 1000u, 2000u};
 
+/* the calibration loop (2 instructions an iteration) and reading sp, per architecture */
+#if defined(__riscv)
+#define COUNT_DOWN(cnt) __asm__ volatile("1: addi %0, %0, -1\n\tbnez %0, 1b" : "+r"(cnt))
+#define READ_SP(sp) __asm__ volatile("mv %0, sp" : "=r"(sp))
+#else
 /* GCC assembles Thumb-1 (ARMv6-M) inline asm in divided syntax; the loop is written unified */
 #if defined(__thumb__) && !defined(__thumb2__)
 #define ASM_UNIFIED(s) ".syntax unified\n\t" s "\n\t.syntax divided"
 #else
 #define ASM_UNIFIED(s) s
+#endif
+#define COUNT_DOWN(cnt) __asm__ volatile(ASM_UNIFIED("1: subs %0, %0, #1\n\tbne 1b") : "+l"(cnt) : : "cc")
+#define READ_SP(sp) __asm__ volatile("mov %0, sp" : "=r"(sp))
 #endif
 
 int main(void)
@@ -114,7 +122,7 @@ int main(void)
     for (i = 1; i <= 2; ++i) {
         cnt = g_loops[i];
         a = board_counter_now();
-        __asm__ volatile(ASM_UNIFIED("1: subs %0, %0, #1\n\tbne 1b") : "+l"(cnt) : : "cc");
+        COUNT_DOWN(cnt);
         b = board_counter_now();
         put(i == 1 ? " loop1000 " : " loop2000 ");
         put_u(b - a);
@@ -136,7 +144,7 @@ int main(void)
     }
 
     /* timing and stack: paint the stack below us, then time every step of vector 0 */
-    __asm__ volatile("mov %0, sp" : "=r"(sp));
+    READ_SP(sp);
     low = (size_t)(sp - &_ebss) > PAINT_WORDS ? sp - PAINT_WORDS : &_ebss;
     for (p = low; p < sp - 1; ++p) *p = PAINT;
     BENCH_RESET(&state);

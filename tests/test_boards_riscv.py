@@ -57,3 +57,10 @@ def test_too_big_is_refused_before_compiling(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))         # no compiler: the refusal must come first
     with pytest.raises(McuNnError, match=r"do not fit in this board's RAM: .* qemu-riscv32 has 131,072 B"):
         build_firmware(tmp_path, BOARD, **quiet)
+
+
+def test_a_missing_emulator_names_its_package(tmp_path, monkeypatch):
+    from mcu_nn.launch import emulator_command
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(McuNnError, match=r"qemu-system-riscv32 not found: .*apt install qemu-system-misc"):
+        emulator_command(BOARDS[BOARD], tmp_path / "firmware.elf")

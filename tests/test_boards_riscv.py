@@ -4,6 +4,8 @@ benched (instructions per step, portable kernels, outputs bit-exact); an int16 m
 too; the row's architecture entry; a model that cannot fit refused before compiling."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 import qmodels as Q
@@ -13,6 +15,7 @@ from mcu_nn.boards import BOARDS
 from mcu_nn.build import build_firmware
 from mcu_nn.codegen import write_export
 from mcu_nn.errors import McuNnError
+from mcu_nn.flash import check_image, image_board
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from test_boards_arm import _end_to_end, demo_export, gru_export  # noqa: F401 (fixtures)
@@ -39,6 +42,25 @@ def test_int16_lstm_bench(tmp_path):
     write_export(q, tmp_path / "l", x, run(q, x))
     r = bench_export(tmp_path / "l", BOARD)
     assert r.path == "portable" and r.vectors_checked == 2 and r.instructions_per_step > 100
+
+
+@pytest.mark.riscv
+def test_the_image_starts_at_reset_and_fits(tmp_path):
+    """_start is the ELF entry and the first thing in flash, the stack tops RAM, gp sits in RAM,
+    and the image records its board for mcu-nn flash."""
+    make_standin(tmp_path, name="har")
+    r = build_firmware(tmp_path, BOARD, **quiet)
+    b = BOARDS[BOARD]
+    assert 1000 < r.flash_bytes < b.flash.size and 0 < r.ram_bytes < b.ram.size
+    out = subprocess.run(["riscv64-unknown-elf-nm", str(r.elf)], capture_output=True, text=True, check=True).stdout
+    sym = {p[2]: int(p[0], 16) for p in (ln.split() for ln in out.splitlines()) if len(p) == 3}
+    assert sym["_start"] == b.flash.origin and sym["_estack"] == b.ram.origin + b.ram.size
+    assert b.ram.origin <= sym["__global_pointer$"] - 0x800 < b.ram.origin + b.ram.size
+    hdr = subprocess.run(["riscv64-unknown-elf-readelf", "-h", str(r.elf)], capture_output=True, text=True).stdout
+    assert "ELF32" in hdr and f"Entry point address:               {hex(b.flash.origin)}" in hdr
+    assert image_board(r.elf, BOARD) == BOARD
+    with pytest.raises(McuNnError, match="qemu-riscv32"):
+        check_image(r.elf, "qemu-microbit")
 
 
 def test_the_row_and_its_architecture():

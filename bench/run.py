@@ -2,6 +2,7 @@
 
     python bench/run.py [--quick] [--out bench/RESULTS.md]
     python bench/run.py --cores          # one column per emulated core (issue 10)
+    python bench/run.py --cores --board qemu-riscv32   # only that board's column
 
 Every model is a single layer, batch 1, with seeded random weights quantised by mcu-nn's own
 quantiser (mcu_nn.quant.quantize) and exported by mcu_nn.codegen.write_export. Each row is one
@@ -72,11 +73,13 @@ def main() -> int:
                     help="instead: the hand-written cell units beside the fused nn.LSTM/nn.GRU kernels")
     ap.add_argument("--cores", action="store_true",
                     help="instead: instructions per step on every emulated core (int8/int16, float32 with an FPU)")
+    ap.add_argument("--board", action="append", metavar="NAME",
+                    help="with --cores: only this board's column (repeatable)")
     a = ap.parse_args()
     if a.cells:
         return cells_table(a.out)
     if a.cores:
-        return cores_table(a.out)
+        return cores_table(a.out, a.board)
     boards = [("qemu-mps2-an386", False, "M4F simd"), ("qemu-mps2-an386", True, "M4F portable")]
     if not a.quick:
         boards += [("qemu-mps2-an385", False, "M3 (portable)"), ("qemu-mps2-an500", False, "M7 simd")]
@@ -134,14 +137,15 @@ def cells_table(out: Path | None) -> int:
 CORE_SHAPES = [("lstm", 16, 32), ("gru", 16, 32)]
 
 
-def cores_table(out: Path | None) -> int:
+def cores_table(out: Path | None, only: list[str] | None = None) -> int:
     """Instructions per step of each layer and precision on every emulated board, one column a
     core (its kernels: DSP where the core has the extension, else portable; float32 only where
     the core has an FPU)."""
     from mcu_nn.arch import ARCHES
     from mcu_nn.boards import BOARDS
     order = list(ARCHES)                                # smallest core first
-    boards = sorted((b for b in BOARDS.values() if b.emulated), key=lambda b: order.index(b.arch.name))
+    boards = sorted((b for b in BOARDS.values() if b.emulated and (not only or b.name in only)),
+                    key=lambda b: order.index(b.arch.name))
     head = ["layer", "precision"] + [f"{b.arch.core.split(' (')[0]} ({b.name}, {'DSP' if b.arch.dsp else 'portable'})"
                                      for b in boards]
     rows = []

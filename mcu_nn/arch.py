@@ -27,6 +27,9 @@ class Arch:
     ram_sections: tuple[str, ...] = ()
     cycle_counter: Optional[str] = None   # the core's own counter on real silicon, if it has one
     loop_units: int = 2               # counter units per iteration of the bench's calibration loop
+    bench_link_flags: tuple[str, ...] = ("-nostartfiles", "--specs=nosys.specs")
+    libc: str = "libc_nano.a"         # a file the cross compiler finds when its C library is installed
+    packages: str = "gcc-arm-none-eabi libnewlib-arm-none-eabi"   # apt packages of the toolchain
 
     @property
     def cross(self) -> bool:
@@ -70,8 +73,21 @@ ARCHES: dict[str, Arch] = {a.name: a for a in [
     # (sbiw + brne) is 4 cycles an iteration
     *(Arch(name=mcu, core=core, cpu=mcu, cflags=(f"-mmcu={mcu}",), features=frozenset(), toolchain_prefix="avr-",
            link_flags=("-Wl,--defsym=_ebss=__bss_end",), semihosting="bench/avr_exit.c",
-           flash_sections=(".text", ".data"), ram_sections=(".data", ".bss"), loop_units=4)
+           flash_sections=(".text", ".data"), ram_sections=(".data", ".bss"), loop_units=4,
+           libc="libc.a", packages="gcc-avr avr-libc")
       for mcu, core in (("atmega328p", "AVR ATmega328P (8-bit)"), ("atmega2560", "AVR ATmega2560 (8-bit)"))),
+    # RV32IMAC in machine mode with picolibc. -misa-spec=2.2: there Zicsr is part of I, so the
+    # start-up's CSR instructions assemble while GCC 12 still picks picolibc's rv32imac/ilp32
+    # multilib (with -march=rv32imac_zicsr it falls back to the rv64 default and cannot link).
+    # picolibc's specs in the compile flags too: they carry its include path.
+    Arch(name="rv32imac", core="RISC-V RV32IMAC", cpu="rv32imac",
+         cflags=("-march=rv32imac", "-mabi=ilp32", "-misa-spec=2.2", "--specs=picolibc.specs"),
+         features=frozenset(), toolchain_prefix="riscv64-unknown-elf-", link_flags=("-nostartfiles",),
+         startup="common/riscv_startup.c", linker_template="common/riscv.ld.in",
+         semihosting="bench/semihost_riscv.c", flash_sections=(".text", ".data"),
+         ram_sections=(".data", ".bss"), cycle_counter="mcycle CSR",
+         bench_link_flags=("-nostartfiles",), libc="picolibc.specs",
+         packages="gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf"),
     Arch(name="host", core="this machine", cpu="host", cflags=(), features=frozenset()),
 ]}
 

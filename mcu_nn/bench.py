@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from .arch import Arch
 from .boards import BOARDS as ALL_BOARDS, Board
 from .build import linker_script
 from .errors import McuNnError
@@ -129,7 +130,7 @@ def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, porta
     link = [*b.arch.link_flags]       # AVR: the toolchain's own start-up and linker script
     if b.arch.linker_template:
         (build_dir / "bench.ld").write_text(linker_script(b))
-        link = ["-nostartfiles", "--specs=nosys.specs", "-T", str(build_dir / "bench.ld")]
+        link = [*b.arch.bench_link_flags, "-T", str(build_dir / "bench.ld")]
     firmware = [*([ROOT / b.arch.startup] if b.arch.startup else []), ROOT / b.arch.semihosting,
                 ROOT / "boards" / b.firmware_dir / "board.c", FIRMWARE / "bench_main.c"]
     run_tool([gcc, *flags, *inc, *link, "-Wl,--gc-sections", *map(str, firmware),
@@ -212,16 +213,16 @@ def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int,
                                  "model (please report it)")
 
 
-def _model_flash(build_dir: Path, elf: Path, board: Board) -> int:
+def _model_flash(build_dir: Path, elf: Path, arch: Arch) -> int:
     """.text + .rodata bytes of the symbols model.o defines that survive in the linked ELF."""
-    nm = require(board.arch.tool("nm"))
+    nm = require(arch.tool("nm"))
     names = set()
-    for line in run_tool([nm, "--defined-only", str(build_dir / "model.o")], "arm-none-eabi-nm").splitlines():
+    for line in run_tool([nm, "--defined-only", str(build_dir / "model.o")], nm).splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[1] in "tTrR":
             names.add(parts[2])
     total = 0
-    for line in run_tool([nm, "-S", "--defined-only", str(elf)], "arm-none-eabi-nm").splitlines():
+    for line in run_tool([nm, "-S", "--defined-only", str(elf)], nm).splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[2] in "tTrR" and parts[3] in names:
             total += int(parts[1], 16)
@@ -240,7 +241,7 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
         bdir = Path(build_dir) if build_dir else Path(tmp)
         elf = build_bench(ex, board, bdir, portable=portable, vectors=vectors)
         p = _parse(run_bench(elf, board))
-        flash = _model_flash(bdir, elf, _board(board))
+        flash = _model_flash(bdir, elf, ALL_BOARDS[board].arch)
     n = vec["input_q"].shape[0] if vectors is None else min(vectors, vec["input_q"].shape[0])
     _check_outputs(p, manifest, vec["expected"], n, vec.get("float_drift"))
     instr = lambda ticks: ticks_to_instructions(ticks, board)  # noqa: E731

@@ -39,6 +39,7 @@ class EmulatorRow:
     serve_shift: int = 6
     bench_shift: int = 10
     args: tuple[str, ...] = ()        # anything else the machine needs
+    package: str = ""                 # its apt package when not named like the binary (qemu-system-misc)
 
     @property
     def label(self) -> str:

@@ -156,13 +156,13 @@ def linker_script(board: Board) -> str:
 
 
 def _need_cross_toolchain(board: Board) -> str:
-    cc = board.arch.tool("gcc")
-    if board.arch.toolchain_prefix == "avr-":
-        return require(cc, "install the AVR toolchain (apt install gcc-avr avr-libc; scripts/install-deps.sh does it)")
-    require(cc, "install the Arm cross compiler (apt install gcc-arm-none-eabi libnewlib-arm-none-eabi)")
-    r = subprocess.run([cc, "-print-file-name=libc_nano.a"], capture_output=True, text=True)
+    a = board.arch
+    cc = a.tool("gcc")
+    require(cc, f"install the {a.core} cross compiler (apt install {a.packages})")
+    # with the core's flags and specs, so the probe looks where the link will (its multilib)
+    r = subprocess.run([cc, *a.cflags, *a.link_flags, f"-print-file-name={a.libc}"], capture_output=True, text=True)
     if "/" not in r.stdout:
-        raise McuNnError("newlib for arm-none-eabi is missing: apt install libnewlib-arm-none-eabi")
+        raise McuNnError(f"the C library for {cc} is missing: apt install {a.packages}")
     return cc
 
 

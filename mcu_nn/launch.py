@@ -55,7 +55,7 @@ def emulator_command(board: Board, elf: Path, *, serial: Optional[str] = None, s
             mode = ["--serve", port.group(1)]
         return [simavr_runner(), e.machine, str(board.clock_hz), str(elf), *mode]
     # the binary names its apt package (qemu-system-arm)
-    cmd = [require(e.binary, f"install it (apt install {e.binary}; scripts/install-deps.sh does it)"),
+    cmd = [require(e.binary, f"install it (apt install {e.package or e.binary}; scripts/install-deps.sh does it)"),
            "-M", e.machine, "-kernel", str(elf), "-display", "none", "-monitor", "none",
            "-serial", serial or "null",
            "-icount", f"shift={e.serve_shift if shift is None else shift}", *e.args]

@@ -12,6 +12,10 @@ command -v arm-none-eabi-gcc >/dev/null || need+=(gcc-arm-none-eabi)
 command -v qemu-system-arm >/dev/null || need+=(qemu-system-arm)
 command -v avr-gcc >/dev/null || need+=(gcc-avr avr-libc)
 { command -v simavr >/dev/null && [ -e /usr/include/simavr/sim_avr.h ]; } || need+=(simavr libsimavr-dev)
+# the RISC-V board (qemu-riscv32): compiler, picolibc, and qemu-system-riscv32 from qemu-system-misc
+command -v riscv64-unknown-elf-gcc >/dev/null || need+=(gcc-riscv64-unknown-elf)
+[ -e /usr/lib/picolibc/riscv64-unknown-elf/picolibc.specs ] || need+=(picolibc-riscv64-unknown-elf)
+command -v qemu-system-riscv32 >/dev/null || need+=(qemu-system-misc)
 command -v clang >/dev/null || need+=(clang)
 command -v cc >/dev/null || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,10 +1,12 @@
 """Shared test set-up: tests marked ``qemu`` (the emulated board: qemu-system-arm and the Arm
-cross compiler) or ``arm`` (the cross compiler only) are skipped, with the install line, where
-those tools are missing. CI installs them (scripts/install-deps.sh), so there they all run."""
+cross compiler), ``arm`` (the cross compiler only) or ``riscv`` (the RISC-V board's toolchain,
+picolibc and emulator) are skipped, with the install line, where those tools are missing. CI
+installs them (scripts/install-deps.sh), so there they all run."""
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -15,12 +17,18 @@ INSTALL = "apt install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 HAVE_AVR = (shutil.which("avr-gcc") is not None and shutil.which("simavr") is not None
             and os.path.isfile("/usr/include/simavr/sim_avr.h"))
 INSTALL_AVR = "apt install gcc-avr avr-libc simavr libsimavr-dev (or: scripts/install-deps.sh)"
+HAVE_RISCV = (shutil.which("riscv64-unknown-elf-gcc") is not None and shutil.which("qemu-system-riscv32") is not None
+              and Path("/usr/lib/picolibc/riscv64-unknown-elf").is_dir())
+INSTALL_RISCV = ("apt install gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc "
+                 "(scripts/install-deps.sh)")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "avr" in item.keywords and not HAVE_AVR:
             item.add_marker(pytest.mark.skip(reason=f"needs avr-gcc and simavr: {INSTALL_AVR}"))
+        if "riscv" in item.keywords and not HAVE_RISCV:
+            item.add_marker(pytest.mark.skip(reason=f"needs the RISC-V toolchain, picolibc and QEMU: {INSTALL_RISCV}"))
         elif "qemu" in item.keywords and not HAVE_QEMU:
             item.add_marker(pytest.mark.skip(reason=f"needs qemu-system-arm and arm-none-eabi-gcc: {INSTALL}"))
         elif "arm" in item.keywords and not HAVE_ARM:

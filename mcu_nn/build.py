@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import fixedpoint as fp
-from .boards import BOARDS, MIN_PAYLOAD, Board, get_board
+from .boards import BOARDS, Board, get_board
 from .errors import McuNnError
 from .exportdir import Export, load_manifest, open_export, stage_sources  # noqa: F401 (load_manifest: tests)
 from .toolchain import find_cc, require, run_tool, section_sizes

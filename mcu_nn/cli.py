@@ -234,7 +234,7 @@ def _flash(a: argparse.Namespace) -> int:
 
 
 def _serial_test(a: argparse.Namespace) -> int:
-    from .device import serial_test
+    from .onboard import serial_test
     board = a.board or (None if a.port else DEFAULT_BOARD)
     result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout,
                          allow_modified=a.allow_modified)
@@ -253,7 +253,7 @@ def _vocab(path: Optional[str]) -> Optional[list[str]]:
 
 def _generate(a: argparse.Namespace) -> int:
     import json
-    from .device.generate import generate
+    from .onboard import generate
     board = a.board or (None if a.port else DEFAULT_BOARD)
     log = (lambda s: print(s, file=sys.stderr)) if a.json else print
     r = generate(Path(a.dir), a.prefix, a.n, port=a.port, board=board, temperature=a.temperature, seed=a.seed,

@@ -15,7 +15,7 @@ from mcu_nn.bench import bench_export
 from mcu_nn.boards import BOARDS
 from mcu_nn.build import build_firmware
 from mcu_nn.codegen import write_export
-from mcu_nn.device import serial_test
+from mcu_nn.onboard import serial_test
 from mcu_nn.errors import McuNnError
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run

@@ -10,7 +10,8 @@ import qmodels as Q
 from fixtures.make_standin import make_standin
 from mcu_nn.build import build_firmware
 from mcu_nn.codegen import write_export
-from mcu_nn.device import DeviceClient, Emulator, serial_test
+from mcu_nn.device import DeviceClient, Emulator
+from mcu_nn.onboard import serial_test
 from mcu_nn.errors import McuNnError
 from mcu_nn.sim import run
 

@@ -15,7 +15,8 @@ import pytest
 
 from fixtures.make_standin import make_standin
 from mcu_nn.build import build_firmware
-from mcu_nn.device import Emulator, serial_test
+from mcu_nn.device import Emulator
+from mcu_nn.onboard import serial_test
 from mcu_nn.errors import McuNnError
 from mcu_nn.flash import flash
 

@@ -19,7 +19,7 @@ from mcu_nn import fixedpoint as fp
 from mcu_nn.build import build_firmware
 from mcu_nn.codegen import write_export
 from mcu_nn.device import DeviceClient, Emulator
-from mcu_nn.device.generate import generate
+from mcu_nn.onboard import generate
 from mcu_nn.errors import McuNnError
 from mcu_nn.generate import SimLM, encode, read_vocab, simulate_generation, vocab_bytes
 from mcu_nn.qmodel_file import FILE as QMODEL_FILE

@@ -15,7 +15,8 @@ from clitools import mcu_nn, one_error_line
 from fixtures.make_standin import make_standin
 from mcu_nn import boards, cli
 from mcu_nn.build import build_firmware
-from mcu_nn.device import Emulator, serial_test
+from mcu_nn.device import Emulator
+from mcu_nn.onboard import serial_test
 from mcu_nn.device.ports import auto_port, resolve_port
 from mcu_nn.errors import McuNnError
 from mcu_nn.flash import flash_commands, image_board

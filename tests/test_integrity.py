@@ -24,7 +24,7 @@ from clitools import CLI, ENV, mcu_nn, one_error_line
 from fixtures.make_standin import make_standin
 from mcu_nn.build import build_firmware
 from mcu_nn.codegen import write_export
-from mcu_nn.device import serial_test
+from mcu_nn.onboard import serial_test
 from mcu_nn.device.client import DeviceClient
 from mcu_nn.device.emulator import Emulator
 from mcu_nn.errors import McuNnError

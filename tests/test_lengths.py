@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mcu_nn.device import serial_test
+from mcu_nn.onboard import serial_test
 from mcu_nn.exportdir import open_export, vector_lengths
 from mcu_nn.export import export_model
 from mcu_nn.verify import verify

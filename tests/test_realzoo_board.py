@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mcu_nn.device import serial_test
+from mcu_nn.onboard import serial_test
 from mcu_nn.export import export_model
 from realzoo import BY_NAME, save
 

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
 
     board = []
     if not a.no_board:
-        from mcu_nn.device.generate import generate
+        from mcu_nn.onboard import generate
         for temperature, seed in ((None, 0), (0.8, 1)):
             g = generate(a.out / "int8", PREFIX, n_greedy, temperature=temperature, seed=seed)
             how = "greedy" if temperature is None else f"temperature {temperature}, seed {seed}"

@@ -86,13 +86,13 @@ def board_generation(client: DeviceClient, prefix: list[int], n: int, t_milli: i
     return ids, ticks
 
 
-def generate(export_dir: Path, prefix: str, n: int, *, port: Optional[str] = None, board: Optional[str] = None,
+def generate(export_dir: Path, prefix: str, n: int, *, port: str,
              temperature: Optional[float] = None, seed: int = 0, vocab: Union[None, str, Path, Sequence[str]] = None,
              timeout: float = 10.0, retries: int = 5, log: Callable[[str], None] = print,
              allow_modified: bool = False) -> GenerateResult:
-    """Generate ``n`` tokens after ``prefix`` on the board and on the simulator (greedy, or
-    sampled at ``temperature`` with ``seed``). With no ``port``, boots the emulated ``board``
-    (building its firmware if needed), as serial-test does."""
+    """Generate ``n`` tokens after ``prefix`` on the running board on ``port`` and on the
+    simulator (greedy, or sampled at ``temperature`` with ``seed``); mcu_nn.onboard builds and
+    boots an emulated board first."""
     export_dir = Path(export_dir)
     ex = open_export(export_dir, allow_modified=allow_modified, vectors=False)
     tokens = export_vocab(ex, vocab)
@@ -111,8 +111,7 @@ def generate(export_dir: Path, prefix: str, n: int, *, port: Optional[str] = Non
     t_milli = temperature_milli(temperature)
     prefix_ids = encode(prefix, tokens)
     sim = simulate_generation(q, prefix_ids, n, temperature_milli=t_milli, seed=seed)
-    with board_session(ex, port=port, board=board, timeout=timeout, retries=retries, log=log,
-                       allow_modified=allow_modified) as client:
+    with board_session(ex, port=port, timeout=timeout, retries=retries, log=log) as client:
         try:
             ids, ticks = board_generation(client, prefix_ids, n, t_milli, seed)
         except McuNnError as e:

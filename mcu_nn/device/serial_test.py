@@ -11,13 +11,11 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from ..boards import BOARDS, DEFAULT_BOARD, get_board
-from ..build import build_firmware, firmware_path, is_up_to_date
+from ..boards import BOARDS
 from ..compare import describe_rule, differing, saturation_line
 from ..exportdir import Export, open_export, vector_lengths
 from ..errors import McuNnError
 from .client import DeviceClient
-from .emulator import Emulator
 from .ports import resolve_port
 from .protocol import DeviceInfo
 
@@ -76,45 +74,34 @@ def check_device(info: DeviceInfo, ex: Export, port: str) -> None:
             f"(sha256 {ex.digest[:16]}…); run mcu-nn build {ex.dir} and flash it")
 
 
-def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional[str] = None,
-                timeout: float = 5.0, retries: int = 5, log: Callable[[str], None] = print,
-                progress: bool = True, allow_modified: bool = False) -> SerialTestResult:
-    """Compare the board's outputs with the simulator's for every test vector. With no
-    ``port``, builds the firmware for ``board`` (an emulated one) if needed and boots it.
-    The export's files must match model.json (unless ``allow_modified``) and the board's
-    firmware must have been built from them."""
+def serial_test(export_dir: Path, *, port: str, timeout: float = 5.0, retries: int = 5,
+                log: Callable[[str], None] = print, progress: bool = True,
+                allow_modified: bool = False) -> SerialTestResult:
+    """Compare the outputs of the board on ``port`` (running, firmware flashed or booted: see
+    mcu_nn.onboard for build -> boot -> test) with the simulator's for every test vector. The
+    export's files must match model.json (unless ``allow_modified``) and the board's firmware
+    must have been built from them."""
     export_dir = Path(export_dir)
     ex = open_export(export_dir, allow_modified=allow_modified)
     if ex.modified:
         log(f"warning: testing modified files ({', '.join(ex.modified)}), as --allow-modified asks")
     manifest = ex.manifest
     inputs, expected = ex.vectors["input_q"], ex.vectors["expected"]
-    with board_session(ex, port=port, board=board, timeout=timeout, retries=retries, log=log,
-                       allow_modified=allow_modified) as client:
+    with board_session(ex, port=port, timeout=timeout, retries=retries, log=log) as client:
         return _compare(client, client.info, inputs, expected, manifest, log, progress,
                         ex.vectors.get("float_drift"), vector_lengths(ex.vectors))
 
 
 @contextlib.contextmanager
-def board_session(ex: Export, *, port: Optional[str] = None, board: Optional[str] = None,
-                  timeout: float = 5.0, retries: int = 5, log: Callable[[str], None] = print,
-                  allow_modified: bool = False) -> Iterator[DeviceClient]:
-    """A client talking to firmware built from exactly ``ex`` (HELLO done and checked). With no
-    ``port``, builds the firmware for ``board`` (an emulated one) if needed and boots it."""
-    export_dir = ex.dir
-    port = resolve_port(port, log)          # "auto" -> the one known probe's port
-    with contextlib.ExitStack() as stack:
-        if port is None:
-            b = get_board(board or DEFAULT_BOARD)
-            if not b.emulated and b.flash_method != "host":
-                raise McuNnError(f"{b.name} is a real board: flash it (mcu-nn flash) and pass --port")
-            if not is_up_to_date(export_dir, b.name, allow_modified=allow_modified):
-                build_firmware(export_dir, b.name, log=log, allow_modified=allow_modified)
-            emu = stack.enter_context(Emulator(firmware_path(export_dir, b.name), b.name, log=log))
-            port = emu.url
-            where = b.emulator.label if b.emulator else "host"
-            log(f"booted {b.name} ({where}), serial on {port}")
-        client = stack.enter_context(DeviceClient(port, timeout=timeout, retries=retries))
+def board_session(ex: Export, *, port: str, timeout: float = 5.0, retries: int = 5,
+                  log: Callable[[str], None] = print) -> Iterator[DeviceClient]:
+    """A client talking to the running board on ``port`` ("auto": the one known probe's port),
+    HELLO done and checked: its firmware was built from exactly ``ex``."""
+    if port == "auto":                         # mcu_nn.onboard resolves it (and checks a path) first
+        port = resolve_port(port, log)
+    if not port:
+        raise McuNnError("no serial port given: pass --port (or --board for an emulated board)")
+    with DeviceClient(port, timeout=timeout, retries=retries) as client:
         info = client.hello()
         check_device(info, ex, port)
         log(f"board {info.board}: model {info.name} ({info.precision}), sha256 {info.sha256[:16]}… matches "

@@ -1,0 +1,63 @@
+"""Commands on a board, composed: build the firmware (if it is not up to date), boot the emulated
+board, then talk to it (DESIGN.md: the serial side never builds firmware). ``mcu_nn.device``
+talks to a running board on a port; this module gives it one. The CLI and the examples call here.
+
+    with running_board("build/har", board="qemu-mps2-an386") as port:   # "socket://127.0.0.1:…"
+        ...
+    serial_test("build/har", board="qemu-riscv32")       # build -> boot -> test
+    serial_test("build/har", port="/dev/ttyACM0")        # a flashed real board: test only
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from .boards import DEFAULT_BOARD, get_board
+from .build import build_firmware, firmware_path, is_up_to_date
+from .device.emulator import Emulator
+from .device.generate import GenerateResult
+from .device.generate import generate as generate_on_port
+from .device.serial_test import SerialTestResult
+from .device.serial_test import serial_test as serial_test_on_port
+from .device.ports import resolve_port
+from .errors import McuNnError
+
+
+@contextlib.contextmanager
+def running_board(export_dir: Path, *, port: Optional[str] = None, board: Optional[str] = None,
+                  log: Callable[[str], None] = print, allow_modified: bool = False) -> Iterator[str]:
+    """The serial port of a board running ``export_dir``'s firmware: ``port`` as given ("auto": the
+    one known probe's), else the emulated ``board`` (default: the default board), its firmware
+    built if needed and booted for the time of the ``with``."""
+    port = resolve_port(port, log)
+    if port is not None:
+        yield port
+        return
+    b = get_board(board or DEFAULT_BOARD)
+    if not b.emulated and b.flash_method != "host":
+        raise McuNnError(f"{b.name} is a real board: flash it (mcu-nn flash) and pass --port")
+    if not is_up_to_date(export_dir, b.name, allow_modified=allow_modified):
+        build_firmware(export_dir, b.name, log=log, allow_modified=allow_modified)
+    with Emulator(firmware_path(export_dir, b.name), b.name, log=log) as emu:
+        log(f"booted {b.name} ({b.emulator.label if b.emulator else 'host'}), serial on {emu.url}")
+        yield emu.url
+
+
+def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional[str] = None,
+                log: Callable[[str], None] = print, allow_modified: bool = False,
+                **options: Any) -> SerialTestResult:
+    """``mcu-nn serial-test``: every test vector through the board (``options``: timeout, retries,
+    progress; see mcu_nn.device.serial_test)."""
+    with running_board(Path(export_dir), port=port, board=board, log=log, allow_modified=allow_modified) as url:
+        return serial_test_on_port(export_dir, port=url, log=log, allow_modified=allow_modified, **options)
+
+
+def generate(export_dir: Path, prefix: str, n: int, *, port: Optional[str] = None, board: Optional[str] = None,
+             log: Callable[[str], None] = print, allow_modified: bool = False,
+             **options: Any) -> GenerateResult:
+    """``mcu-nn generate``: text from a language model on the board and on the simulator
+    (``options``: temperature, seed, vocab, timeout, retries; see mcu_nn.device.generate)."""
+    with running_board(Path(export_dir), port=port, board=board, log=log, allow_modified=allow_modified) as url:
+        return generate_on_port(export_dir, prefix, n, port=url, log=log, allow_modified=allow_modified,
+                                **options)

@@ -121,6 +121,18 @@ def _parser() -> argparse.ArgumentParser:
                                                           "`mcu-nn boards` lists them")
     _add_allow_modified(p)
 
+    p = cmd("package", "lay an export out for a firmware build system (CMake, Arduino, Zephyr, ...)",
+            "Copy a checked export's C (byte for byte: the model hash serial-test checks is unchanged) "
+            "into the layout of a build system, with its files: c (the export folder), cmake "
+            "(add_subdirectory -> mcunn::NAME), arduino (a library + OUT.zip), zephyr (an external "
+            "module), platformio (library.json), esp-idf (a component). package.json lists every file "
+            "with its sha256. OUT may be missing, empty or an earlier package (replaced whole).",
+            "mcu-nn package build/har --format cmake -o firmware/lib/har")
+    p.add_argument("dir", metavar="DIR", help="an export directory")
+    p.add_argument("--format", required=True, metavar="F",
+                   help="c, cmake, arduino, zephyr, platformio or esp-idf")
+    p.add_argument("-o", "--out", metavar="OUT", help="output directory (default: DIR-F beside DIR)")
+
     p = cmd("flash", "flash firmware to a board (or boot it in the emulator)",
             "Flash a firmware image. For an emulated board this boots the image in QEMU and serves its "
             "UART on 127.0.0.1:PORT until stopped (Ctrl-C); for a real board it runs the board's "
@@ -282,13 +294,22 @@ def _boards(a: argparse.Namespace) -> int:
     return 0
 
 
+def _package(a: argparse.Namespace) -> int:
+    from .formats import package
+    out = package(Path(a.dir), a.format, Path(a.out) if a.out else None)
+    print(f"{a.format} package of {a.dir} written to {out}")
+    if a.format == "arduino":
+        print(f"for Sketch > Include Library > Add .ZIP Library: {out}.zip")
+    return 0
+
+
 def _demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo(Path(a.out), board=a.board)
 
 
 COMMANDS = {"inspect": _inspect, "export": _export, "verify": _verify, "build": _build,
-            "flash": _flash, "serial-test": _serial_test, "bench": _bench, "generate": _generate, "boards": _boards,
+            "flash": _flash, "serial-test": _serial_test, "bench": _bench, "generate": _generate, "boards": _boards, "package": _package,
             "demo": _demo}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import __version__
 from .base import Bundle, Files, vectors_header
 
-URL = "https://github.com/mcu-nn/mcu-nn"
+URL = "https://github.com/mcu-nn/mcu-nn"     # the url library.properties requires (pyproject.toml names none)
 
 
 def library_name(b: Bundle) -> str:

@@ -22,9 +22,18 @@ HAVE_RISCV = (shutil.which("riscv64-unknown-elf-gcc") is not None and shutil.whi
 INSTALL_RISCV = ("apt install gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf qemu-system-misc "
                  "(scripts/install-deps.sh)")
 
+# ``cmake`` (a host CMake and C compiler) and ``arduino`` (Debian's arduino-builder + AVR core)
+HAVE_CMAKE = shutil.which("cmake") is not None and shutil.which("cc") is not None
+HAVE_ARDUINO = shutil.which("arduino-builder") is not None and Path("/usr/share/arduino/hardware/arduino/avr").is_dir()
+INSTALL_ARDUINO = "apt install arduino-builder arduino-core-avr (scripts/install-deps.sh)"
+
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
+        if "cmake" in item.keywords and not HAVE_CMAKE:
+            item.add_marker(pytest.mark.skip(reason="needs cmake and a host C compiler: apt install cmake gcc"))
+        if "arduino" in item.keywords and not HAVE_ARDUINO:
+            item.add_marker(pytest.mark.skip(reason=f"needs arduino-builder and the AVR core: {INSTALL_ARDUINO}"))
         if "avr" in item.keywords and not HAVE_AVR:
             item.add_marker(pytest.mark.skip(reason=f"needs avr-gcc and simavr: {INSTALL_AVR}"))
         if "riscv" in item.keywords and not HAVE_RISCV:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what mcu-nn's demo and tests need on a fresh Debian/Ubuntu machine:
 # the Arm cross compiler with newlib, QEMU's Arm system emulator, the AVR toolchain and simavr
-# (with its headers: mcu-nn's UART bridge links libsimavr), clang, and the Python
+# (with its headers: mcu-nn's UART bridge links libsimavr), clang, CMake, Arduino's arduino-builder with
+# its AVR core (the output-format tests), and the Python
 # package with its test extras. Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,10 @@ command -v avr-gcc >/dev/null || need+=(gcc-avr avr-libc)
 command -v riscv64-unknown-elf-gcc >/dev/null || need+=(gcc-riscv64-unknown-elf)
 [ -e /usr/lib/picolibc/riscv64-unknown-elf/picolibc.specs ] || need+=(picolibc-riscv64-unknown-elf)
 command -v qemu-system-riscv32 >/dev/null || need+=(qemu-system-misc)
+# mcu-nn package --format arduino/cmake: the tests build the packages with Debian's Arduino tools and CMake
+command -v arduino-builder >/dev/null || need+=(arduino-builder)
+[ -d /usr/share/arduino/hardware/arduino/avr ] || need+=(arduino-core-avr)
+command -v cmake >/dev/null || need+=(cmake)
 command -v clang >/dev/null || need+=(clang)
 command -v cc >/dev/null || need+=(gcc)
 if [ ${#need[@]} -gt 0 ]; then

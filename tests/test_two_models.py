@@ -204,3 +204,11 @@ def test_a_model_linked_with_another_runtime_fails_to_link(exports, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode != 0
     assert re.search(r"undefined reference to .mcunn_runtime_v1'", r.stderr), r.stderr
+
+
+def test_the_runtime_prefix_is_not_a_model_name(tmp_path):
+    """mcunn_* names the runtime's files and symbols: a model called so would clash with them."""
+    from mcu_nn.errors import McuNnError
+    g = Q.make_graph("gru", name="mcunn_fixedpoint")
+    with pytest.raises(McuNnError, match="prefix mcunn_ belongs to the runtime"):
+        write_export(Q.quantize_graph(g, "int8"), tmp_path / "x", Q.make_input(g), np.zeros(1))

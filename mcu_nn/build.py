@@ -55,7 +55,7 @@ def glue_header(m: dict, board: Board, *, digest: Optional[str] = None, modified
 #ifndef MCUNN_GLUE_H
 #define MCUNN_GLUE_H
 #include <stdint.h>
-#include "{m.get("header", "model.h")}"
+#include "{m["header"]}"
 
 typedef {p}_in_t glue_in_t;
 typedef {p}_out_t glue_out_t;

@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_args(p)
 
     p = cmd("export", "quantise a model and write its C, manifest and test vectors",
-            "Quantise a model and generate C99 for it: model.h, model.c, model.json (the manifest) and "
+            "Quantise a model and generate C99 for it: NAME.h, NAME.c, the runtime (mcunn_fixedpoint.h/.c), "
+            "model.json (the manifest) and "
             "test_vectors.npz (inputs and the simulator's expected outputs). Prints per-layer sizes and "
             "how closely the quantised model follows the float one on the calibration data.",
             "mcu-nn export har.pt2 -o build/har --precision int8 --calib calib.npz --name har")

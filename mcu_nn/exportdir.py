@@ -32,7 +32,9 @@ from .errors import McuNnError
 
 MANIFEST = "model.json"
 VECTORS = "test_vectors.npz"
-SCHEMA_VERSION = 2
+# 3: files named by the prefix (<name>.h/.c) and the runtime as its own .h + .c ("runtime");
+# 2 had model.h/model.c and the tables static in the runtime header.
+SCHEMA_VERSION = 3
 PRECISIONS = ("int8", "int16", "float32")
 IN_CTYPES = {"int16_t": np.int16, "int32_t": np.int32, "float": np.float32}
 OUT_CTYPES = {"int16_t": np.int16, "float": np.float32}
@@ -139,11 +141,30 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+def _runtime(v: Any) -> bool:
+    return (isinstance(v, dict) and isinstance(v.get("header"), str) and v["header"].endswith(".h")
+            and isinstance(v.get("sources"), list) and bool(v["sources"])
+            and all(isinstance(s, str) and s.endswith(".c") for s in v["sources"]) and _int(1)(v.get("version")))
+
+
+FIELDS["runtime"] = (_runtime, 'an object {"header": a .h, "sources": [.c files], "version": an integer >= 1}')
+
+
+def compile_sources(m: dict) -> list[str]:
+    """The .c files a program using this export compiles: the model's, then the runtime's
+    (once per program, however many models it links)."""
+    return [*m["c_sources"], *m["runtime"]["sources"]]
+
+
 def validate_manifest(m: Any, where: str) -> dict:
     if not isinstance(m, dict):
         raise McuNnError(f"{where} is not a JSON object; re-run mcu-nn export")
     if "schema_version" not in m or "files" not in m or not isinstance(m.get("files"), dict):
         raise McuNnError(f"{where} was written by an older mcu-nn (no schema_version/files with sha256); "
+                         "re-run mcu-nn export")
+    if m["schema_version"] in (1, 2):
+        raise McuNnError(f"{where} has schema_version {m['schema_version']}: an export of an older mcu-nn "
+                         "(model.h/model.c, runtime tables in the header), which this one cannot build; "
                          "re-run mcu-nn export")
     for key, (check, valid) in FIELDS.items():
         if key not in m:
@@ -152,7 +173,7 @@ def validate_manifest(m: Any, where: str) -> dict:
             shown = json.dumps(m[key])[:60]
             raise McuNnError(f"{where}: field {key!r} is {shown}, expected {valid}; re-run mcu-nn export")
     listed = m["files"]
-    for key in [m["header"], *m["c_sources"], VECTORS]:
+    for key in [m["header"], *m["c_sources"], m["runtime"]["header"], *m["runtime"]["sources"], VECTORS]:
         if key not in listed:
             raise McuNnError(f"{where}: field 'files' does not list {key}; re-run mcu-nn export")
     sat = m.get("saturation", {})
@@ -234,13 +255,13 @@ def open_export(export_dir: Path, *, allow_modified: bool = False, vectors: bool
 
 def stage_sources(ex: Export, dest: Path) -> list[Path]:
     """Write the checked sources into ``dest`` (compile from there, not from the export) and
-    return the paths of the C files to compile. ``dest`` is emptied first: nothing but the
-    checked files can be found on its include path."""
+    return the paths of the C files to compile (the model's and the runtime's). ``dest`` is
+    emptied first: nothing but the checked files can be found on its include path."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     for name, data in ex.sources.items():
         (dest / name).write_bytes(data)
-    return [dest / c for c in ex.manifest["c_sources"]]
+    return [dest / c for c in compile_sources(ex.manifest)]
 
 
 # ----------------------------------------------------------------------------- cross-checks

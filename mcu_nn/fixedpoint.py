@@ -1,7 +1,7 @@
 """The integer primitives that *define* mcu-nn's arithmetic.
 
-The generated C runtime (``mcunn_fixedpoint.h``, rendered from ``templates/mcunn_fixedpoint.h.j2``
-into every export) mirrors each function here line
+The generated C runtime (``mcunn_fixedpoint.h`` and ``mcunn_fixedpoint.c``, rendered from
+``templates/mcunn_fixedpoint.[ch].j2`` into every export) mirrors each function here line
 for line, and the tests compare each pair on the host, exhaustively where the domain
 allows. Everything works on numpy integer arrays (vectorised over any batch shape) and
 uses int64 internally; the docstrings state the C types and the ranges that make the C

@@ -86,8 +86,8 @@ def inspect_model(path: str | Path, *, allow_pickle: bool = False,
         _table(["layer", "from module", "params", "MACs/step", "int8 flash B", "int16 flash B",
                 "float32 flash B"], rows),
         "", f"RAM (state + scratch, caller-owned struct): {ram}",
-        "flash counts the model's constant arrays; the activation tables (2 KiB) are shared by all "
-        "integer layers", *(fit_line(manifests[p]) for p in PRECISIONS)])
+        "flash counts the model's constant arrays; the activation tables (2 KiB, mcunn_fixedpoint.c) "
+        "are shared by all integer layers and by every model in one firmware", *(fit_line(manifests[p]) for p in PRECISIONS)])
 
 
 def export_summary(result) -> str:

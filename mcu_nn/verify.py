@@ -117,5 +117,5 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True, al
     if not fp32:
         log(saturation_line(manifest, "test_vectors", f"on these {n} vectors (simulator; the C computed the same bits)"))
     if sizes:
-        log("cortex-m4 object: " + ", ".join(f"{k} {v} B" for k, v in sizes.items()))
+        log("cortex-m4 objects (model + runtime): " + ", ".join(f"{k} {v} B" for k, v in sizes.items()))
     return VerifyResult(ok, n, mismatches, first, max_err, sizes)

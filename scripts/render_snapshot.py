@@ -6,7 +6,7 @@
 
 For each model (the toy graphs of tests/qmodels.py, torch models of tests/zoo.py and a handful of
 tests/realzoo cases, each through the frontend) and each precision (int8 with both weight layouts,
-int16, float32) it writes the generated C (model.h / model.c) and one line per model in
+int16, float32) it writes the generated C (<name>.h / <name>.c) and one line per model in
 ``sim.txt``: sha256 of the simulator's outputs, of its trace (gates, c, h: what calibration and the
 report read), of the calibration ranges and of the quantisation report's numbers. The QAT forward
 of a few int8/int16 models is hashed too (it must equal the integer simulator), and the runtime
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from mcu_nn.codegen.emit import emit, render_runtime_header  # noqa: E402
+from mcu_nn.codegen.emit import emit, render_runtime  # noqa: E402
 from mcu_nn.ir import Graph  # noqa: E402
 from mcu_nn.quant import quantize  # noqa: E402
 from mcu_nn.sim import run, run_float  # noqa: E402
@@ -142,7 +142,8 @@ def qat_hash(g: Graph, x: np.ndarray, precision: str) -> str:
 def snapshot(out: Path) -> None:
     from mcu_nn.report_html import measure, trace_quant
     out.mkdir(parents=True, exist_ok=True)
-    (out / "mcunn_fixedpoint.h").write_text(render_runtime_header())
+    for fname, text in render_runtime().items():
+        (out / fname).write_text(text)
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         models = {**toy_graphs(), **zoo_graphs(Path(tmp)), **realzoo_graphs(Path(tmp))}

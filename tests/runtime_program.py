@@ -1,4 +1,4 @@
-"""Compiling a test program against the rendered fixed-point runtime (mcunn_fixedpoint.h), on the
+"""Compiling a test program against the rendered fixed-point runtime (mcunn_fixedpoint.h/.c), on the
 host, strictly and under ASan/UBSan: how the primitives' C twins are tested against fixedpoint.py."""
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mcu_nn.codegen.emit import render_runtime_header
+from mcu_nn.codegen.emit import RUNTIME_HEADER, RUNTIME_SOURCE, render_runtime
 
-RUNTIME_TEXT = render_runtime_header()      # rendered here: the package ships only the template
+RUNTIME = render_runtime()      # rendered here: the package ships only the templates
+RUNTIME_TEXT = RUNTIME[RUNTIME_HEADER] + RUNTIME[RUNTIME_SOURCE]   # all of it, for tests that read the tables
 
 
 def build_runtime_program(d: Path, name: str, program: str) -> Path:
@@ -19,10 +20,11 @@ def build_runtime_program(d: Path, name: str, program: str) -> Path:
     cc = shutil.which("gcc") or shutil.which("cc")
     if not cc:
         pytest.skip("no host C compiler")
-    (d / "mcunn_fixedpoint.h").write_text(RUNTIME_TEXT)
+    for fname, text in RUNTIME.items():
+        (d / fname).write_text(text)
     (d / f"{name}.c").write_text(program)
     exe = d / name
     subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
                     "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-I", str(d),
-                    str(d / f"{name}.c"), "-o", str(exe)], check=True)
+                    str(d / f"{name}.c"), str(d / RUNTIME_SOURCE), "-o", str(exe)], check=True)
     return exe

@@ -5,6 +5,7 @@ constants in flash; a model too big for the Uno refused before compiling."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 import warnings
 
 import pytest
@@ -82,12 +83,13 @@ def test_int8_gru_and_demo_model_on_the_mega(gru_export, demo_export):
 def test_generated_c_compiles_for_avr_with_constants_in_flash(tmp_path_factory, kind, precision):
     """16-bit int: -Wall -Wextra -Werror; Harvard flash: nothing of the model in .data (SRAM)."""
     d = _export(tmp_path_factory, kind, precision, f"{kind}_{precision}")
-    obj = d.parent / "model.o"
-    r = subprocess.run(["avr-gcc", "-mmcu=atmega328p", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror",
-                        "-DMCUNN_PORTABLE", "-c", str(d / "model.c"), "-o", str(obj)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    sec = section_sizes(obj, "avr-size")
-    assert sec.get(".progmem.data", 0) > 0 and sec.get(".data", 0) == 0 and sec.get(".rodata", 0) == 0
+    for src in (f"{d.name}.c", "mcunn_fixedpoint.c"):     # the model, and the runtime's tables
+        obj = d.parent / f"{Path(src).stem}.o"
+        r = subprocess.run(["avr-gcc", "-mmcu=atmega328p", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror",
+                            "-DMCUNN_PORTABLE", "-c", str(d / src), "-o", str(obj)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        sec = section_sizes(obj, "avr-size")
+        assert sec.get(".progmem.data", 0) > 0 and sec.get(".data", 0) == 0 and sec.get(".rodata", 0) == 0, src
 
 
 @pytest.mark.avr

@@ -177,7 +177,7 @@ def test_state_passed_in_and_returned(kind, tmp_path):
 
 HARNESS = r"""
 #include <stdio.h>
-#include "model.h"
+#include "m.h"
 int main(void)
 {
     static m_state_t s;
@@ -220,7 +220,7 @@ def test_set_state_matches_simulator_from_that_state(kind, tmp_path):
                      "state": ", ".join(str(int(v)) for v in init)}
     (tmp_path / "h.c").write_text(src)
     out = tmp_path / "out"
-    subprocess.run([cc, "-std=c99", "-I", str(out), str(tmp_path / "h.c"), str(out / "model.c"), "-o",
+    subprocess.run([cc, "-std=c99", "-I", str(out), str(tmp_path / "h.c"), str(out / "m.c"), str(out / "mcunn_fixedpoint.c"), "-o",
                     str(tmp_path / "h"), "-lm"], check=True)
     got = np.array([int(v) for v in subprocess.run([str(tmp_path / "h")], check=True, capture_output=True,
                                                    text=True).stdout.split()])

@@ -13,7 +13,7 @@ import pytest
 
 from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, run_bench
 from mcu_nn.build import linker_script
-from mcu_nn.codegen import render_runtime_header
+from mcu_nn.codegen import render_runtime
 from mcu_nn.codegen.emit import environment
 from mcu_nn import fixedpoint as fx
 
@@ -104,14 +104,15 @@ def test_dsp_cells_bit_exact_on_cortex_m4(tmp_path: Path) -> None:
     src = environment().from_string(SOURCE).render(n=N, pre=_c(pre), c0=", ".join(str(int(v)) for v in c0),
                                                    gru=_c(gru))
     (tmp_path / "cells.c").write_text(src)
-    (tmp_path / "mcunn_fixedpoint.h").write_text(render_runtime_header())
+    for fname, text in render_runtime().items():
+        (tmp_path / fname).write_text(text)
     b = BOARDS["qemu-mps2-an386"]
     elf = tmp_path / "cells.elf"
     ld = tmp_path / "cells.ld"
     ld.write_text(linker_script(b))
     subprocess.run(["arm-none-eabi-gcc", *CFLAGS, *b.arch_flags, "-I", str(tmp_path), "-I", str(FIRMWARE),
                     "-nostartfiles", "--specs=nosys.specs", "-T", str(ld),
-                    str(STARTUP), str(FIRMWARE / "semihost.c"), str(tmp_path / "cells.c"), "-o", str(elf)],
+                    str(STARTUP), str(FIRMWARE / "semihost.c"), str(tmp_path / "cells.c"), str(tmp_path / "mcunn_fixedpoint.c"), "-o", str(elf)],
                    check=True)
     text = run_bench(elf, "qemu-mps2-an386", timeout=120)
     assert "END" in text and "FAULT" not in text

@@ -77,9 +77,9 @@ def test_cross_build_links_within_the_board_memory(tmp_path, board):
         assert r.bin.stat().st_size > 1000 and r.hex.read_text().startswith(":")
     assert is_up_to_date(tmp_path, board)
     later = r.elf.stat().st_mtime + 10
-    os.utime(tmp_path / "model.c", (later, later))      # touched, same bytes: still the same firmware
+    os.utime(tmp_path / "har.c", (later, later))      # touched, same bytes: still the same firmware
     assert is_up_to_date(tmp_path, board)
-    with open(tmp_path / "model.c", "a") as f:          # edited: a rebuild (and only on purpose)
+    with open(tmp_path / "har.c", "a") as f:          # edited: a rebuild (and only on purpose)
         f.write("/* edited */\n")
     assert not is_up_to_date(tmp_path, board)
     assert not is_up_to_date(tmp_path, board, allow_modified=True)

@@ -3,6 +3,7 @@ model (the simulator's own float32-vs-float64 drift), so a correct char-level mo
 float32 summation order differs over 35 steps passes, and a wrong weight still fails."""
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -53,19 +54,20 @@ def test_char_level_float32_export_verifies_and_states_its_rule(char_lm):
 
 
 def test_a_wrong_weight_is_still_caught(char_lm):
-    src = (char_lm / "model.c").read_text()
+    c_file = char_lm / json.loads((char_lm / "model.json").read_text())["c_sources"][0]
+    src = c_file.read_text()
     # scale one recurrent weight by 1.001: a bug far smaller than any real codegen mistake
     m = re.search(r"model_op1_d0_wh\[\d+\]\[\d+\] = \{\n    \{(-?[0-9.e+-]+)f", src) or \
         re.search(r"op1_d0_wh[^=]*= \{\s*\{(-?[0-9.e+-]+)f", src)
     assert m, "weight array not found"
     v = float(m.group(1))
     edited = src[:m.start(1)] + "%.9e" % (v * 1.001 + 1e-3) + src[m.end(1):]
-    (char_lm / "model.c").write_text(edited)
+    c_file.write_text(edited)
     try:
         r = verify(char_lm, cross=False, allow_modified=True, log=lambda s: None)
         assert not r.ok and r.mismatches > 0
     finally:
-        (char_lm / "model.c").write_text(src)
+        c_file.write_text(src)
 
 
 def test_rule_floor_and_drift():

@@ -43,19 +43,19 @@ def export(tmp_path) -> Path:
 
 
 def _edit_c_code(d: Path) -> None:          # the issue's case: one output changed for one rare input
-    with open(d / "model.c", "a") as f:
+    with open(d / "standin.c", "a") as f:
         f.write("/* added after export */ int standin_backdoor(int x) { return x == 12345; }\n")
 
 
 def _edit_weight(d: Path) -> None:
-    text = (d / "model.c").read_text()
+    text = (d / "standin.c").read_text()
     i = text.index("{{") + 2
     j = i + next(k for k, ch in enumerate(text[i:]) if ch.isdigit())
-    (d / "model.c").write_text(text[:j] + str((int(text[j]) + 1) % 10) + text[j + 1:])
+    (d / "standin.c").write_text(text[:j] + str((int(text[j]) + 1) % 10) + text[j + 1:])
 
 
 def _edit_header(d: Path) -> None:
-    (d / "model.h").write_text((d / "model.h").read_text().replace("#endif", "#define EXTRA 1\n#endif"))
+    (d / "standin.h").write_text((d / "standin.h").read_text().replace("#endif", "#define EXTRA 1\n#endif"))
 
 
 def _edit_vectors(d: Path) -> None:
@@ -72,7 +72,7 @@ def _shadow_header(d: Path) -> None:        # -I of the export dir would pick it
     (d / "stdint.h").write_text("#error shadowed\n")
 
 
-EDITS = {"code added to model.c": _edit_c_code, "a weight edited": _edit_weight, "model.h edited": _edit_header,
+EDITS = {"code added to standin.c": _edit_c_code, "a weight edited": _edit_weight, "standin.h edited": _edit_header,
          "test vectors edited": _edit_vectors, "a .c file added": _add_source, "a header added": _shadow_header}
 
 
@@ -92,7 +92,7 @@ def test_cli_refuses_an_edited_export_in_one_line(export):
     for cmd in (["verify", export], ["build", export, "--board", "host"],
                 ["serial-test", export, "--board", "host"], ["bench", export]):
         line = one_error_line(mcu_nn(*cmd))
-        assert "model.c differs from the sha256 in model.json" in line, (cmd, line)
+        assert "standin.c differs from the sha256 in model.json" in line, (cmd, line)
 
 
 def test_allow_modified_says_so_and_the_firmware_reports_it(export):
@@ -112,10 +112,10 @@ def test_allow_modified_says_so_and_the_firmware_reports_it(export):
 def test_firmware_built_from_edited_files_cannot_claim_the_export(export):
     """Build from edited sources, then put the original files back: the firmware's hash is the
     one of what it was compiled from, so the host refuses to compare."""
-    saved = (export / "model.c").read_bytes()
+    saved = (export / "standin.c").read_bytes()
     _edit_c_code(export)
     elf = build_firmware(export, "host", log=lambda s: None, allow_modified=True).elf
-    (export / "model.c").write_bytes(saved)
+    (export / "standin.c").write_bytes(saved)
     with Emulator(elf, "host") as emu:
         with DeviceClient(emu.url, timeout=2) as c:
             info = c.hello()
@@ -145,7 +145,7 @@ MANIFEST_EDITS = {
     "precision double": (_set("precision", "double"), "'precision'"),
     "precision int4": (_set("precision", "int4"), "'precision'"),
     "sha256 not hex": (_set("sha256", "zz" * 32), "'sha256'"),
-    "file hash not hex": (lambda m: m["files"].update({"model.c": "not-a-hash"}), "'files'"),
+    "file hash not hex": (lambda m: m["files"].update({"standin.c": "not-a-hash"}), "'files'"),
     "name not a C identifier": (_set("name", "9 lives"), "'name'"),
     "name of another model": (_set("name", "other"), "'name'"),
     "output_size negative": (_set("output_size", -1), "'output_size'"),
@@ -157,11 +157,15 @@ MANIFEST_EDITS = {
     "in_ctype float": (_set("in_ctype", "float"), "'in_ctype'"),
     "test_vectors zero": (_set("test_vectors", 0), "'test_vectors'"),
     "test_vectors more than stored": (_set("test_vectors", 5), "'test_vectors'"),
-    "files lost an entry": (lambda m: m["files"].pop("model.c"), "'files'"),
+    "files lost an entry": (lambda m: m["files"].pop("standin.c"), "'files'"),
     "a listed file outside the dir": (lambda m: m["files"].update({"../x.c": "0" * 64}), "'files'"),
     "input_scale NaN": (_set("input_scale", float("nan")), "not valid JSON"),
     "schema_version missing": (_drop("schema_version"), "older mcu-nn"),
     "header missing": (_drop("header"), "'header'"),
+    "runtime missing": (_drop("runtime"), "'runtime'"),
+    "runtime without sources": (lambda m: m["runtime"].update({"sources": []}), "'runtime'"),
+    "runtime .c not listed in files": (lambda m: m["files"].pop("mcunn_fixedpoint.c"), "'files'"),
+    "older layout (schema 2)": (_set("schema_version", 2), "older mcu-nn"),
 }
 
 

@@ -223,7 +223,7 @@ def test_batchnorm_is_folded_into_the_linear(tmp_path):
 
 def test_many_live_tensors_get_a_third_scratch_buffer(tmp_path):
     export_and_check(ManyLive(False), tmp_path, "int8")
-    assert "vc[" in (tmp_path / "out_int8" / "model.h").read_text()
+    assert "vc[" in (tmp_path / "out_int8" / "m.h").read_text()
 
 
 # ----------------------------------------------------------------------------- activations

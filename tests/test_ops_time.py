@@ -152,7 +152,7 @@ def test_export_verify_accuracy(which, precision, tmp_path):
     model = make().eval()
     res = _export(model, tmp_path, precision)
     assert res.manifest["has_step"] is streams
-    header = (tmp_path / precision / "model.h").read_text()
+    header = (tmp_path / precision / "m.h").read_text()
     assert f"#define M_HAS_STEP {int(streams)}" in header
     v = verify(tmp_path / precision, cross=False, log=lambda _: None)   # run, and step when streaming
     assert v.ok and v.mismatches == 0, v.first

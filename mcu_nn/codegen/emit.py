@@ -1,4 +1,4 @@
-"""QModel -> C sources (model.h, model.c) through the Jinja templates.
+"""QModel -> C sources (<name>.h, <name>.c) through the Jinja templates.
 
 Kernels are one template per op kind; this module decides names, types, the state
 struct and the per-step / per-sequence call sequence. Never imports torch.
@@ -43,13 +43,33 @@ def _int_table(t: np.ndarray) -> str:
     return ",\n".join("    " + ", ".join(vals[i:i + 12]) for i in range(0, len(vals), 12))
 
 
+# The C runtime every export ships (one copy per program, however many models): bump
+# RUNTIME_VERSION when its interface or numerics change, so mixed runtimes fail to build.
+RUNTIME_HEADER = "mcunn_fixedpoint.h"
+RUNTIME_SOURCE = "mcunn_fixedpoint.c"
+RUNTIME_VERSION = 1
+
+
+def _runtime_context() -> dict:
+    return dict(version=__version__, runtime_version=RUNTIME_VERSION, table_len=fp.TABLE_LEN,
+                sigmoid_min=int(fp.SIGMOID_TABLE.min()), sigmoid_table=_int_table(fp.SIGMOID_TABLE),
+                tanh_table=_int_table(fp.TANH_TABLE), phi_table=_int_table(fp.PHI_TABLE),
+                exp2_table_len=fp.EXP2_TABLE_LEN, exp2_table=_int_table(fp.EXP2_TABLE))
+
+
 def render_runtime_header() -> str:
-    """mcunn_fixedpoint.h with the activation tables of fixedpoint.py."""
-    return environment().get_template("mcunn_fixedpoint.h.j2").render(
-        version=__version__, table_len=fp.TABLE_LEN, sigmoid_min=int(fp.SIGMOID_TABLE.min()),
-        sigmoid_table=_int_table(fp.SIGMOID_TABLE), tanh_table=_int_table(fp.TANH_TABLE),
-        phi_table=_int_table(fp.PHI_TABLE), exp2_table_len=fp.EXP2_TABLE_LEN,
-        exp2_table=_int_table(fp.EXP2_TABLE))
+    """mcunn_fixedpoint.h: the kernels (static inline) and the tables' extern declarations."""
+    return environment().get_template("mcunn_fixedpoint.h.j2").render(**_runtime_context())
+
+
+def render_runtime_source() -> str:
+    """mcunn_fixedpoint.c: the activation tables of fixedpoint.py and the version symbol."""
+    return environment().get_template("mcunn_fixedpoint.c.j2").render(**_runtime_context())
+
+
+def render_runtime() -> dict[str, str]:
+    """{file name: text} of the runtime."""
+    return {RUNTIME_HEADER: render_runtime_header(), RUNTIME_SOURCE: render_runtime_source()}
 
 
 def f32_literal(v: float) -> str:
@@ -360,7 +380,7 @@ def _is_rec(op) -> bool:
 
 
 def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed") -> Emitted:
-    """Generate model.h / model.c for ``q`` with C prefix ``prefix`` (default: q.name).
+    """Generate <prefix>.h / <prefix>.c for ``q`` with C prefix ``prefix`` (default: q.name).
 
     ``weight_layout``: "packed" keeps int8 weights as bytes (the SIMD kernel unpacks them
     with SXTB16); "wide" stores int8 weights as int16 — twice the flash of the recurrent
@@ -369,6 +389,8 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p or ""):
         raise McuNnError(f"model name {p!r} is not a C identifier; pass --name with letters, digits and _")
     p = p.lower()
+    if p == "mcunn" or p.startswith("mcunn_"):
+        raise McuNnError(f"model name {p!r}: the prefix mcunn_ belongs to the runtime; pass another --name")
     b = _Builder(q, p, weight_layout)
     vt = b.vt
     bidir = whole_sequence(q)                  # no _step: the whole-sequence schedule
@@ -442,7 +464,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
     state_bytes = sum(n for _, n in state)
     fp_ = b.fp
     ctx = dict(
-        p=p, P=p.upper(), name=q.name, precision=q.precision, version=__version__,
+        p=p, P=p.upper(), name=q.name, precision=q.precision, version=__version__, runtime_version=RUNTIME_VERSION,
         ops_summary=", ".join(_op_name(o) for o in q.ops), fp=fp_, vt=vt, tokens=tokens,
         vocab=q.input_size, in_size=in_size, out_size=q.output_size, max_steps=q.max_steps if bidir else 0,
         per_step=q.output_per_step, bidirectional=bidir,

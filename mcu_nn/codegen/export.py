@@ -17,9 +17,7 @@ from ..errors import McuNnError, McuNnWarning
 from ..exportdir import (MANIFEST, SCHEMA_VERSION, VECTORS, file_sha256, is_source, manifest_bytes,
                          source_digest)
 from ..ir import QModel, whole_sequence
-from .emit import emit, render_runtime_header
-
-RUNTIME_HEADER = "mcunn_fixedpoint.h"
+from .emit import RUNTIME_HEADER, RUNTIME_SOURCE, RUNTIME_VERSION, emit, render_runtime
 
 
 def chip_input(q: QModel, x: np.ndarray) -> np.ndarray:
@@ -33,8 +31,9 @@ def chip_input(q: QModel, x: np.ndarray) -> np.ndarray:
 def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.ndarray,
                  extra: Optional[dict] = None, weight_layout: str = "packed",
                  lengths: Optional[np.ndarray] = None, extra_files: Optional[dict[str, bytes]] = None) -> dict:
-    """Write model.h, model.c, mcunn_fixedpoint.h, model.json, test_vectors.npz and qmodel.npz
-    (the quantised model, for the simulator of later stages) into ``out_dir``; returns the
+    """Write <name>.h, <name>.c, the runtime (mcunn_fixedpoint.h/.c), model.json,
+    test_vectors.npz and qmodel.npz (the quantised model, for the simulator of later stages)
+    into ``out_dir``; returns the
     manifest. ``extra_files`` (e.g. a language model's vocab.json) are written and hashed too. ``expected`` are the simulator's outputs on ``test_input``.
     ``weight_layout`` ("packed" or "wide", see codegen.emit) trades flash for speed on int8.
     ``lengths``: steps of each test vector when they differ (``test_input`` is zero-padded
@@ -47,7 +46,8 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
     out_dir = Path(out_dir)
     _check_target(out_dir, q.name.lower())
     e = emit(q, weight_layout=weight_layout)
-    sources = {"model.h": e.header, "model.c": e.source, RUNTIME_HEADER: render_runtime_header()}
+    header, source = f"{q.name.lower()}.h", f"{q.name.lower()}.c"     # named by the prefix: models side by side
+    sources = {header: e.header, source: e.source, **render_runtime()}
     vectors = _test_vectors(q, test_input, expected, lengths)
     blobs = {name: text.encode() for name, text in sources.items()}
     blobs[VECTORS] = vectors
@@ -71,7 +71,8 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
         "out_ctype": "float" if fp32 else "int16_t", "postprocess": q.postprocess,
         "layers": e.layers, "flash_bytes": flash, "ram_bytes": e.state_bytes, "weight_layout": weight_layout,
         "macs_per_step": sum(layer["macs_per_step"] for layer in e.layers),
-        "header": "model.h", "c_sources": ["model.c"],
+        "header": header, "c_sources": [source],
+        "runtime": {"header": RUNTIME_HEADER, "sources": [RUNTIME_SOURCE], "version": RUNTIME_VERSION},
         "files": {name: file_sha256(data) for name, data in sorted(blobs.items())},
         "sha256": source_digest({n: b for n, b in blobs.items() if is_source(n)}),
         "mcu_nn_version": __version__,

@@ -8,7 +8,6 @@
 #include <stdint.h>
 #include "bench.h"
 #include "board.h"
-#include "model.h"
 #if defined(__AVR__)
 #include <avr/io.h>                   /* SP */
 #include <avr/pgmspace.h>

@@ -306,24 +306,19 @@ def test_esp_idf_component_registers_its_sources_and_its_c_compiles(tmp_path, ex
                  out, srcs, incs, tmp_path)
 
 
-def test_a_runtime_with_sources_becomes_one_runtime_target(tmp_path, exports):
-    """model.json's "runtime" (header, sources, version), as exports will carry it, is followed:
-    its .c is copied and built once (mcunn_runtime), identified by its version."""
-    d = tmp_path / "split"
-    shutil.copytree(exports["g8"], d)
-    (d / "mcunn_runtime.c").write_text('#include "mcunn_fixedpoint.h"\nconst int mcunn_runtime_marker = 1;\n')
-    m = json.loads((d / "model.json").read_text())
-    m["runtime"] = {"header": "mcunn_fixedpoint.h", "sources": ["mcunn_runtime.c"], "version": "7"}
-    m["files"]["mcunn_runtime.c"] = file_sha256((d / "mcunn_runtime.c").read_bytes())
-    m["sha256"] = source_digest({n: (d / n).read_bytes() for n in m["files"] if n.endswith((".c", ".h"))})
-    (d / "model.json").write_text(json.dumps(m))
+def test_the_runtime_becomes_one_runtime_target(tmp_path, exports):
+    """model.json's "runtime" (header, sources, version) is followed: its .c is copied into every
+    format and, where the build system allows (cmake, zephyr), built once as mcunn_runtime."""
+    d = exports["g8"]
+    rt = json.loads((d / "model.json").read_text())["runtime"]
+    (src,) = rt["sources"]
     cm = (package(d, "cmake", tmp_path / "cm") / "CMakeLists.txt").read_text()
-    assert "add_library(mcunn_runtime STATIC runtime/mcunn_runtime.c)" in cm and '"version 7"' in cm
-    assert "runtime/mcunn_runtime.c" not in cm.split("add_library(mcunn_g8")[1]
+    assert f"add_library(mcunn_runtime STATIC runtime/{src})" in cm and f'"version {rt["version"]}"' in cm
+    assert f"runtime/{src}" not in cm.split("add_library(mcunn_g8")[1]
     z = (package(d, "zephyr", tmp_path / "z") / "CMakeLists.txt").read_text()
-    assert "if(NOT TARGET mcunn_runtime)" in z and "runtime/mcunn_runtime.c" in z
-    for fmt, rel in (("arduino", "src/mcunn_runtime.c"), ("platformio", "src/mcunn_runtime.c"),
-                     ("esp-idf", "runtime/mcunn_runtime.c"), ("c", "mcunn_runtime.c")):
+    assert "if(NOT TARGET mcunn_runtime)" in z and f"runtime/{src}" in z
+    for fmt, rel in (("arduino", f"src/{src}"), ("platformio", f"src/{src}"),
+                     ("esp-idf", f"runtime/{src}"), ("c", src)):
         out = package(d, fmt, tmp_path / fmt)
-        assert (out / rel).read_bytes() == (d / "mcunn_runtime.c").read_bytes(), fmt
-    assert '"runtime/mcunn_runtime.c"' in (tmp_path / "esp-idf" / "CMakeLists.txt").read_text()
+        assert (out / rel).read_bytes() == (d / src).read_bytes(), fmt
+    assert f'"runtime/{src}"' in (tmp_path / "esp-idf" / "CMakeLists.txt").read_text()

@@ -17,7 +17,6 @@ from ..errors import McuNnError
 from ..exportdir import Export, file_sha256, manifest_bytes, open_export, vector_lengths
 
 PACKAGE_MANIFEST = "package.json"
-LEGACY_RUNTIME_HEADER = "mcunn_fixedpoint.h"     # exports written before model.json had "runtime"
 
 Files = dict[str, bytes]                          # relative path in the package -> bytes
 Writer = Callable[["Bundle"], Files]
@@ -42,11 +41,9 @@ class Bundle:
 
     @property
     def runtime(self) -> dict:
-        """{header, sources, version}: model.json's "runtime", or the single header of older exports."""
-        rt = self.ex.manifest.get("runtime")
-        if isinstance(rt, dict) and isinstance(rt.get("header"), str):
-            return {"header": rt["header"], "sources": list(rt.get("sources") or []), "version": rt.get("version")}
-        return {"header": LEGACY_RUNTIME_HEADER, "sources": [], "version": None}
+        """model.json's "runtime": {header, sources, version} (checked by open_export)."""
+        rt = self.ex.manifest["runtime"]
+        return {"header": rt["header"], "sources": list(rt["sources"]), "version": rt["version"]}
 
     @property
     def model_files(self) -> list[str]:

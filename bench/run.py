@@ -101,13 +101,18 @@ def main() -> int:
                             + [f"{r0.instructions_per_mac:.2f}", f"{r0.macs_per_step:,}", f"{r0.flash_bytes:,}",
                                f"{r0.ram_bytes:,} ({r0.state_bytes}+{r0.stack_bytes})", ok])
                 print(" | ".join(rows[-1]), flush=True)
-    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
-    text = "\n".join(table)
-    print()
-    print(text)
+    print_table(head, rows, a.out)
     print(f"\n({time.time() - t0:.0f} s)")
-    if a.out:
-        a.out.write_text(text + "\n")
+    return 0
+
+
+def print_table(head: list[str], rows: list[list[str]], out: Path | None) -> int:
+    """Print a Markdown table (and write it to ``out``)."""
+    text = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+    print("\n" + text)
+    if out:
+        out.write_text(text + "\n")
     return 0
 
 
@@ -126,12 +131,7 @@ def cells_table(out: Path | None) -> int:
                         rows.append([f"{kind} I={i} H={h}", precision] + [f"{r.instructions_per_step:,}" for r in res]
                                     + [f"{res[0].instructions_per_mac:.2f}", f"{res[0].flash_bytes:,}"])
                         print(" | ".join(rows[-1]), flush=True)
-    text = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
-    print("\n" + text)
-    if out:
-        out.write_text(text + "\n")
-    return 0
+    return print_table(head, rows, out)
 
 
 CORE_SHAPES = [("lstm", 16, 32), ("gru", 16, 32)]
@@ -157,12 +157,7 @@ def cores_table(out: Path | None, only: list[str] | None = None) -> int:
                          if precision != "float32" or "fpu" in b.arch.features else "(no FPU)" for b in boards]
                 rows.append([f"{kind.upper()} I={i} H={h}", precision] + cells)
                 print(" | ".join(rows[-1]), flush=True)
-    text = "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
-    print("\n" + text)
-    if out:
-        out.write_text(text + "\n")
-    return 0
+    return print_table(head, rows, out)
 
 
 if __name__ == "__main__":

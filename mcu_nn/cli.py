@@ -318,11 +318,21 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"mcu-nn: warning: {message}", file=sys.stderr)
 
 
+def _line_buffered() -> None:
+    """Piped into a CI log, Python block-buffers stdout: every line of a 3-minute export would
+    appear at the end. One line at a time, as on a terminal."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)   # absent on captured/replaced streams
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if not args.command:
         _parser().print_help()
         return 2
+    _line_buffered()
     warnings.showwarning = _show_warning
     warnings.simplefilter("ignore")                  # torch's internal chatter is not for our users
     warnings.simplefilter("always", McuNnWarning)

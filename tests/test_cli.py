@@ -127,3 +127,17 @@ def test_whole_flow_with_relative_paths_on_the_emulated_board(lstm_file, tmp_pat
     bench = json.loads(r.stdout.strip().splitlines()[-1])
     assert bench["board"] == "qemu-mps2-an386" and bench["instructions_per_step"] > 0
     assert bench["macs_per_step"] == 4 * 32 * (6 + 32) + 32 * 4
+
+
+def test_output_piped_into_a_log_arrives_line_by_line():
+    """A CI log sees each line when it is printed, not all of them when the command ends: with
+    stdout a pipe, the first line is readable while the process still runs."""
+    import select
+    code = "import time; from mcu_nn import cli\ncli._line_buffered(); print('first'); time.sleep(30)"
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 20)    # block-buffered: nothing for 30 s
+        assert ready and p.stdout.readline() == "first\n"
+    finally:
+        p.kill()
+        p.wait()

@@ -5,11 +5,12 @@ A frame is COBS(cmd u8 | seq u16 | len u16 | payload | crc16) + 0x00, all little
 CRC-16/CCITT-FALSE over everything before it."""
 from __future__ import annotations
 
+import binascii
+
 import struct
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-import crcmod.predefined
 from cobs import cobs
 
 PROTO_VERSION = 1
@@ -31,7 +32,10 @@ VALUE_TYPES = {0: "<i2", 1: "<i4", 2: "<f4"}
 COUNTERS = {0: "none", 1: "cycles", 2: "timer", 3: "ns"}
 HEADER = struct.Struct("<BHH")
 
-crc16 = crcmod.predefined.mkCrcFun("crc-ccitt-false")
+def crc16(data: bytes) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), the firmware's frame.c: the standard library's
+    binascii.crc_hqx with that initial value."""
+    return binascii.crc_hqx(data, 0xFFFF)
 
 
 @dataclass(frozen=True)

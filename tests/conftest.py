@@ -42,3 +42,14 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.skip(reason=f"needs qemu-system-arm and arm-none-eabi-gcc: {INSTALL}"))
         elif "arm" in item.keywords and not HAVE_ARM:
             item.add_marker(pytest.mark.skip(reason=f"needs arm-none-eabi-gcc: {INSTALL}"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: intra-op threads only add overhead (and contention on a shared 2-core box).
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

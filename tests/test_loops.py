@@ -27,12 +27,7 @@ FOLDED = {"gru_cell_loop": "gru", "docs_rnncell_loop": "rnn_tanh", "chunk_lstm_o
 MIN_DB = {"int16": 60.0, "int8": 40.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _torch_outputs(case, data: dict) -> np.ndarray:

@@ -24,12 +24,7 @@ MIN_SNR = {"int8": 40.0, "int16": 60.0}
 PRECISIONS = ("int8", "int16", "float32")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- running the case in PyTorch

@@ -84,7 +84,7 @@ ARCHES: dict[str, Arch] = {a.name: a for a in [
          cflags=("-march=rv32imac", "-mabi=ilp32", "-misa-spec=2.2", "--specs=picolibc.specs"),
          features=frozenset(), toolchain_prefix="riscv64-unknown-elf-", link_flags=("-nostartfiles",),
          startup="common/riscv_startup.c", linker_template="common/riscv.ld.in",
-         semihosting="bench/semihost_riscv.c", flash_sections=(".text", ".data"),
+         semihosting="bench/semihost.c", flash_sections=(".text", ".data"),
          ram_sections=(".data", ".bss"), cycle_counter="mcycle CSR",
          bench_link_flags=("-nostartfiles",), libc="picolibc.specs",
          packages="gcc-riscv64-unknown-elf picolibc-riscv64-unknown-elf"),

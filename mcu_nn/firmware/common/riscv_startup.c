@@ -26,7 +26,7 @@ __asm__(".pushsection .text.start, \"ax\", @progbits\n"
         ".popsection\n");
 
 /* What happens when main returns or a trap fires. The inference server never returns and
- * halts on a fault; firmware that runs to an end (the bench, bench/semihost_riscv.c)
+ * halts on a fault; firmware that runs to an end (the bench, bench/semihost.c)
  * overrides these to report and exit the emulator. */
 __attribute__((weak)) void mcunn_exit(int code)
 {

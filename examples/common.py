@@ -24,7 +24,7 @@ except ImportError:
 from mcu_nn.build import build_firmware
 from mcu_nn.codegen import write_export
 from mcu_nn.device import DeviceClient, Emulator
-from mcu_nn.export import export_model, measure_accuracy
+from mcu_nn.pipeline import export_model, measure_accuracy
 from mcu_nn.ir import QModel
 from mcu_nn.qat import QATModel, fine_tune
 from mcu_nn.sim import run

@@ -215,7 +215,7 @@ def _inspect(a: argparse.Namespace) -> int:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from .export import export_model
+    from .pipeline import export_model
     from .report import export_summary
     result = export_model(a.model, a.out, precision=a.precision, calib=a.calib, name=a.name,
                           input_shape=a.input_shape, allow_pickle=a.allow_pickle,

@@ -57,7 +57,7 @@ def train_demo_model(out_dir: Path, *, epochs: int = 25, log: Callable[[str], No
 def run_demo(out_dir: Path, *, board: str = "qemu-mps2-an386", log: Callable[[str], None] = print) -> int:
     from .build import build_firmware
     from .onboard import serial_test
-    from .export import export_model
+    from .pipeline import export_model
     from .report import export_summary
     from .verify import verify
 

@@ -104,7 +104,7 @@ def export_summary(result) -> str:
              _table(["layer", "from module", "params", "MACs/step", "flash B"], rows), "",
              f"RAM: {m['ram_bytes']} B of state and scratch in {m['name']}_state_t (caller-owned)"]
     if m["precision"] == "int8":
-        from .export import recurrent_weight_count
+        from .pipeline import recurrent_weight_count
         extra = recurrent_weight_count(result.qmodel)
         if m.get("weight_layout", "packed") == "packed" and extra:
             lines.append(f"(--weight-layout wide would store the recurrent weights as int16: +{extra:,} B "

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from mcu_nn.errors import McuNnError  # noqa: E402
-from mcu_nn.export import export_model  # noqa: E402
+from mcu_nn.pipeline import export_model  # noqa: E402
 from mcu_nn.verify import verify  # noqa: E402
 from realzoo import CASES, save  # noqa: E402
 

@@ -29,7 +29,7 @@ quiet = dict(log=lambda s: None)
 def demo_export(tmp_path_factory):
     """The demo's model (mcu_nn.demo: LSTM(3->24) + Linear(24->4)), briefly trained, int8."""
     from mcu_nn.demo import train_demo_model
-    from mcu_nn.export import export_model
+    from mcu_nn.pipeline import export_model
     out = tmp_path_factory.mktemp("demo")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                 # torch.export's notes on nn.LSTM

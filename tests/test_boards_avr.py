@@ -43,7 +43,7 @@ def gru_export(tmp_path_factory):
 def demo_export(tmp_path_factory):
     """The demo's model (LSTM(3->24) + Linear(24->4)), briefly trained, int8."""
     from mcu_nn.demo import train_demo_model
-    from mcu_nn.export import export_model
+    from mcu_nn.pipeline import export_model
     out = tmp_path_factory.mktemp("demo")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

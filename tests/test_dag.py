@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mcu_nn.export import export_model
+from mcu_nn.pipeline import export_model
 from mcu_nn.verify import verify
 
 F, H, T = 3, 8, 6

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mcu_nn.compare import FLOAT_RTOL, differing, float_tolerance
-from mcu_nn.export import export_model
+from mcu_nn.pipeline import export_model
 from mcu_nn.verify import verify
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from mcu_nn.onboard import serial_test
 from mcu_nn.exportdir import open_export, vector_lengths
-from mcu_nn.export import export_model
+from mcu_nn.pipeline import export_model
 from mcu_nn.verify import verify
 
 
@@ -98,7 +98,7 @@ def test_packed_sequence_models_run_each_sequence_for_its_length(name, tmp_path)
                      input_shape=cal["x"].shape[1:], allow_pickle=True, log=lambda s: None)
     assert verify(tmp_path / "e", cross=False, log=lambda s: None).ok
     held = case.heldout(6, 0)
-    from mcu_nn.export import quantised_outputs
+    from mcu_nn.pipeline import quantised_outputs
     model = case.build()
     with torch.no_grad():
         ref = model(torch.from_numpy(held["x"]), torch.from_numpy(held["lengths"])).numpy()
@@ -121,7 +121,7 @@ def test_the_saved_length_is_only_the_example(tmp_path):
                      log=lambda s: None)
     assert open_export(tmp_path / "e").vectors["input_q"].shape[1] == 20
     assert verify(tmp_path / "e", cross=False, log=lambda s: None).ok
-    from mcu_nn.export import quantised_outputs
+    from mcu_nn.pipeline import quantised_outputs
     with torch.no_grad():
         ref = m(torch.from_numpy(x[:2])).numpy()
     assert np.allclose(quantised_outputs(r.qmodel, x[:2]), ref, rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ import realzoo
 from realzoo import BY_NAME
 from mcu_nn import ir
 from mcu_nn.errors import McuNnError
-from mcu_nn.export import export_model, quantised_outputs
+from mcu_nn.pipeline import export_model, quantised_outputs
 from mcu_nn.frontend import load_model
 from mcu_nn.sim import run
 from mcu_nn.verify import verify

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import zoo
-from mcu_nn.export import export_model, quantised_outputs
+from mcu_nn.pipeline import export_model, quantised_outputs
 from mcu_nn.quant.metrics import snr_db
 from mcu_nn.verify import verify
 

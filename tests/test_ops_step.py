@@ -18,7 +18,7 @@ from torch import nn
 
 from mcu_nn.codegen import write_export
 from mcu_nn.errors import McuNnError
-from mcu_nn.export import export_model, quantised_outputs
+from mcu_nn.pipeline import export_model, quantised_outputs
 from mcu_nn.frontend import load_model
 from mcu_nn.ir import QModel
 from mcu_nn.ops.activations import Pointwise, QPointwise

@@ -14,7 +14,7 @@ from torch import nn
 
 from mcu_nn import ir
 from mcu_nn.errors import McuNnError
-from mcu_nn.export import export_model
+from mcu_nn.pipeline import export_model
 from mcu_nn import fixedpoint as fp
 from mcu_nn.quant.metrics import snr_db
 from mcu_nn.sim import run

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mcu_nn.onboard import serial_test
-from mcu_nn.export import export_model
+from mcu_nn.pipeline import export_model
 from realzoo import BY_NAME, save
 
 pytestmark = pytest.mark.qemu            # skipped without the emulator (tests/conftest.py)

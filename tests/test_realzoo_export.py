@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mcu_nn.export import export_model
+from mcu_nn.pipeline import export_model
 from mcu_nn.quant import metrics
 from mcu_nn.verify import verify
 from realzoo import CASES, save
@@ -85,7 +85,7 @@ def test_zoo_case_exports_verifies_and_matches_pytorch(case, precision, saved, t
         r = export_model(model_file, tmp_path / "e", precision=precision, calib=str(calib), log=lambda s: None)
     v = verify(tmp_path / "e", cross=False, log=lambda s: None)
     assert v.ok, v.first_mismatch
-    from mcu_nn.export import quantised_outputs
+    from mcu_nn.pipeline import quantised_outputs
     x = case.heldout(6, 0)["x"]
     model = case.build()
     dtype = next(model.parameters()).dtype if any(True for _ in model.parameters()) else torch.float32

@@ -13,7 +13,7 @@ import qmodels as Q
 from mcu_nn import ir
 from mcu_nn.codegen import write_export
 from mcu_nn.errors import McuNnWarning
-from mcu_nn.export import warn_if_trending
+from mcu_nn.pipeline import warn_if_trending
 from mcu_nn import fixedpoint as fp
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcu_nn.export import export_model, quantised_outputs
+from mcu_nn.pipeline import export_model, quantised_outputs
 from mcu_nn.quant.metrics import snr_db
 from mcu_nn.verify import verify
 
@@ -243,7 +243,7 @@ def test_exports_verifies_and_matches_pytorch(case: str, precision: str, saved, 
 def test_one_hot_is_a_column_pick(saved) -> None:
     """The one-hot layer reads token ids and costs no input multiplies; ids past the vocabulary
     give the zero vector in both simulators (one_hot would refuse them, the embedding gives zeros)."""
-    from mcu_nn.export import load_data
+    from mcu_nn.pipeline import load_data
     from mcu_nn.frontend import load_model
     from mcu_nn.ir import macs_per_step
     from mcu_nn.quant import quantize

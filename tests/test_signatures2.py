@@ -16,7 +16,7 @@ import torch
 
 import realzoo
 from realzoo import BY_NAME, ZooCase
-from mcu_nn.export import export_model, quantised_outputs
+from mcu_nn.pipeline import export_model, quantised_outputs
 from mcu_nn.quant.metrics import snr_db
 from mcu_nn.verify import verify
 

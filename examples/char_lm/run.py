@@ -25,7 +25,7 @@ except ImportError:
     raise SystemExit("the examples need mcu-nn importable: from the repository root run "
                      "pip install -e '.[examples]'") from None
 
-from mcu_nn.export import export_model
+from mcu_nn.pipeline import export_model
 from mcu_nn.fixedpoint import dequantize
 from mcu_nn.generate import decode, encode, simulate_generation
 from mcu_nn.sim import run

@@ -1,4 +1,4 @@
-"""The export pipeline: model file -> Graph -> QModel -> simulator outputs -> C directory.
+"""The export pipeline: model -> Graph -> QModel -> simulator outputs -> C directory.
 
 Each stage is a plain function of the previous stage's data (DESIGN.md); this module
 only strings them together and measures how much accuracy quantisation costs.

@@ -257,6 +257,11 @@ static void on_frame(const mcunn_frame_t *f)
 {
     const char *err = "";
     int r;
+    if (f->len > GLUE_PAYLOAD_MAX) {   /* the receive buffer holds a few bytes more (COBS slack): */
+        send_error(f->seq, f->cmd, MCUNN_E_OVERSIZE,  /* no command may copy more than its buffers */
+                   "payload longer than the frame size HELLO gives");
+        return;
+    }
     if (f->cmd == MCUNN_CMD_HELLO) g_cache_valid = 0;   /* a new session: seq numbers restart */
     if (g_cache_valid && f->seq == g_cache_seq && f->crc == g_cache_crc) {
         send(g_reply_cmd, f->seq, g_reply, g_reply_len);  /* retransmission: same answer, no rerun */

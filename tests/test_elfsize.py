@@ -61,12 +61,14 @@ def _old_model_flash(nm: str, objects: list[Path], elf: Path) -> int:
     """mcu_nn.bench's former nm text parse, kept here as the reference."""
     names = set()
     for obj in objects:
-        for line in subprocess.run([nm, "--defined-only", str(obj)], capture_output=True, text=True).stdout.splitlines():
+        out = subprocess.run([nm, "--defined-only", str(obj)], capture_output=True, text=True).stdout
+        for line in out.splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[1] in "tTrR":
                 names.add(parts[2])
     total = 0
-    for line in subprocess.run([nm, "-S", "--defined-only", str(elf)], capture_output=True, text=True).stdout.splitlines():
+    out = subprocess.run([nm, "-S", "--defined-only", str(elf)], capture_output=True, text=True).stdout
+    for line in out.splitlines():
         parts = line.split()
         if len(parts) == 4 and parts[2] in "tTrR" and parts[3] in names:
             total += int(parts[1], 16)

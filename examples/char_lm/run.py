@@ -3,7 +3,7 @@ GRU -> Linear per step, forward(inputs, state)) trained on the Python documentat
 CPython itself ships (Lib/pydoc_data/topics.py, PSF licence: no download), exported at float32,
 int16 and int8, and compared: held-out perplexity and greedy text against PyTorch's float model,
 then `mcu-nn generate` on the emulated Cortex-M4. Run:  python examples/char_lm/run.py
-(about 2 minutes on 2 cores; --quick for a smoke run)."""
+(about 2.5 minutes on 2 cores shared with other jobs; --quick for a smoke run)."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,6 @@
 """JapaneseVowels (UEA): an LSTM tells 9 male speakers apart from 12 LPC cepstrum channels of
 an uttered vowel (7-29 frames, padded at the front to 29), on the emulated
-Cortex-M4. Run:  python examples/japanese_vowels_lstm/run.py  (about 2 minutes on 2 cores)."""
+Cortex-M4. Run:  python examples/japanese_vowels_lstm/run.py  (48 s on 2 cores, 3 min while other jobs shared them)."""
 from __future__ import annotations
 
 import argparse

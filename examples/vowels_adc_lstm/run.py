@@ -7,7 +7,7 @@ offset is 128 times the signal. The standardisation (x - 2048) / 16 is folded in
 weights as in the other examples, which moves -W*2048/16 into the bias: with int8 weights
 the rounding error of W multiplies the 2048 offset every step. QAT sees that error in its
 forward pass and retrains weights and bias around it.
-Run:  python examples/vowels_adc_lstm/run.py  (about 2 minutes on 2 cores)."""
+Run:  python examples/vowels_adc_lstm/run.py  (about 2 minutes on 2 cores shared with other jobs)."""
 from __future__ import annotations
 
 import argparse

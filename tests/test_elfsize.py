@@ -125,28 +125,42 @@ def test_same_figures_as_binutils(tmp_path, target, link) -> None:
         assert kept_symbol_bytes([obj], path) == _old_model_flash(prefix + "nm", [obj], path) > 0
 
 
-@pytest.mark.qemu
-def test_firmware_flash_and_ram_as_size_reported(tmp_path) -> None:
-    """build.elf_sizes and bench's model flash on a real firmware, against the binutils parse."""
+def _export(d: Path) -> Path:
     import qmodels as Q
-    from mcu_nn.bench import bench_export
-    from mcu_nn.boards import BOARDS
-    from mcu_nn.build import build_firmware, elf_sizes
     from mcu_nn.codegen import write_export
-    from mcu_nn.exportdir import compile_sources, load_manifest
     from mcu_nn.quant import quantize
     from mcu_nn.sim import run
 
     g = Q.make_graph("gru", input_size=6, hidden=12, seq_len=6, gain=1.0, name="es")
     q = quantize(g, Q.make_input(g, n=8, seed=2), "int8")
     x = Q.make_input(g, n=2)
-    d = tmp_path / "es"
     write_export(q, d, x, run(q, x))
-    built = build_firmware(d, "qemu-mps2-an386", log=lambda *_: None)
-    arch = BOARDS["qemu-mps2-an386"].arch
-    old = _size_a("arm-none-eabi-size", built.elf)
-    assert elf_sizes(built.elf, BOARDS["qemu-mps2-an386"]) == (
-        sum(old.get(s, 0) for s in arch.flash_sections), sum(old.get(s, 0) for s in arch.ram_sections))
+    return d
+
+
+@pytest.mark.parametrize("board", [pytest.param("qemu-mps2-an386", marks=pytest.mark.qemu),
+                                   pytest.param("qemu-riscv32", marks=pytest.mark.riscv),
+                                   pytest.param("avr-atmega328p", marks=pytest.mark.avr)])
+def test_firmware_flash_and_ram_as_size_reported(tmp_path, board) -> None:
+    """build.elf_sizes on each architecture's linked firmware, against the binutils parse."""
+    from mcu_nn.boards import BOARDS
+    from mcu_nn.build import build_firmware, elf_sizes
+
+    b = BOARDS[board]
+    built = build_firmware(_export(tmp_path / "es"), board, log=lambda *_: None)
+    old = _size_a(b.arch.tool("size"), built.elf)
+    assert elf_sizes(built.elf, b) == (sum(old.get(s, 0) for s in b.arch.flash_sections),
+                                       sum(old.get(s, 0) for s in b.arch.ram_sections))
+    assert section_sizes(built.elf) == old
+
+
+@pytest.mark.qemu
+def test_bench_model_flash_as_nm_reported(tmp_path) -> None:
+    """bench's model flash (the export's code and constants kept in the linked image), against nm."""
+    from mcu_nn.bench import bench_export
+    from mcu_nn.exportdir import compile_sources, load_manifest
+
+    d = _export(tmp_path / "es")
     bdir = tmp_path / "bench"
     result = bench_export(d, "qemu-mps2-an386", build_dir=bdir, vectors=1)
     objects = [bdir / f"{Path(c).stem}.o" for c in compile_sources(load_manifest(d))]

@@ -32,6 +32,19 @@ from mcu_nn.sim.int_sim import quantize_model_input
 from mcu_nn.verify import verify
 
 BOARD = "qemu-mps2-an386"
+SEED, THREADS = 0, 2
+
+
+def reproducible(seed: int = SEED, threads: int = THREADS) -> None:
+    """Seed every generator the examples draw from (model initialisation included) and pin
+    torch to a fixed number of threads, so a run's table reproduces on the same torch and
+    machine. Call it first, before the model is built."""
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 @dataclass

@@ -26,9 +26,9 @@ from typing import Optional
 
 import numpy as np
 
-from .arch import Arch
 from .boards import BOARDS as ALL_BOARDS, Board
 from .build import linker_script
+from .elfsize import kept_symbol_bytes
 from .errors import McuNnError
 from .exportdir import Export, compile_sources, full_length_vectors, open_export, stage_sources
 from .launch import run_to_end
@@ -214,24 +214,6 @@ def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int,
                                  "model (please report it)")
 
 
-def _model_flash(objects: list[Path], elf: Path, arch: Arch) -> int:
-    """.text + .rodata bytes of the symbols the export's objects (model and runtime) define
-    that survive in the linked ELF."""
-    nm = require(arch.tool("nm"))
-    names = set()
-    for obj in objects:
-        for line in run_tool([nm, "--defined-only", str(obj)], nm).splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[1] in "tTrR":
-                names.add(parts[2])
-    total = 0
-    for line in run_tool([nm, "-S", "--defined-only", str(elf)], nm).splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[2] in "tTrR" and parts[3] in names:
-            total += int(parts[1], 16)
-    return total
-
-
 def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: bool = False,
                  build_dir: Optional[Path] = None, vectors: Optional[int] = None,
                  allow_modified: bool = False) -> BenchResult:
@@ -245,7 +227,7 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
         elf = build_bench(ex, board, bdir, portable=portable, vectors=vectors)
         p = _parse(run_bench(elf, board))
         objects = [bdir / f"{Path(c).stem}.o" for c in compile_sources(manifest)]
-        flash = _model_flash(objects, elf, ALL_BOARDS[board].arch)
+        flash = kept_symbol_bytes(objects, elf)          # .text + .rodata of the export's symbols kept
     n = vec["input_q"].shape[0] if vectors is None else min(vectors, vec["input_q"].shape[0])
     _check_outputs(p, manifest, vec["expected"], n, vec.get("float_drift"))
     instr = lambda ticks: ticks_to_instructions(ticks, board)  # noqa: E731

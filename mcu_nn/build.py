@@ -233,7 +233,7 @@ def elf_sizes(elf: Path, board: Optional[Board] = None) -> tuple[int, int]:
     """(flash, RAM) bytes of a linked ELF, by the sections its architecture counts as each
     (Cortex-M: flash = vectors + code + constants + .data's image, RAM = .data + .bss)."""
     arch = (board or get_board("qemu-mps2-an386")).arch
-    sec = section_sizes(elf, arch.tool("size"))
+    sec = section_sizes(elf)
     return (sum(sec.get(s, 0) for s in arch.flash_sections), sum(sec.get(s, 0) for s in arch.ram_sections))
 
 

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from .elfsize import section_sizes  # noqa: F401  (read with pyelftools, no size tool needed)
 from .errors import McuNnError
 
 INSTALL_HINT = ("apt install gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm "
@@ -55,14 +56,3 @@ def run_tool(cmd: list[str], what: str, *, cwd: Optional[Path] = None, timeout: 
     if r.returncode != 0:
         raise McuNnError(f"{what} failed: {first_error_line(r.stderr + r.stdout)}")
     return r.stdout + r.stderr
-
-
-def section_sizes(binary: Path, size_tool: str = "arm-none-eabi-size") -> dict[str, int]:
-    """Bytes per section of an object or ELF (``<prefix>size -A``)."""
-    out = run_tool([require(size_tool), "-A", str(binary)], size_tool)
-    sizes: dict[str, int] = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
-            sizes[parts[0]] = sizes.get(parts[0], 0) + int(parts[1])
-    return sizes

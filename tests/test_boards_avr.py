@@ -88,7 +88,7 @@ def test_generated_c_compiles_for_avr_with_constants_in_flash(tmp_path_factory, 
         r = subprocess.run(["avr-gcc", "-mmcu=atmega328p", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror",
                             "-DMCUNN_PORTABLE", "-c", str(d / src), "-o", str(obj)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        sec = section_sizes(obj, "avr-size")
+        sec = section_sizes(obj)
         assert sec.get(".progmem.data", 0) > 0 and sec.get(".data", 0) == 0 and sec.get(".rodata", 0) == 0, src
 
 

@@ -2,12 +2,12 @@
 accuracy and quantisation-aware training wins it back.
 
 The chip takes each channel as an unsigned 12-bit ADC code of a weak signal: zero at
-mid-scale (2048) and a spread of about 34 codes (one standard deviation), so the offset is
-~60 times the signal. The standardisation (x - 2048) / 34 is folded into the LSTM's input
-weights as in the other examples, which moves -W*2048/34 into the bias: with int8 weights
+mid-scale (2048) and a spread of 16 codes (one standard deviation, CODES_PER_STD), so the
+offset is 128 times the signal. The standardisation (x - 2048) / 16 is folded into the LSTM's input
+weights as in the other examples, which moves -W*2048/16 into the bias: with int8 weights
 the rounding error of W multiplies the 2048 offset every step. QAT sees that error in its
 forward pass and retrains weights and bias around it.
-Run:  python examples/vowels_adc_lstm/run.py  (about 2 minutes on 2 cores)."""
+Run:  python examples/vowels_adc_lstm/run.py  (about 2 minutes on 2 cores shared with other jobs)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,7 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from common import deploy_and_measure, save_results, table, train_classifier  # noqa: E402
+from common import deploy_and_measure, reproducible, save_results, table, train_classifier  # noqa: E402
 from datasets import fold_standardisation, load_uea, standardise  # noqa: E402
 
 HIDDEN = 32
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: a few sequences per split, 2 epochs")
     a = ap.parse_args(argv)
     start = time.monotonic()
-    torch.set_num_threads(2)
+    reproducible()                  # seeds (model initialisation too) and 2 threads
     x_tr, y_tr, x_te, y_te, classes = load_uea("JapaneseVowels")
     if a.quick:
         x_tr, y_tr, x_te, y_te = x_tr[::30], y_tr[::30], x_te[::40], y_te[::40]

@@ -211,8 +211,20 @@ def _time_major(path: Path, input_shape: Optional[tuple[int, ...]], convert) -> 
                       "module is batch_first; check --input-shape")
 
 
+def _ts_converter():
+    """torch's TorchScript -> ExportedProgram converter. It is private (torch._export.converter,
+    in torch since 2.4; tested with 2.13.0), so a torch without it gets one line, not a traceback."""
+    try:
+        from torch._export.converter import TS2EPConverter
+    except ImportError:
+        raise McuNnError(f"this torch ({torch.__version__}) has no TorchScript converter "
+                         "(torch._export.converter); re-save the model as .pt2 with torch.export "
+                         f"({SAVE_HINT}) or use torch 2.4–2.x") from None
+    return TS2EPConverter
+
+
 def _from_torchscript(path: Path, input_shape: Optional[tuple[int, ...]]) -> torch.export.ExportedProgram:
-    from torch._export.converter import TS2EPConverter
+    TS2EPConverter = _ts_converter()
 
     try:
         with quiet():

@@ -240,7 +240,8 @@ def _user_sequences(ex: Export, inputs: Any, labels: Any, graph, log: Callable[[
             "checked, but SNR and top-1 agreement against the float model need it; re-run mcu-nn export")
     x, lengths = data.x, data.lengths
     n = len(lengths)
-    log(f"{n} sequences of {lengths.min()}..{lengths.max()} steps from {data.source}"
+    steps = f"{lengths.min()}" if lengths.min() == lengths.max() else f"{lengths.min()}..{lengths.max()}"
+    log(f"{n} sequences of {steps} steps from {data.source}"
         f"{f', {n} labels' if data.labels is not None else ''}")
     ln = None if np.all(lengths == x.shape[1]) else lengths
     expected = run_padded(lambda xs: run(q, xs), x, ln, q.output_per_step)

@@ -147,17 +147,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", metavar="DEVICE", help="boards flashed through a serial bootloader (avrdude, "
                                                    "esptool): their port, or 'auto' for the one known adapter")
 
-    p = cmd("serial-test", "run the test vectors on a board over a serial port, compared bit for bit",
+    p = cmd("serial-test", "run the test vectors (or your data) on a board, compared bit for bit",
             "Send every test vector to the board (RUN, and STEP one step at a time), compare each output "
-            "with the simulator and print a summary with cycles per step. With --board and no --port, "
-            "builds the firmware if needed and boots the emulator itself.",
-            "mcu-nn serial-test build/har --port socket://127.0.0.1:4321")
+            "with the simulator and print a summary with cycles per step. With --inputs, send your own "
+            "sequences instead (any lengths) and also report the board's SNR and top-1 agreement against "
+            "the float model and, with --labels, the accuracy of the board and of the float model "
+            "(docs/validation.md). With --board and no --port, builds the firmware if needed and boots "
+            "the emulator itself. Exit 1 when the board differs from the simulator.",
+            "mcu-nn serial-test build/har --inputs data.npz --labels y --json\n"
+            "  mcu-nn serial-test build/har --port socket://127.0.0.1:4321")
     p.add_argument("dir", metavar="DIR", help="an export directory")
     p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://..., or 'auto': the one "
                                                "port of a known probe or USB-serial adapter (ST-Link, CMSIS-DAP, "
                                                "J-Link, CH340, CP210x, FTDI, Arduino, Pico)")
     p.add_argument("--board", help=f"board to boot when no --port is given (default {DEFAULT_BOARD})")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
+    p.add_argument("--inputs", metavar="FILE",
+                   help="your sequences instead of the test vectors: N×T×F (.npz/.npy/.pt; token ids N×T); "
+                        "different lengths: .npz with 'x' zero-padded plus 'lengths', or one array per "
+                        "sequence (np.savez(f, *seqs))")
+    p.add_argument("--labels", metavar="KEY|FILE",
+                   help="one integer class per sequence of --inputs: a key of the inputs .npz (e.g. y) or a "
+                        ".npy/.npz file; adds the accuracy of the board and of the float model")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (docs/validation.md), progress lines on stderr")
     _add_allow_modified(p)
 
     p = cmd("bench", "count instructions per step on a board (emulated: exact under -icount)",
@@ -249,8 +262,14 @@ def _flash(a: argparse.Namespace) -> int:
 def _serial_test(a: argparse.Namespace) -> int:
     from .onboard import serial_test
     board = a.board or (None if a.port else DEFAULT_BOARD)
-    result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout,
-                         allow_modified=a.allow_modified)
+    if a.labels is not None and a.inputs is None:
+        raise McuNnError("--labels needs --inputs: the labels belong to your sequences, not to the test vectors")
+    log = (lambda s: print(s, file=sys.stderr)) if a.json else print
+    result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout, log=log,
+                         allow_modified=a.allow_modified, inputs=a.inputs, labels=a.labels)
+    if a.json:
+        from .jsonout import dumps
+        print(dumps("serial-test", result.as_dict()))
     return 0 if result.ok else 1
 
 

@@ -376,3 +376,18 @@ def read_listed(ex: Export, name: str) -> Optional[bytes]:
     if file_sha256(data) != want and name not in ex.modified:
         raise McuNnError(f"{path} differs from the sha256 in model.json (edited after export?); re-run mcu-nn export")
     return data
+
+
+def read_qmodel(ex: Export):
+    """The quantised model saved in the export (qmodel.npz, hash-checked), or None when it has none."""
+    from .qmodel_file import FILE, load_qmodel
+    data = read_listed(ex, FILE)
+    return None if data is None else load_qmodel(data, str(ex.dir / FILE))
+
+
+def read_float_model(ex: Export):
+    """The float Graph saved in the export (float_model.npz, hash-checked), or None for an export
+    written before mcu-nn kept it (or of a graph the file cannot hold)."""
+    from .qmodel_file import FLOAT_FILE, load_graph
+    data = read_listed(ex, FLOAT_FILE)
+    return None if data is None else load_graph(data, str(ex.dir / FLOAT_FILE))

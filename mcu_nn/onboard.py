@@ -6,6 +6,7 @@ talks to a running board on a port; this module gives it one. The CLI and the ex
         ...
     serial_test("build/har", board="qemu-riscv32")       # build -> boot -> test
     serial_test("build/har", port="/dev/ttyACM0")        # a flashed real board: test only
+    serial_test("build/har", inputs="data.npz", labels="y")   # the user's sequences and labels
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .build import build_firmware, firmware_path, is_up_to_date
 from .device.emulator import Emulator
 from .device.generate import GenerateResult
 from .device.generate import generate as generate_on_port
-from .device.serial_test import SerialTestResult
+from .device.serial_test import SerialTestResult, prepare_sequences
 from .device.serial_test import serial_test as serial_test_on_port
 from .device.ports import resolve_port
 from .errors import McuNnError
@@ -46,11 +47,16 @@ def running_board(export_dir: Path, *, port: Optional[str] = None, board: Option
 
 def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional[str] = None,
                 log: Callable[[str], None] = print, allow_modified: bool = False,
-                **options: Any) -> SerialTestResult:
-    """``mcu-nn serial-test``: every test vector through the board (``options``: timeout, retries,
-    progress; see mcu_nn.device.serial_test)."""
+                inputs: Any = None, labels: Any = None, **options: Any) -> SerialTestResult:
+    """``mcu-nn serial-test``: every test vector through the board, or the user's ``inputs``
+    (an array, a list of sequences of any lengths, or a .npz/.npy/.pt file) with optional
+    ``labels`` (an array, a key of the inputs .npz, or a file), measured against the simulator,
+    the float model and the labels (``options``: timeout, retries, progress, check_step; see
+    mcu_nn.device.serial_test). The inputs are checked before any board is built or booted."""
+    seqs = prepare_sequences(Path(export_dir), inputs, labels, allow_modified=allow_modified, log=log)
     with running_board(Path(export_dir), port=port, board=board, log=log, allow_modified=allow_modified) as url:
-        return serial_test_on_port(export_dir, port=url, log=log, allow_modified=allow_modified, **options)
+        return serial_test_on_port(export_dir, port=url, log=log, allow_modified=allow_modified, inputs=seqs,
+                                   **options)
 
 
 def generate(export_dir: Path, prefix: str, n: int, *, port: Optional[str] = None, board: Optional[str] = None,

@@ -146,6 +146,19 @@ def state_manifest(q: QModel) -> dict:
             "outputs": list(q.output_names[1:])}
 
 
+def _float_model_file(graph: Graph) -> dict[str, bytes]:
+    """{float_model.npz: bytes}: the float Graph, the reference `serial-test --inputs` measures the
+    board's SNR and top-1 agreement against. A graph holding a value the file cannot keep gets
+    a warning and no file (the export stays usable; only those float metrics need it)."""
+    from .qmodel_file import FLOAT_FILE, graph_bytes
+    try:
+        return {FLOAT_FILE: graph_bytes(graph)}
+    except TypeError as e:
+        warnings.warn(f"{FLOAT_FILE} not written ({e}): serial-test --inputs will not measure the board "
+                      "against the float model", McuNnWarning, stacklevel=3)
+        return {}
+
+
 def source_provenance(model: Any) -> dict:
     """Where the model came from, for the manifest and the report: a file's name and sha256, or
     the class of an in-memory module / ExportedProgram."""
@@ -185,6 +198,7 @@ def export_model(model_path: Any, out_dir: str | Path, *, precision: str = "int8
         from .generate import VOCAB_FILE, check_language_model, vocab_bytes
         check_language_model(graph, len(vocab))
         extra_files[VOCAB_FILE] = vocab_bytes(vocab)
+    extra_files.update(_float_model_file(graph))
     data_set = load_data_set(graph, calib, precision)
     data, lengths = data_set.x, data_set.lengths
     steps = f"{data.shape[1]} steps" if lengths is None else f"{lengths.min()}..{lengths.max()} steps"

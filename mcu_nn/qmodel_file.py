@@ -1,5 +1,7 @@
-"""The quantised model saved beside the C (``qmodel.npz`` in an export), so later stages can run
-the bit-exact simulator on inputs chosen after export (``mcu-nn generate``) without the model file.
+"""The models saved beside the C, so later stages can run the simulators on inputs chosen after
+export without the model file: the quantised model (``qmodel.npz``: the bit-exact simulator, for
+``mcu-nn generate`` and ``serial-test --inputs``) and the float model (``float_model.npz``: the
+float reference ``serial-test --inputs`` measures the board's SNR and top-1 agreement against).
 
 No pickle: the IR's dataclasses are written as JSON (each object named by module and class)
 plus numpy arrays, and read back only into dataclasses of the mcu_nn package."""
@@ -14,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from .errors import McuNnError
-from .ir import QModel
+from .ir import Graph, QModel
 
 FILE = "qmodel.npz"
+FLOAT_FILE = "float_model.npz"
 FORMAT = 1
 
 
@@ -78,26 +81,46 @@ def _dec(v: Any, arrays: dict[str, np.ndarray]) -> Any:
     return obj
 
 
-def qmodel_bytes(q: QModel) -> bytes:
-    """``q`` as the bytes of qmodel.npz; TypeError when it holds a value this format cannot keep."""
+def model_bytes(model: Any) -> bytes:
+    """A ``QModel`` or a float ``Graph`` as the bytes of an .npz (JSON of the dataclasses plus
+    their arrays); TypeError when it holds a value this format cannot keep."""
     w = _Writer()
-    doc = json.dumps({"format": FORMAT, "model": w.enc(q)})
+    doc = json.dumps({"format": FORMAT, "model": w.enc(model)})
     buf = io.BytesIO()
     np.savez(buf, model=np.frombuffer(doc.encode(), np.uint8), **{f"a{i}": a for i, a in enumerate(w.arrays)})
     return buf.getvalue()
 
 
-def load_qmodel(data: bytes, where: str) -> QModel:
-    """The QModel saved in qmodel.npz (its bytes, already hash-checked by open_export)."""
+def _load(data: bytes, where: str, cls: type, what: str) -> Any:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         doc = json.loads(arrays.pop("model").tobytes().decode())
         if doc.get("format") != FORMAT:
             raise ValueError(f"format {doc.get('format')!r}, this mcu-nn reads {FORMAT}")
-        q = _dec(doc["model"], arrays)
+        obj = _dec(doc["model"], arrays)
     except Exception as e:      # a damaged file or another version's classes: one line
         raise McuNnError(f"{where} is unreadable ({type(e).__name__}: {str(e)[:100]}); re-run mcu-nn export") from None
-    if not isinstance(q, QModel):
-        raise McuNnError(f"{where} does not hold a quantised model; re-run mcu-nn export")
-    return q
+    if not isinstance(obj, cls):
+        raise McuNnError(f"{where} does not hold {what}; re-run mcu-nn export")
+    return obj
+
+
+def qmodel_bytes(q: QModel) -> bytes:
+    """``q`` as the bytes of qmodel.npz; TypeError when it holds a value this format cannot keep."""
+    return model_bytes(q)
+
+
+def load_qmodel(data: bytes, where: str) -> QModel:
+    """The QModel saved in qmodel.npz (its bytes, already hash-checked by open_export)."""
+    return _load(data, where, QModel, "a quantised model")
+
+
+def graph_bytes(graph: Graph) -> bytes:
+    """The float ``graph`` as the bytes of float_model.npz; TypeError as for qmodel_bytes."""
+    return model_bytes(graph)
+
+
+def load_graph(data: bytes, where: str) -> Graph:
+    """The float Graph saved in float_model.npz (its bytes, already hash-checked by open_export)."""
+    return _load(data, where, Graph, "a float model")

@@ -90,7 +90,8 @@ def layer_names(ops: Sequence[dict]) -> list[str]:
     names = []
     for i, o in enumerate(ops):
         src = o.get("source", "")
-        kind = _KIND_NAMES.get(o.get("kind", ""), "") or o.get("type", "").removeprefix("Q") or "op"
+        typ, k = o.get("type", "").removeprefix("Q") or "op", o.get("kind", "")
+        kind = _KIND_NAMES.get(k) or (f"{typ} {k}" if k else typ)
         if not src:
             names.append(f"{kind} (op {i})")
         elif sources.count(src) > 1:
@@ -714,6 +715,10 @@ def write_report(path: str | Path, graph: Graph, q: QModel, *, calib: np.ndarray
     if lab is not None and np.asarray(lab).reshape(-1).shape[0] != x.shape[0]:
         raise McuNnError(f"report labels: {np.asarray(lab).reshape(-1).shape[0]} labels for {x.shape[0]} "
                          f"{on} sequences; give one label per sequence")
+    if lab is not None and (graph.output_per_step or q.output_size < 2):
+        raise McuNnError("report labels: task accuracy needs a classifier (one vector of class scores per "
+                         "sequence); this model's outputs are " + ("per step" if graph.output_per_step
+                                                                   else "a single value"))
     m = measure(graph, q, x, lab)
     data = {**m, "title": q.name or "model", "measured_on": on,
             "criteria": {**CRITERIA, **(criteria or {})},
@@ -772,25 +777,28 @@ def load_report_labels(spec: str, calib: Optional[str] = None) -> np.ndarray:
             raise McuNnError(f"{where}: no such file (give an .npy/.npz of integer labels, one per calibration "
                              "sequence, or the name of an array in the --calib .npz)")
     try:
-        with np.load(file, allow_pickle=False) as z:
-            if isinstance(z, np.ndarray):
-                if key is not None:
-                    raise McuNnError(f"{where}: {file} is an .npy with one array, not an .npz with {key!r}")
-                arr = z
-            else:
-                names = list(z.files)
-                if key is None:
-                    key = names[0] if len(names) == 1 else next((k for k in LABEL_KEYS if k in names), None)
-                    if key is None:
-                        raise McuNnError(f"{where}: {file} holds {', '.join(names)}; say which: {file}:KEY")
-                if key not in names:
-                    raise McuNnError(f"{where}: {file} has no array {key!r} (it holds {', '.join(names)})")
-                arr = z[key]
-    except McuNnError:
-        raise
+        z = np.load(file, allow_pickle=False)
     except Exception as e:       # not an array file, an object array, a truncated zip: one line
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise McuNnError(f"{where}: {file} is not a numpy .npy/.npz file ({msg[:100]})") from None
+        raise McuNnError(f"{where}: not a numpy .npy/.npz file ({msg[:100]})") from None
+    if isinstance(z, np.ndarray):
+        if key is not None:
+            raise McuNnError(f"{where}: {file} is an .npy with one array, not an .npz with {key!r}")
+        arr = z
+    else:
+        with z:
+            names = list(z.files)
+            if key is None:
+                key = names[0] if len(names) == 1 else next((k for k in LABEL_KEYS if k in names), None)
+                if key is None:
+                    raise McuNnError(f"{where}: {file} holds {', '.join(names)}; say which: {file}:KEY")
+            if key not in names:
+                raise McuNnError(f"{where}: {file} has no array {key!r} (it holds {', '.join(names)})")
+            try:
+                arr = z[key]
+            except Exception as e:   # an object array (needs pickle), a truncated member
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise McuNnError(f"{where}: array {key!r} of {file} is unreadable ({msg[:100]})") from None
     arr = np.asarray(arr)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]

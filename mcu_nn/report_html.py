@@ -39,7 +39,6 @@ import numpy as np
 
 from . import __version__
 from .cells import cell_of
-from .compare import saturation_line
 from .errors import McuNnError
 from .ir import Graph, QModel
 from .quant.metrics import snr_db, top1_agreement
@@ -118,8 +117,16 @@ def tensor_label(name: str, ops: Sequence[dict]) -> str:
         if op.get("bidirectional"):
             parts.append("forward" if bits[0] == "d0" else "reverse")
         bits = bits[1:]
-    parts.append(_TENSOR_NAMES.get(".".join(bits), ".".join(bits)))
+    if rest:
+        parts.append(_TENSOR_NAMES.get(".".join(bits), ".".join(bits)))
     return " · ".join(parts)
+
+
+def clipped_text(sat: dict, ops: Sequence[dict]) -> str:
+    """The manifest's saturation counts of one data set ({"op0": {"clipped", "values"}, ...}) in
+    the report's names: 'encoder.rnn: 17 of 40,000 values (0.043%)'."""
+    return "; ".join(f"{tensor_label(site, ops)}: {e['clipped']:,} of {e['values']:,} values "
+                     f"({100 * e['clipped'] / max(e['values'], 1):.2g}%)" for site, e in sat.items())
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -330,9 +337,9 @@ def verdict(m: dict, manifest: Optional[dict] = None, chip: Sequence[dict] = (),
                    if v.get("clipped_fraction", 0) > 0]
     if clipped_sat:
         for w in clipped_sat:
-            line = saturation_line(manifest, w, "on the calibration data" if w == "calibration"
-                                   else "on the test vectors")
-            checks.append(("warn", "clipped: " + line.removeprefix("saturation ")))
+            where = "on the calibration data" if w == "calibration" else "on the test vectors"
+            checks.append(("warn", f"clipped {where} (the chip clips the same values): "
+                                   + clipped_text(sat[w], ops)))
     elif clipped_cal:
         checks.append(("warn", f"values beyond the calibrated range (clipped) at {', '.join(clipped_cal)}"))
     elif manifest is not None and "saturation" in manifest:
@@ -401,12 +408,13 @@ def _plots(m: dict, title: str, ops: Sequence[dict], criteria: dict) -> dict[str
         ax.text(s + 1, i, "exact" if r["snr_db"] is None else f"{s:.1f}", va="center", fontsize=7)
     ax.axvline(thr, color="#c0392b", ls="--", lw=1)
     ax.axvline(GOOD_SNR_DB, color="#e67e22", ls=":", lw=1)
+    ax.text(thr, -0.6, f" threshold {thr:g} dB", color="#c0392b", fontsize=8, va="bottom", ha="right")
+    ax.text(GOOD_SNR_DB, -0.6, f" good: {GOOD_SNR_DB:g} dB", color="#b9770e", fontsize=8, va="bottom", ha="left")
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, max(snr + [GOOD_SNR_DB]) * 1.12)
-    ax.set_xlabel(f"SNR float vs integer (dB, higher is better; 120 = exact). "
-                  f"Dashed: {thr:g} dB threshold, dotted: {GOOD_SNR_DB:g} dB")
-    ax.set_title(f"{title}: where quantisation error enters")
+    ax.set_xlabel("SNR float vs integer (dB, higher is better; 120 = exact)")
+    ax.set_title(f"{title}: where quantisation error enters", pad=14)
     save(fig, "snr_per_tensor")
 
     steps = [(lab, r) for lab, r in zip(labels, rows) if "snr_per_step_db" in r]
@@ -419,6 +427,8 @@ def _plots(m: dict, title: str, ops: Sequence[dict], criteria: dict) -> dict[str
             lo, hi = min(lo, *ys), max(hi, *ys)
         ax.axhline(thr, color="#c0392b", ls="--", lw=1, label=f"threshold {thr:g} dB")
         ax.set_ylim(max(0.0, lo - 5), hi + 5)      # the threshold is always in view: no zoomed-in drama
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("time step (1 = first)")
         ax.set_ylabel("SNR of h vs float (dB)")
         ax.set_title("does the error accumulate along the sequence?")

@@ -210,10 +210,10 @@ def test_verdict_decides_and_says_why() -> None:
     v = verdict(_m(output_snr_db=12.0))                                                # a regressor below 30 dB
     assert v["status"] == "fail" and "12.0 dB" in v["headline"] and "threshold 30 dB" in v["headline"]
     assert verdict(_m(output_snr_db=None))["status"] == "ok"                          # exact
-    sat = {"precision": "int8", "saturation": {"calibration": {"op0.gates": {"clipped": 3, "values": 1000,
-                                                                             "source": "rnn"}}}}
-    v = verdict(_m(top1_agreement=1.0), sat)
-    assert v["status"] == "warn" and v["deployable"] and "clipped" in v["headline"] and "3 of 1,000" in v["headline"]
+    sat = {"precision": "int8", "saturation": {"calibration": {"op0": {"clipped": 3, "values": 1000, "source": "rnn"}}}}
+    ops = [{"type": "Recurrent", "kind": "lstm", "source": "encoder.rnn"}]
+    v = verdict(_m(top1_agreement=1.0, ops=ops), sat)
+    assert v["status"] == "warn" and v["deployable"] and "encoder.rnn: 3 of 1,000 values" in v["headline"]
     bad_chip = {**SERIAL, "ok": False, "passed": 5}
     v = verdict(_m(top1_agreement=1.0), None, [bad_chip])
     assert v["status"] == "fail" and "qemu-mps2-an386" in v["headline"] and "5 of 8" in v["headline"]

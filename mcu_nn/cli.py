@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
             "mcu-nn serial-test build/har --json > st.json && mcu-nn report build/har -o report.html --chip st.json")
     p.add_argument("dir", metavar="DIR", help="an export directory (exported with --report)")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="the report to write (.html or .md)")
-    p.add_argument("--chip", nargs="+", default=[], metavar="RESULTS.json",
+    p.add_argument("--chip", nargs="+", action="extend", default=[], metavar="RESULTS.json",
                    help="output of `mcu-nn serial-test --json` or `mcu-nn bench --json` (one or more files)")
 
     p = cmd("verify", "compile the export on this machine and compare with the simulator, bit for bit",

@@ -329,7 +329,7 @@ def verdict(m: dict, manifest: Optional[dict] = None, chip: Sequence[dict] = (),
         drop = fa - qa
         checks.append(("ok" if drop <= c["max_accuracy_drop"] + 1e-12 else "fail",
                        f"task accuracy on {n} labelled sequences: float {_pct(fa)}, {prec} {_pct(qa)} "
-                       f"({100 * (qa - fa):+.1f} points; allowed -{100 * c['max_accuracy_drop']:g})"))
+                       f"({100 * (qa - fa):+.1f} points; may fall by at most {100 * c['max_accuracy_drop']:g})"))
     sat = (manifest or {}).get("saturation") or {}
     clipped_sat = [w for w in ("calibration", "test_vectors") if sat.get(w)]
     ops = _ops_of(m, manifest)
@@ -408,8 +408,10 @@ def _plots(m: dict, title: str, ops: Sequence[dict], criteria: dict) -> dict[str
         ax.text(s + 1, i, "exact" if r["snr_db"] is None else f"{s:.1f}", va="center", fontsize=7)
     ax.axvline(thr, color="#c0392b", ls="--", lw=1)
     ax.axvline(GOOD_SNR_DB, color="#e67e22", ls=":", lw=1)
-    ax.text(thr, -0.6, f" threshold {thr:g} dB", color="#c0392b", fontsize=8, va="bottom", ha="right")
-    ax.text(GOOD_SNR_DB, -0.6, f" good: {GOOD_SNR_DB:g} dB", color="#b9770e", fontsize=8, va="bottom", ha="left")
+    top = ax.get_xaxis_transform()                   # x in data, y in axes: just above the plot
+    ax.text(thr, 1.01, f"threshold {thr:g} dB ", color="#c0392b", fontsize=8, va="bottom", ha="right", transform=top)
+    ax.text(GOOD_SNR_DB, 1.01, f" good: {GOOD_SNR_DB:g} dB", color="#b9770e", fontsize=8, va="bottom", ha="left",
+            transform=top)
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, max(snr + [GOOD_SNR_DB]) * 1.12)

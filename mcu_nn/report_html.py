@@ -727,7 +727,7 @@ def write_report(path: str | Path, graph: Graph, q: QModel, *, calib: np.ndarray
     if lab is not None and np.asarray(lab).reshape(-1).shape[0] != x.shape[0]:
         raise McuNnError(f"report labels: {np.asarray(lab).reshape(-1).shape[0]} labels for {x.shape[0]} "
                          f"{on} sequences; give one label per sequence")
-    if lab is not None and (graph.output_per_step or q.output_size < 2):
+    if labels is not None and test is None and (graph.output_per_step or q.output_size < 2):
         raise McuNnError("report labels: task accuracy needs a classifier (one vector of class scores per "
                          "sequence); this model's outputs are " + ("per step" if graph.output_per_step
                                                                    else "a single value"))

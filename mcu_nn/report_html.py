@@ -194,7 +194,10 @@ def provenance(*, model: Any = None, manifest: Optional[dict] = None, command: O
                 h.update(block)
         p["model_file"], p["model_sha256"] = str(model), h.hexdigest()
     elif model is None and manifest and manifest.get("source_model"):
-        p["model_file"] = str(manifest["source_model"])
+        src, sha = str(manifest["source_model"]), manifest.get("source_sha256")
+        p["model_file"] = src if sha or not src.startswith("<") else f"in-memory module ({src.strip('<>')})"
+        if sha:
+            p["model_sha256"] = sha
     else:
         p["model_file"] = "in-memory module"
     if manifest and manifest.get("sha256"):
@@ -237,10 +240,37 @@ def _firmware_size(flat: dict, what: str) -> Any:
     return _pick(flat, f"{what}_bytes")
 
 
-def chip_row(result: dict) -> dict:
+def chip_dict(result: Any) -> dict:
+    """A chip result as plain JSON-able data: a dict as it is; a result object (serial_test's,
+    bench's) through its ``as_dict()`` or its dataclass fields (arrays left out)."""
+    import dataclasses
+    if isinstance(result, dict):
+        return result
+    if hasattr(result, "as_dict"):
+        d = result.as_dict()
+    elif dataclasses.is_dataclass(result):
+        d = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    else:
+        raise McuNnError(f"chip results: expected dicts or serial-test/bench results, got {type(result).__name__}")
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, np.ndarray):
+            return None                      # the board's raw outputs: not for the report
+        if isinstance(v, np.generic):
+            return v.item()
+        return v if isinstance(v, (str, int, float, bool, list, type(None))) else str(v)
+    return {k: x for k, x in plain(d).items() if x is not None}
+
+
+def chip_row(result: Any) -> dict:
     """A serial-test or bench result (the JSON of ``--json``, or the API's dict) as one row of the
     chip table: board, checked/passed, bit-exact, per-step count and unit, whole-firmware flash/RAM,
     accuracy. Unknown fields are kept under "other" and shown, never refused."""
+    result = chip_dict(result)
     flat = _flat(result)
     command = result.get("command") or ("bench" if "instructions_per_step" in flat else "serial-test")
     board = _pick(flat, "board", "device.board") or "?"
@@ -482,7 +512,8 @@ def _summary_rows(m: dict, manifest: Optional[dict]) -> list[tuple[str, str]]:
     if "top1_agreement" in m:
         rows.append(("top class agrees with float", _pct(m["top1_agreement"])))
     if "float_accuracy" in m:
-        rows.append(("accuracy (labels): float / integer", f"{_pct(m['float_accuracy'])} / {_pct(m['quant_accuracy'])}"))
+        rows.append(("accuracy (labels): float / integer",
+                     f"{_pct(m['float_accuracy'])} / {_pct(m['quant_accuracy'])}"))
     if manifest:
         rows.append(("precision", str(manifest.get("precision"))))
         rows.append(("model constants (flash)", _bytes(manifest.get("flash_bytes", 0))))
@@ -580,8 +611,8 @@ _CSS = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]], cls: str = "") -> str:
     e = html.escape
-    return (f"<table{f' class={chr(39)}{cls}{chr(39)}' if cls else ''}><tr>" + "".join(f"<th>{e(h)}</th>" for h in header)
-            + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    attr = f" class='{cls}'" if cls else ""
+    return (f"<table{attr}><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>" + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
             + "</table>")
 
 
@@ -711,12 +742,13 @@ def render_report(path: str | Path, data: dict, *, manifest: Optional[dict] = No
 def write_report(path: str | Path, graph: Graph, q: QModel, *, calib: np.ndarray,
                  test: Optional[tuple[np.ndarray, np.ndarray]] = None, manifest: Optional[dict] = None,
                  export_dir: Optional[Path] = None, labels: Optional[np.ndarray] = None, model: Any = None,
-                 command: Optional[str] = None, chip: Sequence[dict] = (),
-                 criteria: Optional[dict] = None) -> Path:
+                 command: Optional[str] = None, chip: Sequence[Any] = (),
+                 criteria: Optional[dict] = None, chip_results: Sequence[Any] = ()) -> Path:
     """Measure and write the report to ``path`` (.html or .md). Measures on ``test`` (inputs,
     labels) when given, else on ``calib`` (with ``labels`` for task accuracy). ``model`` (a path,
     or the module itself) and ``command`` go into the provenance (default: sys.argv); ``chip``:
-    serial-test / bench results as dicts. With ``export_dir``, everything the page shows is saved
+    serial-test / bench results (dicts as ``--json`` prints them, or the result objects;
+    ``chip_results`` is the same). With ``export_dir``, everything the page shows is saved
     in its model.json under "quantisation_report", for ``mcu-nn report`` to re-render."""
     if q.precision == "float32":
         raise McuNnError("--report compares integer arithmetic with float; export int8 or int16 to get one")
@@ -736,7 +768,7 @@ def write_report(path: str | Path, graph: Graph, q: QModel, *, calib: np.ndarray
             "criteria": {**CRITERIA, **(criteria or {})},
             "provenance": provenance(model=model, manifest=manifest, command=command)}
     data["verdict"] = {k: v for k, v in verdict(data, manifest).items() if k != "criteria"}
-    render_report(path, data, manifest=manifest, chip=chip)
+    render_report(path, data, manifest=manifest, chip=[chip_dict(r) for r in [*chip, *chip_results]])
     if export_dir is not None and (Path(export_dir) / "model.json").is_file():
         from .exportdir import update_manifest
         update_manifest(export_dir, {"quantisation_report": data})

@@ -271,3 +271,28 @@ def test_chip_results_files(tmp_path) -> None:
         load_chip_results([tmp_path / "c.json"])
     with pytest.raises(McuNnError, match="cannot read"):
         load_chip_results([tmp_path / "missing.json"])
+
+
+def test_chip_result_objects_and_manifest_provenance(tmp_path) -> None:
+    """The Python API hands over its serial_test / bench result objects and a manifest that records
+    where the model came from (source_model, source_sha256)."""
+    from mcu_nn.bench import BenchResult
+    from mcu_nn.device.serial_test import SerialTestResult
+    from mcu_nn.report_html import chip_row, provenance
+    st = SerialTestResult(ok=True, vectors=8, passed=8, first_mismatch="", mean_cycles_per_step=1937.0,
+                          max_cycles_per_step=1938.0, bytes_per_second=1e4, cycle_unit="instructions",
+                          outputs=np.zeros((8, 4), np.int16), device=None)
+    bench = BenchResult(name="m", precision="int8", board="qemu-mps2-an386", path="simd", instructions_per_step=1930,
+                        macs_per_step=384, instructions_per_mac=5.0, flash_bytes=4078, ram_bytes=160, state_bytes=64,
+                        stack_bytes=96, weight_layout="packed", vectors_checked=8)
+    assert chip_row(st)["bit_exact"] is True and chip_row(st)["per_step"] == 1937.0
+    assert chip_row(bench)["command"] == "bench" and chip_row(bench)["flash_bytes"] == 4078
+    g = make_graph(kind="gru", readout="last", head=("linear:3",), seq_len=5)
+    x = make_input(g, n=8, steps=5)
+    text = write_report(tmp_path / "r.md", g, quantize(g, x, "int8"), calib=x, chip_results=[st, bench],
+                        command="api").read_text()
+    assert "1,930 instructions" in text and "1,937 instructions" in text and "bit-exact" in text
+    p = provenance(manifest={"source_model": "har.pt2", "source_sha256": "d" * 64, "sha256": "e" * 64}, command="x")
+    assert p["model_file"] == "har.pt2" and p["model_sha256"] == "d" * 64 and p["export_sha256"] == "e" * 64
+    p = provenance(manifest={"source_model": "<Net in memory>", "source_sha256": None}, command="x")
+    assert p["model_file"] == "in-memory module (Net in memory)" and "model_sha256" not in p

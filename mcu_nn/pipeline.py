@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -120,9 +120,11 @@ def load_data(graph: Graph, calib: Optional[str], precision: str) -> np.ndarray:
     return load_data_set(graph, calib, precision).x
 
 
-def load_data_set(graph: Graph, calib: Optional[str], precision: str):
-    """As load_data, with each sequence's length (quant.CalibrationSet: ``x`` padded, ``lengths``)."""
+def load_data_set(graph: Graph, calib: Any, precision: str):
+    """As load_data, with each sequence's length (quant.CalibrationSet: ``x`` padded, ``lengths``).
+    ``calib``: a path, "random", or data in memory (quant.calibrate.calibration_set_from)."""
     from .quant import load_calibration_set
+    from .quant.calibrate import calibration_set_from
     if calib is None:
         if precision != "float32":
             raise McuNnError(
@@ -130,7 +132,9 @@ def load_data_set(graph: Graph, calib: Optional[str], precision: str):
                 "pass --calib FILE (N×T×F array in .npz/.npy/.pt, real inputs of the model) "
                 "or --calib random to use random data (not recommended)")
         calib = "random"
-    return load_calibration_set(calib, graph)
+    if isinstance(calib, (str, Path)):
+        return load_calibration_set(calib, graph)
+    return calibration_set_from(calib, graph)
 
 
 def state_manifest(q: QModel) -> dict:
@@ -142,12 +146,28 @@ def state_manifest(q: QModel) -> dict:
             "outputs": list(q.output_names[1:])}
 
 
-def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str = "int8",
-                 calib: Optional[str] = None, name: Optional[str] = None,
+def source_provenance(model: Any) -> dict:
+    """Where the model came from, for the manifest and the report: a file's name and sha256, or
+    the class of an in-memory module / ExportedProgram."""
+    if isinstance(model, (str, Path)):
+        import hashlib
+        p = Path(model)
+        digest = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"source_model": p.name, "source_sha256": digest.hexdigest()}
+    return {"source_model": f"<{type(model).__name__} in memory>", "source_sha256": None}
+
+
+def export_model(model_path: Any, out_dir: str | Path, *, precision: str = "int8",
+                 calib: Any = None, name: Optional[str] = None,
                  input_shape: Optional[tuple[int, ...]] = None, allow_pickle: bool = False,
                  weight_layout: str = "packed", log: Callable[[str], None] = print,
-                 vocab: Optional[list[str]] = None) -> ExportResult:
+                 vocab: Optional[list[str]] = None, example_input: Any = None) -> ExportResult:
     """Export ``model_path`` into ``out_dir`` and return what was written and measured.
+    ``model_path`` may also be an nn.Module (with ``example_input`` or ``input_shape``) or an
+    ExportedProgram, and ``calib`` data in memory (see load_data_set).
     ``weight_layout="wide"`` stores int8 weights as int16: more flash, faster on DSP cores.
     ``vocab`` (a language model's tokens, in id order) is stored as vocab.json for `mcu-nn generate`."""
     from .codegen import write_export
@@ -158,7 +178,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
 
     if precision not in PRECISIONS:
         raise McuNnError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    graph = load_model(model_path, allow_pickle=allow_pickle, input_shape=input_shape, name=name)
+    graph = load_model(model_path, allow_pickle=allow_pickle, input_shape=input_shape, name=name,
+                       example_input=example_input)
     extra_files = {}
     if vocab is not None:
         from .generate import VOCAB_FILE, check_language_model, vocab_bytes
@@ -174,7 +195,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, *, precision: str 
     vec_lengths = None if lengths is None else lengths[:TEST_VECTORS]
     expected = run_padded(lambda xs: run(q, xs), vectors, vec_lengths, q.output_per_step)
     warn_if_trending(graph, data, lengths)
-    extra = {"source_model": str(Path(model_path).name), "accuracy": accuracy.as_dict(),
+    extra = {**source_provenance(model_path), "accuracy": accuracy.as_dict(),
              "calibration_sequences": int(data.shape[0]),
              "state": state_manifest(q),
              "saturation": {"calibration": saturation_counts(q, data, lengths)}}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -18,16 +18,23 @@ from .loops import fold_loops
 from .loading import first_line, load_exported, quiet, sniff
 from .walker import Relayout, Walker
 
-__all__ = ["load_model", "c_identifier"]
+__all__ = ["load_model", "c_identifier", "ModelSource"]
 
 
-def load_model(path: str | Path, *, allow_pickle: bool = False, input_shape: Optional[tuple[int, ...]] = None,
-               name: Optional[str] = None) -> ir.Graph:
-    """Load a PyTorch model file into a float ``ir.Graph``.
+ModelSource = Union[str, Path, torch.nn.Module, torch.export.ExportedProgram]
 
-    Accepts a ``torch.export.save`` archive (.pt2), a TorchScript file (``torch.jit.save`` of a
-    scripted or traced module; needs ``input_shape``) and, only with ``allow_pickle=True``, a
-    whole pickled module (``torch.save(model)``; needs ``input_shape``: unpickling runs code).
+
+def load_model(source: ModelSource, *, allow_pickle: bool = False, input_shape: Optional[tuple[int, ...]] = None,
+               name: Optional[str] = None, example_input: Any = None) -> ir.Graph:
+    """Load a PyTorch model into a float ``ir.Graph``.
+
+    ``source`` is a file or, from the Python API, the model itself:
+    - a ``torch.export.save`` archive (.pt2), a TorchScript file (``torch.jit.save`` of a
+      scripted or traced module; needs ``input_shape``) and, only with ``allow_pickle=True``, a
+      whole pickled module (``torch.save(model)``; needs ``input_shape``: unpickling runs code);
+    - an ``nn.Module`` with ``example_input`` (a tensor or array, or a tuple of them for
+      ``forward(x, state)``) or ``input_shape``;
+    - a ``torch.export.ExportedProgram``.
 
     ``input_shape`` is (T, F) for float inputs or (T,) for token ids, without the batch axis;
     for a .pt2 archive it only overrides the recorded sequence length. Whatever the model's
@@ -37,7 +44,12 @@ def load_model(path: str | Path, *, allow_pickle: bool = False, input_shape: Opt
     Raises ``McuNnError`` (one line) for missing, corrupt or foreign files, bare state_dicts,
     pickles without ``allow_pickle`` and ops mcu-nn cannot run.
     """
-    p = Path(path)
+    if isinstance(source, (torch.nn.Module, torch.export.ExportedProgram)):
+        return _load_in_memory(source, input_shape=input_shape, name=name, example_input=example_input)
+    if not isinstance(source, (str, Path)):
+        raise McuNnError(f"cannot read a model from a {type(source).__name__}: pass an nn.Module, a "
+                         "torch.export.ExportedProgram or the path of a model file")
+    p = Path(source)
     try:
         fmt = sniff(p)
         graph = _first_walk(load_exported(p, fmt, allow_pickle=allow_pickle, input_shape=input_shape), p)
@@ -48,6 +60,71 @@ def load_model(path: str | Path, *, allow_pickle: bool = False, input_shape: Opt
     if input_shape is not None:
         _apply_input_shape(graph, input_shape, p)
     graph.name = c_identifier(name) if name else c_identifier(p.stem)
+    return graph
+
+
+def _as_example_args(example_input: Any) -> tuple:
+    """The example as forward()'s positional arguments: tensors (numpy arrays converted)."""
+    items = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+
+    def tensor(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) or v is None:
+            return v
+        if isinstance(v, (tuple, list)):
+            return tuple(tensor(x) for x in v)
+        import numpy as np
+        a = np.asarray(v)
+        if not np.issubdtype(a.dtype, np.number):
+            raise McuNnError(f"example_input holds {a.dtype} values; pass a tensor or a numeric array")
+        return torch.from_numpy(a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a.astype(np.int64))
+    return tuple(tensor(v) for v in items)
+
+
+def _shape_from_example(args: tuple) -> Optional[tuple[int, ...]]:
+    """(T, F) or (T,) from a batch-first (N, T, F) / (N, T) ids example, or an unbatched (T, F)."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor):
+        return None
+    if x.is_floating_point():
+        return tuple(int(d) for d in x.shape[1:]) if x.dim() == 3 else (tuple(int(d) for d in x.shape)
+                                                                         if x.dim() == 2 else None)
+    return (int(x.shape[-1]),) if x.dim() in (1, 2) else None
+
+
+def _load_in_memory(source: Any, *, input_shape: Optional[tuple[int, ...]], name: Optional[str],
+                    example_input: Any) -> ir.Graph:
+    """An nn.Module or ExportedProgram from the Python API: the user's own example first (exactly
+    what ``torch.export.export(model, (example,))`` gives), then mcu-nn's layouts (as for pickles)."""
+    from .loading import from_module
+    label = f"<{type(source).__name__} in memory>"
+    try:
+        if isinstance(source, torch.export.ExportedProgram):
+            graph = _first_walk(iter([source]), Path(label))
+        else:
+            if example_input is None and input_shape is None:
+                raise McuNnError(f"{label}: pass example_input (e.g. torch.zeros(1, T, F), or token ids "
+                                 "(1, T)) or input_shape=(T, F), so mcu-nn can trace the model")
+            args = _as_example_args(example_input) if example_input is not None else ()
+            candidates = []
+            if args:
+                try:
+                    with quiet():
+                        candidates.append(torch.export.export(source.eval(), args))
+                except Exception as e:       # tried again below in mcu-nn's layouts
+                    candidates.append(McuNnError(f"{label}: torch.export cannot trace {type(source).__name__}."
+                                                 f"forward with the example input ({type(e).__name__}: "
+                                                 f"{first_line(e)})"))
+            shape = input_shape or _shape_from_example(args)
+            if shape is not None:
+                candidates = [*candidates, *from_module(source, label, shape)]
+            graph = _first_walk(iter(candidates), Path(label))
+    except McuNnError:
+        raise
+    except Exception as e:                   # the boundary: nothing from torch escapes as a traceback
+        raise McuNnError(f"{label}: cannot read the model ({type(e).__name__}: {first_line(e)})") from e
+    if input_shape is not None:
+        _apply_input_shape(graph, input_shape, Path(label))
+    graph.name = c_identifier(name or "model")
     return graph
 
 

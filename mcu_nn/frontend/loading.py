@@ -420,7 +420,14 @@ def _from_pickle(path: Path, allow_pickle: bool, input_shape: Optional[tuple[int
         _refuse_data(path, obj)
     if isinstance(obj, torch.jit.ScriptModule):
         raise McuNnError(f"{path} pickles a TorchScript module; save it with torch.jit.save or {SAVE_HINT}")
-    model = obj.eval()
+    yield from from_module(obj, path, input_shape)
+
+
+def from_module(model: torch.nn.Module, path: Union[Path, str],
+                input_shape: Optional[tuple[int, ...]]) -> Iterator[Candidate]:
+    """An nn.Module (unpickled, or handed over by the Python API) as ExportedPrograms to try:
+    exported with zero examples of ``input_shape`` in each layout (see _with_layout)."""
+    model = model.eval()
     args, seen = _forward_args(model)
     rnn = next(((n, m, type(m).__name__) for n, m in model.named_modules()
                 if isinstance(m, torch.nn.RNNBase) and from_torch_module(type(m).__name__)), None)

@@ -227,6 +227,48 @@ def load_calibration_set(source: Union[str, Path], graph: Graph) -> CalibrationS
     return validate_calibration_set(x, lengths, graph, where=f"calibration data {path}")
 
 
+def calibration_set_from(data: object, graph: Graph, where: str = "calibration data") -> CalibrationSet:
+    """Sequences for ``graph`` from whatever a notebook holds: a path (as load_calibration_set),
+    an array or tensor ((N, T, F) / (N, T) ids, or one sequence), a list of sequences (ragged:
+    padded, with lengths), a (x, lengths) pair, a dict with "x" (and "lengths"), or a CalibrationSet."""
+    if isinstance(data, CalibrationSet):
+        return validate_calibration_set(data.x, data.lengths, graph, where)
+    if isinstance(data, (str, Path)):
+        return load_calibration_set(data, graph)
+    if isinstance(data, dict):
+        arrays = {k: _as_array(v, where) for k, v in data.items()}
+        lengths = arrays.pop(LENGTHS_KEY, None)
+        return validate_calibration_set(_pick(arrays, where), lengths, graph, where)
+    if isinstance(data, tuple) and len(data) == 2 and _is_padded_pair(data, graph, where):
+        return validate_calibration_set(_as_array(data[0], where), _as_array(data[1], where), graph, where)
+    if isinstance(data, (list, tuple)):
+        seqs = [_as_array(v, where) for v in data]
+        if not seqs:
+            raise McuNnError(f"{where} is an empty list; give at least one sequence")
+        if len({s.shape for s in seqs}) == 1 and seqs[0].ndim == (1 if graph.input_kind == "tokens" else 2):
+            return validate_calibration_set(np.stack(seqs), None, graph, where)
+        x, lengths = _pad(seqs, where)
+        return validate_calibration_set(x, lengths, graph, where)
+    return validate_calibration_set(_as_array(data, where), None, graph, where)
+
+
+def _as_array(v: object, where: str) -> np.ndarray:
+    if hasattr(v, "detach") and hasattr(v, "cpu"):          # a torch tensor, without importing torch
+        v = v.detach().cpu().numpy()
+    a = np.asarray(v)
+    if a.dtype == object:
+        raise McuNnError(f"{where} holds Python objects (a ragged array?); pass a list of arrays, one per "
+                         "sequence, or a padded array with lengths")
+    return a
+
+
+def _is_padded_pair(pair: tuple, graph: Graph, where: str) -> bool:
+    """(x, lengths): a padded batch and one integer length per sequence (not two sequences)."""
+    x, lengths = _as_array(pair[0], where), _as_array(pair[1], where)
+    return (x.ndim == (2 if graph.input_kind == "tokens" else 3) and lengths.ndim == 1
+            and np.issubdtype(lengths.dtype, np.integer) and lengths.shape[0] == x.shape[0])
+
+
 def load_calibration(source: Union[str, Path], graph: Graph) -> np.ndarray:
     """Calibration inputs for ``graph``: (N,T,F) float32 or (N,T) int64 token ids.
 

@@ -177,6 +177,8 @@ def command_line(argv: Optional[Sequence[str]] = None) -> str:
     if not argv:
         return ""
     prog = os.path.basename(argv[0])
+    if "ipykernel" in argv[0] or prog == "ipython":
+        return "Python API, in a notebook / IPython session"
     if prog in ("mcu-nn", "cli.py", "__main__.py"):
         return shlex.join(["mcu-nn", *argv[1:]])
     return shlex.join(argv)
@@ -195,7 +197,8 @@ def provenance(*, model: Any = None, manifest: Optional[dict] = None, command: O
         p["model_file"], p["model_sha256"] = str(model), h.hexdigest()
     elif model is None and manifest and manifest.get("source_model"):
         src, sha = str(manifest["source_model"]), manifest.get("source_sha256")
-        p["model_file"] = src if sha or not src.startswith("<") else f"in-memory module ({src.strip('<>')})"
+        what = src.strip("<>").removesuffix(" in memory")
+        p["model_file"] = src if sha or not src.startswith("<") else f"in-memory module ({what})"
         if sha:
             p["model_sha256"] = sha
     else:
@@ -582,8 +585,8 @@ def chip_table(chip: Sequence[dict]) -> list[tuple[list[str], dict]]:
 
 SIZE_NOTE = ("Sizes: <i>model constants</i> are the model's const arrays (weights, biases, tables) in flash; "
              "<i>state</i> is the caller-owned RAM of the model. The <i>whole firmware</i> on a board (chip "
-             "results) adds the model code, the shared runtime and the serial server: that is the figure "
-             "that says whether it fits your part.")
+             "results) adds the model code, the shared runtime and the firmware around them (the serial server, or "
+             "the bench harness): that is the figure that says whether it fits your part.")
 
 
 # ----------------------------------------------------------------------------- writers

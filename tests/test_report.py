@@ -295,4 +295,4 @@ def test_chip_result_objects_and_manifest_provenance(tmp_path) -> None:
     p = provenance(manifest={"source_model": "har.pt2", "source_sha256": "d" * 64, "sha256": "e" * 64}, command="x")
     assert p["model_file"] == "har.pt2" and p["model_sha256"] == "d" * 64 and p["export_sha256"] == "e" * 64
     p = provenance(manifest={"source_model": "<Net in memory>", "source_sha256": None}, command="x")
-    assert p["model_file"] == "in-memory module (Net in memory)" and "model_sha256" not in p
+    assert p["model_file"] == "in-memory module (Net)" and "model_sha256" not in p

@@ -99,9 +99,22 @@ def _parser() -> argparse.ArgumentParser:
                         "18-26%% of the instructions (measured) on Cortex-M4/M7 (export prints the flash cost)")
     p.add_argument("--report", metavar="FILE", help="also write a quantisation report (.html or .md): "
                                                     "error per layer and gate, calibration ranges, plots")
+    p.add_argument("--report-labels", metavar="FILE", help="class labels of the calibration sequences for the "
+                   "report's task accuracy: an .npy/.npz of integers (FILE.npz:KEY picks an array), or the name "
+                   "of an array in the --calib .npz (e.g. y)")
     p.add_argument("--vocab", metavar="FILE", help="language models: the tokens in id order (a text file whose "
                                                    "characters are the tokens, or a JSON list), stored in the "
                                                    "export as vocab.json for `mcu-nn generate`")
+
+    p = cmd("report", "re-render an export's quantisation report, with the chip's results",
+            "Write the quantisation report of an export again from its model.json (no model needed; the "
+            "export must have been made with --report once), adding serial-test / bench results saved "
+            "with --json: the verdict then covers the chip too.",
+            "mcu-nn serial-test build/har --json > st.json && mcu-nn report build/har -o report.html --chip st.json")
+    p.add_argument("dir", metavar="DIR", help="an export directory (exported with --report)")
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help="the report to write (.html or .md)")
+    p.add_argument("--chip", nargs="+", action="extend", default=[], metavar="RESULTS.json",
+                   help="output of `mcu-nn serial-test --json` or `mcu-nn bench --json` (one or more files)")
 
     p = cmd("verify", "compile the export on this machine and compare with the simulator, bit for bit",
             "Compile the exported C with the host compiler under address and undefined-behaviour "
@@ -230,15 +243,23 @@ def _inspect(a: argparse.Namespace) -> int:
 def _export(a: argparse.Namespace) -> int:
     from .pipeline import export_model
     from .report import export_summary
+    from .report_html import report_labels_arg
+    labels = report_labels_arg(a.report, a.report_labels, a.calib)     # a bad file fails before the export
     result = export_model(a.model, a.out, precision=a.precision, calib=a.calib, name=a.name,
                           input_shape=a.input_shape, allow_pickle=a.allow_pickle,
                           weight_layout=a.weight_layout, vocab=_vocab(a.vocab))
     print(export_summary(result))
     if a.report:
         from .report_html import write_report
-        path = write_report(a.report, result.graph, result.qmodel, calib=result.calibration,
-                            manifest=result.manifest, export_dir=Path(a.out))
+        path = write_report(a.report, result.graph, result.qmodel, calib=result.calibration, labels=labels,
+                            manifest=result.manifest, export_dir=Path(a.out), model=a.model)
         print(f"wrote {path}")
+    return 0
+
+
+def _report(a: argparse.Namespace) -> int:
+    from .report_html import load_chip_results, rerender
+    print(f"wrote {rerender(Path(a.dir), a.out, chip=load_chip_results(a.chip))}")
     return 0
 
 
@@ -331,6 +352,7 @@ def _demo(a: argparse.Namespace) -> int:
 COMMANDS = {"inspect": _inspect, "export": _export, "verify": _verify, "build": _build,
             "flash": _flash, "serial-test": _serial_test, "bench": _bench, "generate": _generate, "boards": _boards, "package": _package,
             "demo": _demo}
+COMMANDS["report"] = _report
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -201,7 +201,7 @@ def export_dict(result) -> dict:
             "model_constants_bytes": int(m["flash_bytes"]), "model_state_bytes": int(m["ram_bytes"]),
             "layers": layers,
             "accuracy": {"sequences": int(acc.sequences), "max_abs_error": float(acc.max_abs_error),
-                         "snr_db": None if fp32 else float(acc.snr_db),
+                         "snr_db": float(acc.snr_db),
                          "top1_agreement": None if acc.top1_agreement is None else float(acc.top1_agreement)},
             "saturation": None if fp32 else dict(m.get("saturation", {}).get("calibration") or {}),
             "too_big_for": _misfits(m), "files": sorted(m["files"]), "sha256": m["sha256"]}

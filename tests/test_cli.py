@@ -41,7 +41,7 @@ def test_inspect_prints_layers_and_sizes(lstm_file):
     r = mcu_nn("inspect", lstm_file[0])
     assert r.returncode == 0, r.stderr
     assert "LSTM 6->32" in r.stdout and "Linear 32->4" in r.stdout
-    assert "MACs/step" in r.stdout and "int8 flash B" in r.stdout
+    assert "MACs/step" in r.stdout and "int8 model constants B" in r.stdout
     assert str(4 * 32 * (6 + 32)) in r.stdout      # the LSTM's MACs per step
 
 
@@ -124,7 +124,7 @@ def test_whole_flow_with_relative_paths_on_the_emulated_board(lstm_file, tmp_pat
         r = mcu_nn(*args, cwd=tmp_path)
         assert r.returncode == 0, f"{args}: {r.stdout}{r.stderr}"
     assert "8/8 vectors passed" in mcu_nn("serial-test", "build/har", cwd=tmp_path).stdout
-    bench = json.loads(r.stdout.strip().splitlines()[-1])
+    bench = json.loads(r.stdout)["models"][0]       # stdout holds the JSON only
     assert bench["board"] == "qemu-mps2-an386" and bench["instructions_per_step"] > 0
     assert bench["macs_per_step"] == 4 * 32 * (6 + 32) + 32 * 4
 

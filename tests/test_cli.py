@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +192,20 @@ def test_quiet_and_verbose_before_or_after_the_subcommand(lstm_file, tmp_path):
     assert "boards: done in" not in mcu_nn("boards").stderr
     both = mcu_nn("-q", "boards", "-v")
     assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_calibration_and_range_search_show_bars_when_bars_are_on(capsys):
+    """Where time is spent there is a bar (on a terminal or in a notebook; forced on here)."""
+    import qmodels as Q
+    from mcu_nn import progress
+    from mcu_nn.quant import quantize
+    g = Q.make_graph("gru", input_size=3, hidden=8, seq_len=4, name="bars")
+    progress.set_enabled(True)
+    try:
+        quantize(g, Q.make_input(g, n=4), "int8")
+    finally:
+        progress.set_enabled(None)
+    err = capsys.readouterr().err
+    assert "calibrating" in err and "choosing ranges (search)" in err and "quantising (int8)" in err
+    quantize(g, Q.make_input(g, n=4), "int8")           # off: stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""

@@ -17,8 +17,10 @@ sizeof(state) + stack high-water mark of a step (painted stack).
 """
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parent / "firmware"
 FIRMWARE = ROOT / "bench"
 STARTUP = ROOT / "common" / "cortexm_startup.c"    # the Cortex-M boards' own start-up
 ICOUNT_SHIFT = 10                 # the emulator rows' bench shift (mcu_nn/boards.py)
+_log = logging.getLogger("mcu_nn")
 
 
 # The emulated rows of the board table: the bench runs where an emulator counts instructions.
@@ -249,8 +252,11 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
     manifest, vec = ex.manifest, ex.vectors
     with tempfile.TemporaryDirectory(prefix="mcunn-bench-") as tmp:
         bdir = Path(build_dir) if build_dir else Path(tmp)
+        t0 = time.perf_counter()
         elf = build_bench(ex, board, bdir, portable=portable, vectors=vectors)
+        t1 = time.perf_counter()
         p = _parse(run_bench(elf, board))
+        _log.debug("bench: firmware built in %.2f s, run on %s in %.2f s", t1 - t0, board, time.perf_counter() - t1)
         objects = [bdir / f"{Path(c).stem}.o" for c in compile_sources(manifest)]
         runtime = tuple(Path(c).stem for c in manifest["runtime"]["sources"])
         figures = _model_flash(objects, elf, ALL_BOARDS[board].arch, runtime)

@@ -6,7 +6,9 @@ The model's prefix varies per export, so the server reaches it through a generat
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -278,6 +280,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
               "-I", str(FIRMWARE / "common"), *cflags]
     (out / "mcunn_board.c").write_text(board_note_c(b))
     srcs = [str(s) for s in model_srcs + firmware_sources(b) + [out / "mcunn_board.c"]]
+    t0 = time.perf_counter()
     if b.cross:
         cc = _need_cross_toolchain(b)
         script = []
@@ -287,6 +290,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
         run_tool([cc, *common, *b.cflags(), "-ffunction-sections", "-fdata-sections", *b.arch.link_flags,
                   *script, "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}",
                   *srcs, "-lm", "-o", str(elf)], f"{cc} ({b.name})")
+        logging.getLogger("mcu_nn").debug("build: compiled and linked for %s in %.2f s", b.name, time.perf_counter() - t0)
         flash, ram = elf_sizes(elf, b)
         if not b.arch.linker_template:
             check_linked_ram(b, ram)

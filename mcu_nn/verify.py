@@ -3,9 +3,11 @@ vector through the C and compare with the simulator's expected outputs: zero dif
 bits for integer precisions, a stated relative tolerance for float32."""
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,6 +21,7 @@ from .sizes import phrase, split_objects
 from .toolchain import find_cc, first_error_line, run_tool, section_sizes
 
 RUNTIME_NAME = "mcunn_fixedpoint.c"
+_log = logging.getLogger("mcu_nn")
 
 HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
               "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -133,6 +136,7 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True, al
             p=name, P=name.upper(), bidirectional=bidir, header=manifest["header"])
         (build / "harness.c").write_text(harness)
         exe = build / "harness"
+        t0 = time.perf_counter()
         run_tool([compiler, *HOST_FLAGS, "-I", str(build / "model"), str(build / "harness.c"),
                   *map(str, c_files), "-o", str(exe), "-lm"], f"{compiler} (host build of {name})",
                  cwd=build)
@@ -145,10 +149,13 @@ def verify(export_dir: Path, *, cc: Optional[str] = None, cross: bool = True, al
         if r.returncode != 0:
             raise McuNnError(f"C harness of {name} failed (exit {r.returncode}): {first_error_line(r.stderr)}")
         got = np.fromfile(build / "out.bin", dtype=out_dt)
+        _log.debug("verify: host build under sanitizers and %d vectors run in %.2f s", n, time.perf_counter() - t0)
         if cross and shutil.which("arm-none-eabi-gcc") and shutil.which("arm-none-eabi-size"):
+            t0 = time.perf_counter()
             per_object = _cross_objects(c_files, build)
             sizes = {k: sum(o[k] for o in per_object.values()) for k in ("text", "rodata", "bss", "data")}
             breakdown = split_objects(per_object, manifest["runtime"]["sources"])
+            _log.debug("verify: cortex-m4 cross-compile in %.2f s", time.perf_counter() - t0)
     shape = expected.shape
     runs = [("run", got[:expected.size].reshape(shape))]
     if not bidir:

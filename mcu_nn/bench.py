@@ -74,6 +74,10 @@ class BenchResult:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def text(self) -> str:
+        """The table `mcu-nn bench` prints for this one result."""
+        return bench_text([self])
+
 
 def _board(board: str) -> Board:
     if board not in BOARDS:

@@ -11,14 +11,16 @@ code that computes the right thing.
 
 Figures: steady-state instructions per step = mean over steps 1..T-1 of test vector 0 (not
 the first step: state is non-zero, inputs are real), minus the measured cost of reading the
-timer; flash = .text + .rodata of the symbols the model's and the runtime's .c define, from the linked ELF; RAM =
+timer; model code, model constants and shared runtime (docs/sizes.md) = .text and .rodata of the
+symbols the model's and the runtime's .c define, from the linked ELF (their sum: ``flash_bytes``); RAM =
 sizeof(state) + stack high-water mark of a step (painted stack).
 """
 from __future__ import annotations
 
-import json
+import logging
 import re
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,7 +30,7 @@ import numpy as np
 
 from .boards import BOARDS as ALL_BOARDS, Board
 from .build import linker_script
-from .elfsize import kept_symbol_bytes
+from .elfsize import defined_symbols
 from .errors import McuNnError
 from .exportdir import Export, compile_sources, full_length_vectors, open_export, stage_sources
 from .launch import run_to_end
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parent / "firmware"
 FIRMWARE = ROOT / "bench"
 STARTUP = ROOT / "common" / "cortexm_startup.c"    # the Cortex-M boards' own start-up
 ICOUNT_SHIFT = 10                 # the emulator rows' bench shift (mcu_nn/boards.py)
+_log = logging.getLogger("mcu_nn")
 
 
 # The emulated rows of the board table: the bench runs where an emulator counts instructions.
@@ -63,9 +66,17 @@ class BenchResult:
     weight_layout: str
     vectors_checked: int
     unit: str = "instructions"    # what instructions_per_step counts: "cycles" on a cycle-exact emulator
+    # flash_bytes in the size vocabulary (docs/sizes.md): model code + model constants + shared runtime
+    model_code_bytes: int = 0
+    model_constants_bytes: int = 0
+    shared_runtime_bytes: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def text(self) -> str:
+        """The table `mcu-nn bench` prints for this one result."""
+        return bench_text([self])
 
 
 def _board(board: str) -> Board:
@@ -214,6 +225,24 @@ def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int,
                                  "model (please report it)")
 
 
+def _model_flash(objects: list[Path], elf: Path, runtime: tuple[str, ...] = ()) -> dict[str, int]:
+    """.text + .rodata bytes of the symbols the export's objects (model and runtime) define
+    that survive in the linked ELF, as the size vocabulary's model code (model objects' text),
+    model constants (their rodata) and shared runtime (the objects of ``runtime`` stems):
+    their sum is the bench's ``flash_bytes`` (pyelftools, as nm would list them)."""
+    kinds: dict[str, str] = {}               # symbol -> figure; the model's objects first
+    for obj in sorted(objects, key=lambda o: o.stem in runtime):
+        for sym in defined_symbols(obj):
+            if sym.kind in "tTrR":
+                kinds.setdefault(sym.name, "shared_runtime_bytes" if obj.stem in runtime else
+                                 "model_code_bytes" if sym.kind in "tT" else "model_constants_bytes")
+    total = {"model_code_bytes": 0, "model_constants_bytes": 0, "shared_runtime_bytes": 0}
+    for sym in defined_symbols(elf):
+        if sym.kind in "tTrR" and sym.name in kinds:
+            total[kinds[sym.name]] += sym.size
+    return total
+
+
 def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: bool = False,
                  build_dir: Optional[Path] = None, vectors: Optional[int] = None,
                  allow_modified: bool = False) -> BenchResult:
@@ -224,10 +253,15 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
     manifest, vec = ex.manifest, ex.vectors
     with tempfile.TemporaryDirectory(prefix="mcunn-bench-") as tmp:
         bdir = Path(build_dir) if build_dir else Path(tmp)
+        t0 = time.perf_counter()
         elf = build_bench(ex, board, bdir, portable=portable, vectors=vectors)
+        t1 = time.perf_counter()
         p = _parse(run_bench(elf, board))
+        _log.debug("bench: firmware built in %.2f s, run on %s in %.2f s", t1 - t0, board, time.perf_counter() - t1)
         objects = [bdir / f"{Path(c).stem}.o" for c in compile_sources(manifest)]
-        flash = kept_symbol_bytes(objects, elf)          # .text + .rodata of the export's symbols kept
+        runtime = tuple(Path(c).stem for c in manifest["runtime"]["sources"])
+        figures = _model_flash(objects, elf, runtime)
+        flash = sum(figures.values())
     n = vec["input_q"].shape[0] if vectors is None else min(vectors, vec["input_q"].shape[0])
     _check_outputs(p, manifest, vec["expected"], n, vec.get("float_drift"))
     instr = lambda ticks: ticks_to_instructions(ticks, board)  # noqa: E731
@@ -254,15 +288,17 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
     return BenchResult(manifest["name"], manifest["precision"], board, "simd" if simd else "portable",
                        per_step, macs, round(per_step / macs, 3) if macs else 0.0, flash,
                        p.state + p.stack, p.state, p.stack, manifest.get("weight_layout", "packed"), n,
-                       _unit(board))
+                       _unit(board), **figures)
 
 
 def format_table(results: list[BenchResult]) -> str:
-    head = ["model", "precision", "board", "kernels", "instr/step", "MACs/step", "instr/MAC", "flash B", "RAM B"]
+    head = ["model", "precision", "board", "kernels", "instr/step", "MACs/step", "instr/MAC",
+            "model code B", "model constants B", "shared runtime B", "RAM B (state+stack)"]
     if results and all(r.unit == "cycles" for r in results):
         head[4], head[6] = "cycles/step", "cycles/MAC"
     rows = [[r.name, r.precision, r.board, r.path, f"{r.instructions_per_step:,}", f"{r.macs_per_step:,}",
-             f"{r.instructions_per_mac:.2f}", f"{r.flash_bytes:,}", f"{r.ram_bytes:,} ({r.state_bytes}+{r.stack_bytes})"]
+             f"{r.instructions_per_mac:.2f}", f"{r.model_code_bytes:,}", f"{r.model_constants_bytes:,}",
+             f"{r.shared_runtime_bytes:,}", f"{r.ram_bytes:,} ({r.state_bytes}+{r.stack_bytes})"]
             for r in results]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= 4 else str(c).ljust(w)  # noqa: E731
@@ -270,18 +306,38 @@ def format_table(results: list[BenchResult]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def bench_command(export_dir: Path, board: str, *, as_json: bool = False, allow_modified: bool = False) -> int:
-    """The CLI's ``mcu-nn bench DIR --board B [--json]``."""
-    r = bench_export(Path(export_dir), board, allow_modified=allow_modified)
-    if as_json:
+JSON_KEYS = ["instructions_per_step", "macs_per_step", "instructions_per_mac", "flash_bytes", "ram_bytes", "board"]
+
+
+def bench_payload(results: list[BenchResult]) -> dict:
+    """The --json payload (docs/json.md, bench): ``{"models": [one object per result]}``, the
+    figures a CI job compares first."""
+    models = []
+    for r in results:
         d = r.as_dict()
-        keys = ["instructions_per_step", "macs_per_step", "instructions_per_mac", "flash_bytes", "ram_bytes", "board"]
-        print(json.dumps({**{k: d[k] for k in keys}, **{k: v for k, v in d.items() if k not in keys}}))
-    else:
-        print(format_table([r]))
+        models.append({**{k: d[k] for k in JSON_KEYS}, **{k: v for k, v in d.items() if k not in JSON_KEYS}})
+    return {"models": models}
+
+
+def bench_text(results: list[BenchResult]) -> str:
+    """The table `mcu-nn bench` prints, with how the figures were measured."""
+    lines = [format_table(results)]
+    for board in dict.fromkeys(r.board for r in results):
         e = BOARDS[board].emulator
-        how = f"{e.label}: cycles exact" if r.unit == "cycles" else \
+        unit = {r.unit for r in results if r.board == board}
+        how = f"{e.label}: cycles exact" if unit == {"cycles"} else \
             f"{e.label} -icount shift={e.bench_shift}: instructions exact"
-        print(f"({how}; steady state = mean of steps 2..T of test "
-              f"vector 0; RAM = state + stack of one step; outputs of {r.vectors_checked} vectors bit-exact)")
+        checked = ", ".join(str(r.vectors_checked) for r in results if r.board == board)
+        lines.append(f"({how}; steady state = mean of steps 2..T of test vector 0; RAM = model state + stack "
+                     f"of one step; model code, model constants and shared runtime as linked (docs/sizes.md); "
+                     f"outputs of {checked} vectors bit-exact)")
+    return "\n".join(lines)
+
+
+def bench_command(export_dir: Path, board: str, *, as_json: bool = False, allow_modified: bool = False) -> int:
+    """``mcu-nn bench DIR --board B [--json]`` as a function: measure, then print the table or
+    one JSON object (the envelope of mcu_nn.jsonout)."""
+    from .jsonout import dumps
+    r = bench_export(Path(export_dir), board, allow_modified=allow_modified)
+    print(dumps("bench", bench_payload([r])) if as_json else bench_text([r]))
     return 0

@@ -6,7 +6,9 @@ The model's prefix varies per export, so the server reaches it through a generat
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,12 +29,23 @@ COUNTER_CODE = {"none": 0, "cycles": 1, "timer": 2, "ns": 3}
 
 @dataclass
 class BuildResult:
+    """A built firmware; flash_bytes/ram_bytes are the *whole firmware* (docs/sizes.md): the
+    linked ELF's flash (text + rodata + data's image) and RAM (data + bss, without the stack)."""
     board: str
     elf: Path
     bin: Optional[Path]
     hex: Optional[Path]
     flash_bytes: int
     ram_bytes: int
+
+    def as_dict(self) -> dict:
+        b = BOARDS.get(self.board)
+        return {"board": self.board, "elf": str(self.elf), "bin": str(self.bin) if self.bin else None,
+                "hex": str(self.hex) if self.hex else None,
+                "whole_firmware": {"flash_bytes": self.flash_bytes, "ram_bytes": self.ram_bytes,
+                                   "stack_bytes": b.stack_bytes if b and b.flash else None,
+                                   "board_flash_bytes": b.flash.size if b and b.flash else None,
+                                   "board_ram_bytes": b.ram.size if b and b.ram else None}}
 
 
 def glue_header(m: dict, board: Board, *, digest: Optional[str] = None, modified: bool = False) -> str:
@@ -118,12 +131,12 @@ def fit_problem(m: dict, board: Board) -> Optional[str]:
         return None
     flash = int(m.get("flash_bytes") or 0)
     if flash > board.flash.size:
-        return (f"model {m['name']} needs {flash:,} B of flash for its weights and tables; "
-                f"{board.name} has {board.flash.size:,} B: export a smaller model or int8 weights")
+        return (f"model {m['name']}'s model constants (weights and tables) alone are {flash:,} B; "
+                f"{board.name} has {board.flash.size:,} B of flash: export a smaller model or int8 weights")
     ram = int(m.get("ram_bytes") or 0) + server_ram_bytes(m, board) + board.stack_bytes
     if ram > board.ram.size:
         return (f"model {m['name']} and the server do not fit in this board's RAM: at least {ram:,} B "
-                f"(state {int(m.get('ram_bytes') or 0):,} B + server buffers "
+                f"(model state {int(m.get('ram_bytes') or 0):,} B + server buffers "
                 f"{server_ram_bytes(m, board):,} B + stack {board.stack_bytes:,} B); {board.name} "
                 f"has {board.ram.size:,} B")
     return None
@@ -136,12 +149,18 @@ def check_fits(m: dict, board: Board) -> None:
         raise McuNnError(problem)
 
 
+def misfit_boards(m: dict) -> list[str]:
+    """The boards of the table the model of manifest ``m`` (with the serial server) cannot fit."""
+    return [b.name for b in BOARDS.values() if fit_problem(m, b)]
+
+
 def fit_line(m: dict) -> str:
     """One line for export and inspect: the boards the model (with the serial server) does not fit."""
-    misfits = [b.name for b in BOARDS.values() if fit_problem(m, b)]
+    misfits = misfit_boards(m)
     if not misfits:
         return f"{m['precision']}: fits every board in `mcu-nn boards` (with the serial server)"
-    return f"{m['precision']}: too big for {', '.join(misfits)} (flash or RAM, with the serial server)"
+    return (f"{m['precision']}: too big for {', '.join(misfits)} (its model constants exceed the board's flash, "
+            "or model state + server buffers + stack its RAM)")
 
 
 def linker_script(board: Board) -> str:
@@ -261,6 +280,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
               "-I", str(FIRMWARE / "common"), *cflags]
     (out / "mcunn_board.c").write_text(board_note_c(b))
     srcs = [str(s) for s in model_srcs + firmware_sources(b) + [out / "mcunn_board.c"]]
+    t0 = time.perf_counter()
     if b.cross:
         cc = _need_cross_toolchain(b)
         script = []
@@ -270,6 +290,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
         run_tool([cc, *common, *b.cflags(), "-ffunction-sections", "-fdata-sections", *b.arch.link_flags,
                   *script, "-Wl,--gc-sections", f"-Wl,-Map={out / 'firmware.map'}",
                   *srcs, "-lm", "-o", str(elf)], f"{cc} ({b.name})")
+        logging.getLogger("mcu_nn").debug("build: compiled and linked for %s in %.2f s", b.name, time.perf_counter() - t0)
         flash, ram = elf_sizes(elf, b)
         if not b.arch.linker_template:
             check_linked_ram(b, ram)
@@ -280,7 +301,7 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
             run_tool([objcopy, "-O", "binary", str(elf), str(binf)], "objcopy")
             run_tool([objcopy, "-O", "ihex", str(elf), str(hexf)], "objcopy")
         _record(out, ex, b)
-        log(f"built {elf} for {b.name}: flash {flash:,} B of {b.flash.size >> 10} KiB "
+        log(f"built {elf} for {b.name}: whole firmware flash {flash:,} B of {b.flash.size >> 10} KiB "
             f"({100 * flash / b.flash.size:.1f}%), RAM {ram:,} B + {b.stack_bytes:,} B stack of "
             f"{b.ram.size >> 10} KiB ({100 * (ram + b.stack_bytes) / b.ram.size:.1f}%)")
         return BuildResult(b.name, elf, binf, hexf, flash, ram)
@@ -288,5 +309,5 @@ def build_firmware(export_dir: Path, board: str, *, log: Callable[[str], None] =
     san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-O1"] if sanitize else []
     run_tool([cc, *common, *san, "-D_DEFAULT_SOURCE", *srcs, "-lm", "-o", str(elf)], f"{cc} (host board)")
     _record(out, ex, b)
-    log(f"built {elf} for the host board")
+    log(f"built {elf} for the host board (whole firmware: a host executable of {elf.stat().st_size:,} B)")
     return BuildResult(b.name, elf, None, None, elf.stat().st_size, 0)

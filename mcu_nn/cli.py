@@ -3,9 +3,10 @@ arguments and calls one function of the package; no logic lives here."""
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -56,23 +57,40 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "so only use it on files you trust")
 
 
+def _add_verbosity(p: argparse.ArgumentParser, **default) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", **default,
+                   help="no progress bars and no progress lines: only warnings, errors and the result")
+    p.add_argument("-v", "--verbose", action="store_true", **default,
+                   help="more detail on stderr (each stage and how long it took)")
+
+
+def _add_json(p: argparse.ArgumentParser, what: str = "the result") -> None:
+    p.add_argument("--json", action="store_true",
+                   help=f"print {what} as one JSON object on stdout (docs/json.md); other lines go to stderr")
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mcu-nn", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Put PyTorch LSTM/GRU/RNN models on microcontrollers as fixed-point C that is "
                     "bit-exact with a simulator, and prove it on the chip.")
     ap.add_argument("--version", action="version", version=f"mcu-nn {__version__}")
+    _add_verbosity(ap)
+    # -q/-v also after the subcommand; SUPPRESS: a subcommand that does not see them keeps the global value
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, default=argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
 
     def cmd(name: str, help: str, description: str, example: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=description, epilog="example:\n  " + example,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
 
-    p = cmd("inspect", "show layers, parameters, MACs per step and flash/RAM per precision",
+    p = cmd("inspect", "show layers, parameters, MACs per step and model constants/state per precision",
             "Read a model file and print what mcu-nn understood of it: each layer with its parameters, "
-            "multiply-accumulates per time step and the flash/RAM it would take at each precision. "
+            "multiply-accumulates per time step, its model constants (flash) and model state (RAM) at each precision (docs/sizes.md). "
             "Writes nothing.", "mcu-nn inspect har.pt2")
     _add_model_args(p)
+    _add_json(p, "the layers and sizes")
 
     p = cmd("export", "quantise a model and write its C, manifest and test vectors",
             "Quantise a model and generate C99 for it: NAME.h, NAME.c, the runtime (mcunn_fixedpoint.h/.c), "
@@ -105,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", metavar="FILE", help="language models: the tokens in id order (a text file whose "
                                                    "characters are the tokens, or a JSON list), stored in the "
                                                    "export as vocab.json for `mcu-nn generate`")
+    _add_json(p, "the summary")
 
     p = cmd("report", "re-render an export's quantisation report, with the chip's results",
             "Write the quantisation report of an export again from its model.json (no model needed; the "
@@ -120,19 +139,21 @@ def _parser() -> argparse.ArgumentParser:
             "Compile the exported C with the host compiler under address and undefined-behaviour "
             "sanitizers, run every test vector through model_run and model_step, and compare with the "
             "simulator: zero differing bits for int8/int16, the stated tolerance for float32. Also "
-            "cross-compiles for Cortex-M4 when arm-none-eabi-gcc is installed and prints section sizes.",
+            "cross-compiles for Cortex-M4 when arm-none-eabi-gcc is installed and prints the model code, model constants and shared runtime it takes (docs/sizes.md).",
             "mcu-nn verify build/har")
     p.add_argument("dir", metavar="DIR", help="an export directory")
     p.add_argument("--no-cross", action="store_true", help="skip the Cortex-M4 cross-compile")
+    _add_json(p, "the comparison and sizes")
     _add_allow_modified(p)
 
     p = cmd("build", "build firmware (inference server + model) for a board",
             "Build the serial inference server around an exported model for a board. "
-            "Writes DIR/firmware/BOARD/firmware.elf (+ .bin/.hex) and prints its flash and RAM use.",
+            "Writes DIR/firmware/BOARD/firmware.elf (+ .bin/.hex) and prints the whole firmware's flash and RAM use.",
             "mcu-nn build build/har --board qemu-mps2-an386")
     p.add_argument("dir", metavar="DIR", help="an export directory")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD}); "
                                                           "`mcu-nn boards` lists them")
+    _add_json(p, "the firmware's paths and sizes")
     _add_allow_modified(p)
 
     p = cmd("package", "lay an export out for a firmware build system (CMake, Arduino, Zephyr, ...)",
@@ -188,10 +209,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = cmd("bench", "count instructions per step on a board (emulated: exact under -icount)",
             "Build the export for a board, run it, and report instructions (or cycles) per time step, "
-            "per multiply-accumulate, flash and RAM.", "mcu-nn bench build/har --board qemu-mps2-an386")
+            "per multiply-accumulate, model code, model constants, shared runtime and RAM.", "mcu-nn bench build/har --board qemu-mps2-an386")
     p.add_argument("dir", metavar="DIR", help="an export directory")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
-    p.add_argument("--json", action="store_true", help="one JSON object per model instead of a table")
+    _add_json(p, "the figures (a list of models) instead of a table")
     _add_allow_modified(p)
 
     p = cmd("generate", "a language model writes text on the board, compared with the simulator",
@@ -222,7 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd("boards", "list the boards mcu-nn knows", "List the known boards with their architecture, core, "
             "memory, counter and how they are flashed or emulated (rows: mcu_nn/firmware/boards/*/board.toml; "
             "docs/boards.md).", "mcu-nn boards --json")
-    p.add_argument("--json", action="store_true", help="one JSON object per board, in a list")
+    _add_json(p, "the boards (a list)")
 
     p = cmd("demo", "train a tiny model and take it all the way to the emulated board",
             "Train a tiny LSTM on synthetic sensor data, export it as int8, verify it on the host, "
@@ -234,26 +255,45 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- commands
+def _info(a: argparse.Namespace):
+    """Where a command's progress lines go: stdout, stderr under --json (stdout holds only the
+    JSON), nowhere under -q."""
+    if a.quiet:
+        return lambda s: None
+    return (lambda s: print(s, file=sys.stderr)) if getattr(a, "json", False) else print
+
+
+def _json(command: str, payload: dict) -> None:
+    from .jsonout import dumps
+    print(dumps(command, payload))
+
+
 def _inspect(a: argparse.Namespace) -> int:
     from .report import inspect_model
-    print(inspect_model(a.model, allow_pickle=a.allow_pickle, input_shape=a.input_shape))
+    r = inspect_model(a.model, allow_pickle=a.allow_pickle, input_shape=a.input_shape)
+    _json("inspect", r.as_dict()) if a.json else print(r.text())
     return 0
 
 
 def _export(a: argparse.Namespace) -> int:
     from .pipeline import export_model
-    from .report import export_summary
+    from .report import export_dict, export_summary
     from .report_html import report_labels_arg
     labels = report_labels_arg(a.report, a.report_labels, a.calib)     # a bad file fails before the export
     result = export_model(a.model, a.out, precision=a.precision, calib=a.calib, name=a.name,
                           input_shape=a.input_shape, allow_pickle=a.allow_pickle,
-                          weight_layout=a.weight_layout, vocab=_vocab(a.vocab))
-    print(export_summary(result))
+                          weight_layout=a.weight_layout, vocab=_vocab(a.vocab), log=_info(a))
+    if not a.json:
+        print(export_summary(result))
+    report = None
     if a.report:
         from .report_html import write_report
         path = write_report(a.report, result.graph, result.qmodel, calib=result.calibration, labels=labels,
                             manifest=result.manifest, export_dir=Path(a.out), model=a.model)
-        print(f"wrote {path}")
+        report = str(path)
+        _info(a)(f"wrote {path}")
+    if a.json:
+        _json("export", {**export_dict(result), "report": report})
     return 0
 
 
@@ -265,13 +305,17 @@ def _report(a: argparse.Namespace) -> int:
 
 def _verify(a: argparse.Namespace) -> int:
     from .verify import verify
-    result = verify(Path(a.dir), cross=not a.no_cross, allow_modified=a.allow_modified)
+    result = verify(Path(a.dir), cross=not a.no_cross, allow_modified=a.allow_modified, log=lambda s: None)
+    _json("verify", result.as_dict()) if a.json else print(result.text())
     return 0 if result.ok else 1
 
 
 def _build(a: argparse.Namespace) -> int:
     from .build import build_firmware
-    build_firmware(Path(a.dir), a.board, allow_modified=a.allow_modified)
+    r = build_firmware(Path(a.dir), a.board, allow_modified=a.allow_modified,
+                       log=(lambda s: print(s, file=sys.stderr)) if a.json else print)
+    if a.json:
+        _json("build", r.as_dict())
     return 0
 
 
@@ -285,18 +329,20 @@ def _serial_test(a: argparse.Namespace) -> int:
     board = a.board or (None if a.port else DEFAULT_BOARD)
     if a.labels is not None and a.inputs is None:
         raise McuNnError("--labels needs --inputs: the labels belong to your sequences, not to the test vectors")
-    log = (lambda s: print(s, file=sys.stderr)) if a.json else print
-    result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout, log=log,
+    result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout, log=_info(a),
                          allow_modified=a.allow_modified, inputs=a.inputs, labels=a.labels)
     if a.json:
-        from .jsonout import dumps
-        print(dumps("serial-test", result.as_dict()))
+        _json("serial-test", result.as_dict())
+    elif a.quiet:                                  # -q: the result line only
+        print(f"{result.passed}/{result.sequences} sequences passed (board vs simulator)")
     return 0 if result.ok else 1
 
 
 def _bench(a: argparse.Namespace) -> int:
-    from .bench import bench_command
-    return bench_command(Path(a.dir), a.board, as_json=a.json, allow_modified=a.allow_modified)
+    from .bench import bench_export, bench_payload, bench_text
+    r = bench_export(Path(a.dir), a.board, allow_modified=a.allow_modified)
+    _json("bench", bench_payload([r])) if a.json else print(bench_text([r]))
+    return 0
 
 
 def _vocab(path: Optional[str]) -> Optional[list[str]]:
@@ -331,7 +377,7 @@ def _generate(a: argparse.Namespace) -> int:
 
 def _boards(a: argparse.Namespace) -> int:
     from .boards import BOARDS, board_summary, describe_boards
-    print(json.dumps([board_summary(b) for b in BOARDS.values()]) if a.json else describe_boards())
+    _json("boards", {"boards": [board_summary(b) for b in BOARDS.values()]}) if a.json else print(describe_boards())
     return 0
 
 
@@ -368,18 +414,42 @@ def _line_buffered() -> None:
             reconfigure(line_buffering=True)
 
 
+def _verbosity(quiet: bool, verbose: bool) -> None:
+    """-q: no bars (progress.set_enabled(False)); -v: the package's debug lines (each stage and
+    its time) on stderr. Neither: bars on a terminal only, no debug lines."""
+    import logging
+    from . import progress
+    progress.set_enabled(False if quiet else None)
+    logger = logging.getLogger("mcu_nn")
+    for h in [h for h in logger.handlers if getattr(h, "_mcu_nn_cli", False)]:
+        logger.removeHandler(h)
+    if verbose:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("mcu-nn: %(message)s"))
+        h._mcu_nn_cli = True
+        logger.addHandler(h)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if not args.command:
-        _parser().print_help()
+        parser.print_help()
         return 2
+    if args.quiet and args.verbose:
+        parser.error("-q/--quiet and -v/--verbose exclude each other")
     _line_buffered()
+    _verbosity(args.quiet, args.verbose)
     warnings.showwarning = _show_warning
     warnings.simplefilter("ignore")                  # torch's internal chatter is not for our users
     warnings.simplefilter("always", McuNnWarning)
     warnings.filterwarnings("always", module=r"mcu_nn(\.|$)")  # ours, raised from any of our modules
     try:
-        return COMMANDS[args.command](args)
+        t0 = time.perf_counter()
+        code = COMMANDS[args.command](args)
+        logging.getLogger("mcu_nn").debug("%s: done in %.2f s (exit %d)", args.command, time.perf_counter() - t0, code)
+        return code
     except McuNnError as e:
         print(f"mcu-nn: error: {e}", file=sys.stderr)
         return 1

@@ -60,14 +60,21 @@ def quantised_outputs(q: QModel, x: np.ndarray) -> np.ndarray:
 def measure_accuracy(graph: Graph, q: QModel, x: np.ndarray, lengths: Optional[np.ndarray] = None) -> Accuracy:
     from .quant.calibrate import CalibrationSet
     from .quant.metrics import max_abs_error, snr_db, top1_agreement
+    from .progress import track
     from .sim import run_float
     refs, gots = [], []
-    for idx, length in CalibrationSet(x, lengths).sequences_by_length():   # padding is never run
+    import logging
+    import time
+    t0 = time.perf_counter()
+    groups = list(CalibrationSet(x, lengths).sequences_by_length())     # padding is never run
+    for idx, length in track(groups, desc="measuring accuracy", unit="length"):
         part = x[idx, :length]
         ref_part, got_part = run_float(graph, part), quantised_outputs(q, part)
         refs.append(ref_part.reshape(-1, ref_part.shape[-1]))
         gots.append(got_part.reshape(-1, got_part.shape[-1]))
     ref, got = np.concatenate(refs), np.concatenate(gots)
+    logging.getLogger("mcu_nn").debug("accuracy: float and %s models over %d sequences in %.2f s",
+                                      q.precision, x.shape[0], time.perf_counter() - t0)
     classifier = not graph.output_per_step and ref.shape[-1] > 1
     return Accuracy(
         max_abs_error=float(max_abs_error(ref, got)),

@@ -3,6 +3,7 @@ flash; totals; how far the quantised model is from the float one)."""
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -48,16 +49,22 @@ def _describe(graph: Graph) -> str:
 
 def _manifests_per_precision(graph: Graph) -> dict[str, dict]:
     """Sizes come from the real code generator, so inspect and export never disagree."""
+    import logging
+    import time
     from .codegen import write_export
+    from .progress import track
     from .quant import quantize
     from .quant.calibrate import random_calibration
     from .sim import run
     data = random_calibration(graph, n=4)
     manifests = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for precision in PRECISIONS:
+        for precision in track(PRECISIONS, desc="sizing each precision", unit="precision"):
+            t0 = time.perf_counter()
             q = quantize(graph, data, precision)
             manifests[precision] = write_export(q, Path(tmp) / precision, data[:1], run(q, data[:1]))
+            logging.getLogger("mcu_nn").debug("inspect: %s quantised and generated in %.2f s",
+                                              precision, time.perf_counter() - t0)
     return manifests
 
 
@@ -66,51 +73,106 @@ def fit_line(m: dict) -> str:
     return line(m)
 
 
-def inspect_model(path: str | Path, *, allow_pickle: bool = False,
-                  input_shape: Optional[tuple[int, ...]] = None) -> str:
-    from .frontend import load_model
-    graph = load_model(path, allow_pickle=allow_pickle, input_shape=input_shape)
-    manifests = _manifests_per_precision(graph)
-    layers = manifests["int8"]["layers"]
-    rows = []
-    for i, layer in enumerate(layers):
+def _misfits(m: dict) -> list[str]:
+    from .build import misfit_boards
+    return misfit_boards(m)
+
+
+def _model_dict(graph: Graph) -> dict:
+    return {"name": graph.name, "source_file": str(graph.source_file) if graph.source_file else None,
+            "input_kind": graph.input_kind, "input_size": graph.input_size, "seq_len": graph.seq_len,
+            "output_size": graph.output_size, "output_per_step": bool(graph.output_per_step),
+            "postprocess": graph.postprocess or None}
+
+
+def _layer_rows(graph: Graph, layers: list[dict]) -> list[dict]:
+    out = []
+    for layer in layers:
         op = graph.ops[layer["index"]] if layer["index"] < len(graph.ops) else None
-        rows.append([_layer_label(layer), layer.get("source") or "-",
-                     param_count(op) if op is not None else 0, layer["macs_per_step"],
-                     *(manifests[p]["layers"][i]["flash_bytes"] for p in PRECISIONS)])
-    rows.append(["total", "", sum(param_count(o) for o in graph.ops),
-                 manifests["int8"]["macs_per_step"], *(manifests[p]["flash_bytes"] for p in PRECISIONS)])
-    ram = ", ".join(f"{p} {manifests[p]['ram_bytes']} B" for p in PRECISIONS)
-    return "\n".join([
-        _describe(graph), "",
-        _table(["layer", "from module", "params", "MACs/step", "int8 flash B", "int16 flash B",
-                "float32 flash B"], rows),
-        "", f"RAM (state + scratch, caller-owned struct): {ram}",
-        "flash counts the model's constant arrays; the activation tables (2 KiB, mcunn_fixedpoint.c) "
-        "are shared by all integer layers and by every model in one firmware", *(fit_line(manifests[p]) for p in PRECISIONS)])
+        out.append({"label": _layer_label(layer), "kind": layer["kind"], "source": layer.get("source") or None,
+                    "params": param_count(op) if op is not None else 0,
+                    "macs_per_step": int(layer["macs_per_step"])})
+    return out
+
+
+CONSTANTS_NOTE = ("model constants = the weights and tables in the model's .c; the shared runtime "
+                  "(mcunn_fixedpoint.c: code + 2 KiB of activation tables) comes once per firmware however "
+                  "many models it links; model code: see verify or bench (docs/sizes.md)")
+
+
+@dataclass
+class InspectResult:
+    """What `mcu-nn inspect` found: ``text()`` is its table, ``as_dict()`` its --json."""
+    graph: Graph
+    manifests: dict                       # precision -> the manifest an export would write
+
+    def text(self) -> str:
+        graph, manifests = self.graph, self.manifests
+        rows = []
+        for i, layer in enumerate(_layer_rows(graph, manifests["int8"]["layers"])):
+            rows.append([layer["label"], layer["source"] or "-", layer["params"], layer["macs_per_step"],
+                         *(manifests[p]["layers"][i]["flash_bytes"] for p in PRECISIONS)])
+        rows.append(["total", "", sum(param_count(o) for o in graph.ops),
+                     manifests["int8"]["macs_per_step"], *(manifests[p]["flash_bytes"] for p in PRECISIONS)])
+        ram = ", ".join(f"{p} {manifests[p]['ram_bytes']} B" for p in PRECISIONS)
+        return "\n".join([
+            _describe(graph), "",
+            _table(["layer", "from module", "params", "MACs/step", *(f"{p} model constants B" for p in PRECISIONS)],
+                   rows),
+            "", f"model state (RAM, caller-owned {manifests['int8']['name']}_state_t): {ram}",
+            CONSTANTS_NOTE, *(fit_line(manifests[p]) for p in PRECISIONS)])
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def as_dict(self) -> dict:
+        """The --json payload (docs/json.md, inspect)."""
+        graph, manifests = self.graph, self.manifests
+        layers = _layer_rows(graph, manifests["int8"]["layers"])
+        for i, layer in enumerate(layers):
+            layer["model_constants_bytes"] = {p: int(manifests[p]["layers"][i]["flash_bytes"]) for p in PRECISIONS}
+        return {"model": _model_dict(graph), "params": int(sum(param_count(o) for o in graph.ops)),
+                "macs_per_step": int(manifests["int8"]["macs_per_step"]), "layers": layers,
+                "precisions": {p: {"model_constants_bytes": int(manifests[p]["flash_bytes"]),
+                                   "model_state_bytes": int(manifests[p]["ram_bytes"]),
+                                   "too_big_for": _misfits(manifests[p])} for p in PRECISIONS}}
+
+
+def inspect_model(path: str | Path, *, allow_pickle: bool = False,
+                  input_shape: Optional[tuple[int, ...]] = None) -> InspectResult:
+    """Load a model file and size it at every precision (nothing written); ``str()`` of the
+    result is the table `mcu-nn inspect` prints."""
+    import logging
+    import time
+    from .frontend import load_model
+    t0 = time.perf_counter()
+    graph = load_model(path, allow_pickle=allow_pickle, input_shape=input_shape)
+    logging.getLogger("mcu_nn").debug("inspect: %s loaded in %.2f s", path, time.perf_counter() - t0)
+    return InspectResult(graph, _manifests_per_precision(graph))
 
 
 def export_summary(result) -> str:
+    """What `export` prints after writing the directory (result: pipeline.ExportResult)."""
     from .compare import saturation_line
-    """What `export` prints after writing the directory (result: export.ExportResult)."""
     m, graph, acc = result.manifest, result.graph, result.accuracy
     rows = []
-    for layer in m["layers"]:
-        op = graph.ops[layer["index"]] if layer["index"] < len(graph.ops) else None
-        rows.append([_layer_label(layer), layer.get("source") or "-",
-                     param_count(op) if op is not None else 0, layer["macs_per_step"], layer["flash_bytes"]])
+    for layer in _layer_rows(graph, m["layers"]):
+        rows.append([layer["label"], layer["source"] or "-", layer["params"], layer["macs_per_step"]])
+    for row, layer in zip(rows, m["layers"]):
+        row.append(layer["flash_bytes"])
     rows.append(["total", "", sum(param_count(o) for o in graph.ops), m["macs_per_step"], m["flash_bytes"]])
     lines = [_describe(graph), "",
-             _table(["layer", "from module", "params", "MACs/step", "flash B"], rows), "",
-             f"RAM: {m['ram_bytes']} B of state and scratch in {m['name']}_state_t (caller-owned)"]
+             _table(["layer", "from module", "params", "MACs/step", "model constants B"], rows), "",
+             f"model state (RAM): {m['ram_bytes']} B of state and scratch in {m['name']}_state_t (caller-owned)"]
     if m["precision"] == "int8":
         from .pipeline import recurrent_weight_count
         extra = recurrent_weight_count(result.qmodel)
         if m.get("weight_layout", "packed") == "packed" and extra:
             lines.append(f"(--weight-layout wide would store the recurrent weights as int16: +{extra:,} B "
-                         "flash, 18-26% fewer instructions per step on Cortex-M4/M7)")
+                         "of model constants, 18-26% fewer instructions per step on Cortex-M4/M7)")
         elif extra:
-            lines.append(f"weights stored as int16 (--weight-layout wide): {extra:,} B more flash than packed")
+            lines.append(f"weights stored as int16 (--weight-layout wide): {extra:,} B more model constants "
+                         "than packed")
     if m["precision"] == "float32":
         lines.append(f"float32 vs PyTorch-equivalent float model: max abs error {acc.max_abs_error:.3g}")
     else:
@@ -123,3 +185,23 @@ def export_summary(result) -> str:
     lines.append(f"wrote {result.out_dir}/: " + ", ".join(m["files"]) + f"  (sha256 {m['sha256'][:16]}…)")
     lines.append(f"next: mcu-nn verify {result.out_dir}")
     return "\n".join(lines)
+
+
+def export_dict(result) -> dict:
+    """The --json payload of `mcu-nn export` (docs/json.md, export)."""
+    m, graph, acc = result.manifest, result.graph, result.accuracy
+    layers = _layer_rows(graph, m["layers"])
+    for layer, ml in zip(layers, m["layers"]):
+        layer["model_constants_bytes"] = int(ml["flash_bytes"])
+    fp32 = m["precision"] == "float32"
+    return {"out_dir": str(result.out_dir), "manifest": str(Path(result.out_dir) / "model.json"),
+            "manifest_schema_version": int(m["schema_version"]), "name": m["name"], "precision": m["precision"],
+            "weight_layout": m.get("weight_layout", "packed"), "model": _model_dict(graph),
+            "params": int(sum(param_count(o) for o in graph.ops)), "macs_per_step": int(m["macs_per_step"]),
+            "model_constants_bytes": int(m["flash_bytes"]), "model_state_bytes": int(m["ram_bytes"]),
+            "layers": layers,
+            "accuracy": {"sequences": int(acc.sequences), "max_abs_error": float(acc.max_abs_error),
+                         "snr_db": float(acc.snr_db),
+                         "top1_agreement": None if acc.top1_agreement is None else float(acc.top1_agreement)},
+            "saturation": None if fp32 else dict(m.get("saturation", {}).get("calibration") or {}),
+            "too_big_for": _misfits(m), "files": sorted(m["files"]), "sha256": m["sha256"]}

@@ -34,8 +34,12 @@ def test_tick_conversion_is_exact_at_shift_10():
 @qemu
 def test_json_has_the_issue_keys_and_consistent_figures(export_dir, capsys):
     assert bench_command(export_dir, "qemu-mps2-an386", as_json=True) == 0
-    d = json.loads(capsys.readouterr().out.strip())
+    doc = json.loads(capsys.readouterr().out.strip())
+    assert doc["schema"] == 1 and doc["command"] == "bench" and len(doc["models"]) == 1
+    d = doc["models"][0]
     assert list(d)[:6] == KEYS
+    assert d["flash_bytes"] == d["model_code_bytes"] + d["model_constants_bytes"] + d["shared_runtime_bytes"]
+    assert d["model_constants_bytes"] > 4 * 12 * (8 + 12)         # the int8 LSTM weights at least
     assert d["macs_per_step"] == 4 * 12 * (8 + 12)
     assert d["instructions_per_mac"] == pytest.approx(d["instructions_per_step"] / d["macs_per_step"], abs=1e-3)
     assert d["ram_bytes"] == d["state_bytes"] + d["stack_bytes"] and d["stack_bytes"] > 0
@@ -47,6 +51,7 @@ def test_table_output_and_deterministic_count(export_dir, capsys):
     assert bench_command(export_dir, "qemu-mps2-an386") == 0
     out = capsys.readouterr().out
     assert "instr/step" in out and "bq" in out and "bit-exact" in out
+    assert all(w in out for w in ("model code B", "model constants B", "shared runtime B"))
     a = bench_export(export_dir, "qemu-mps2-an386")
     b = bench_export(export_dir, "qemu-mps2-an386")
     assert a.instructions_per_step == b.instructions_per_step      # -icount: exact, repeatable

@@ -143,7 +143,9 @@ def test_export_and_inspect_say_which_boards_a_model_does_not_fit(tmp_path):
 def test_boards_lists_arch_core_emulator_and_memory():
     r = mcu_nn("boards", "--json")
     assert r.returncode == 0, r.stderr
-    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == 1 and doc["command"] == "boards"
+    rows = {row["name"]: row for row in doc["boards"]}
     assert set(rows) == set(BOARDS)
     assert rows["qemu-microbit"]["arch"] == "cortex-m0plus" and rows["qemu-microbit"]["ram"] == [0x20000000, 16384]
     assert rows["qemu-mps3-an547"]["emulator"] == "qemu-system-arm -M mps3-an547"

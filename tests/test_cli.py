@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,7 @@ def test_inspect_prints_layers_and_sizes(lstm_file):
     r = mcu_nn("inspect", lstm_file[0])
     assert r.returncode == 0, r.stderr
     assert "LSTM 6->32" in r.stdout and "Linear 32->4" in r.stdout
-    assert "MACs/step" in r.stdout and "int8 flash B" in r.stdout
+    assert "MACs/step" in r.stdout and "int8 model constants B" in r.stdout
     assert str(4 * 32 * (6 + 32)) in r.stdout      # the LSTM's MACs per step
 
 
@@ -124,20 +123,89 @@ def test_whole_flow_with_relative_paths_on_the_emulated_board(lstm_file, tmp_pat
         r = mcu_nn(*args, cwd=tmp_path)
         assert r.returncode == 0, f"{args}: {r.stdout}{r.stderr}"
     assert "8/8 vectors passed" in mcu_nn("serial-test", "build/har", cwd=tmp_path).stdout
-    bench = json.loads(r.stdout.strip().splitlines()[-1])
+    bench = json.loads(r.stdout)["models"][0]       # stdout holds the JSON only
     assert bench["board"] == "qemu-mps2-an386" and bench["instructions_per_step"] > 0
     assert bench["macs_per_step"] == 4 * 32 * (6 + 32) + 32 * 4
 
 
-def test_output_piped_into_a_log_arrives_line_by_line():
-    """A CI log sees each line when it is printed, not all of them when the command ends: with
-    stdout a pipe, the first line is readable while the process still runs."""
-    import select
-    code = "import time; from mcu_nn import cli\ncli._line_buffered(); print('first'); time.sleep(30)"
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=ENV)
+def _lines_as_they_come(args: list, env: dict, timeout: float = 300) -> tuple[list, float]:
+    """Run the CLI with stdout and stderr as pipes (a CI log) and note when each line arrives:
+    ([(seconds, "out"|"err", bytes line)], seconds at exit). Bytes: a text pipe would turn \r into \n."""
+    import threading
+    import time
+    t0 = time.monotonic()
+    p = subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, env=env)
+    got: list = []
+
+    def read(stream, name):
+        for line in iter(stream.readline, b""):
+            got.append((time.monotonic() - t0, name, line))
+
+    readers = [threading.Thread(target=read, args=(p.stdout, "out")),
+               threading.Thread(target=read, args=(p.stderr, "err"))]
+    for t in readers:
+        t.start()
     try:
-        ready, _, _ = select.select([p.stdout], [], [], 20)    # block-buffered: nothing for 30 s
-        assert ready and p.stdout.readline() == "first\n"
+        p.wait(timeout)
     finally:
         p.kill()
-        p.wait()
+        end = time.monotonic() - t0
+        for t in readers:
+            t.join()
+    assert p.returncode == 0, b"".join(line for _, _, line in got).decode()
+    return sorted(got, key=lambda g: g[0]), end
+
+
+def test_output_piped_into_a_log_arrives_line_by_line(lstm_file, tmp_path):
+    """A CI log sees each line of `mcu-nn export` when it is printed, not all of them when the
+    command ends (Python block-buffers a piped stdout), and no progress bar's carriage returns:
+    stderr is not a terminal, so the bars are off. PYTHONUNBUFFERED (set on some machines) is
+    dropped: the CLI must not depend on it."""
+    model, _ = lstm_file
+    calib = tmp_path / "calib.npz"          # enough sequences that calibrating takes a moment
+    np.savez(calib, x=np.random.default_rng(1).standard_normal((1024, 12, 6)).astype(np.float32))
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}
+    got, end = _lines_as_they_come(["export", model, "-o", tmp_path / "e", "--calib", calib, "-v"], env)
+    out = [(t, line) for t, name, line in got if name == "out"]
+    err = [(t, line) for t, name, line in got if name == "err"]
+    assert out[0][1].startswith(b"calibrating ") and out[-1][1].startswith(b"next: mcu-nn verify")
+    # the first line is read while the export still works: well before the last one, before the
+    # -v timing lines of the stages after it, and before the process exits
+    assert out[-1][0] - out[0][0] > 0.25, got
+    done = next(t for t, line in err if b"export: done in" in line)
+    assert out[0][0] < done - 0.25 and out[0][0] < end - 0.5, got
+    assert any(b"calibration: " in line for _, line in err)       # -v: the stages, on stderr
+    assert not any(b"\r" in line for _, _, line in got)
+
+
+def test_quiet_and_verbose_before_or_after_the_subcommand(lstm_file, tmp_path):
+    """-q: only warnings, errors and the result; -v: each stage and its time on stderr. Both
+    global (before the subcommand) and accepted after it."""
+    model, calib = lstm_file
+    r = mcu_nn("-q", "export", model, "-o", tmp_path / "q", "--calib", calib)
+    assert r.returncode == 0, r.stderr
+    assert "calibrating" not in r.stdout + r.stderr and "SNR" in r.stdout and r.stderr == ""
+    for args in (("-v", "boards"), ("boards", "--verbose")):
+        v = mcu_nn(*args)
+        assert v.returncode == 0 and "qemu-mps2-an386" in v.stdout and "boards: done in" in v.stderr, args
+    assert "boards: done in" not in mcu_nn("boards").stderr
+    both = mcu_nn("-q", "boards", "-v")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+def test_calibration_and_range_search_show_bars_when_bars_are_on(capsys):
+    """Where time is spent there is a bar (on a terminal or in a notebook; forced on here)."""
+    import qmodels as Q
+    from mcu_nn import progress
+    from mcu_nn.quant import quantize
+    g = Q.make_graph("gru", input_size=3, hidden=8, seq_len=4, name="bars")
+    progress.set_enabled(True)
+    try:
+        quantize(g, Q.make_input(g, n=4), "int8")
+    finally:
+        progress.set_enabled(None)
+    err = capsys.readouterr().err
+    assert "calibrating" in err and "choosing ranges (search)" in err and "quantising (int8)" in err
+    quantize(g, Q.make_input(g, n=4), "int8")           # off: stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""

@@ -5,7 +5,9 @@ the calibration sequences, so recurrent states are the ones the model really rea
 """
 from __future__ import annotations
 
+import logging
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,10 @@ import numpy as np
 
 from ..errors import McuNnError
 from ..ir import FinalHidden, Graph, SelectLast, whole_sequence
+from ..progress import track
 from ..sim.float_sim import run_float
+
+_log = logging.getLogger("mcu_nn")
 
 CALIB_KEYS = ("x", "input", "calib")
 RANDOM_SEQUENCES = 32
@@ -357,7 +362,10 @@ def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
     stats: dict[str, dict] = {}
     rng = np.random.default_rng(0)
     sel, head = _head_ops(graph) if head_all_steps else (-1, [])
-    for first, part in _chunks(CalibrationSet(calib, lengths), chunk):
+    data = CalibrationSet(calib, lengths)
+    t0 = time.perf_counter()
+    for first, part in track(_chunks(data, chunk), total=_chunk_count(data, chunk), desc="calibrating",
+                             unit="chunk"):
         start = first
         trace: dict = {}
         run_float(graph, part, trace=trace)
@@ -375,7 +383,10 @@ def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
             if not np.issubdtype(arr.dtype, np.floating):
                 continue                               # token ids
             _add(stats.setdefault(name, _stat()), arr, rng, start, (calib.shape[0] + 1) // 2)
-    for s in stats.values():
+    t1 = time.perf_counter()
+    _log.debug("calibration: float model over %d sequences, %d tensors traced in %.2f s",
+               calib.shape[0], len(stats), t1 - t0)
+    for s in track(list(stats.values()), desc=f"choosing ranges ({method})", unit="tensor"):
         samples = [np.concatenate(f) if f else np.zeros(0, np.float32) for f in s.pop("samples")]
         s["range"] = choose_range(s, samples, method)
 
@@ -383,7 +394,12 @@ def collect_ranges(graph: Graph, calib: np.ndarray, chunk: int = 256, *,
         both = np.concatenate(samples)
         s["clipped"] = float((both > s["range"]).mean()) if both.size else 0.0
         s.pop("fold_absmax")
+    _log.debug("calibration: %s ranges of %d tensors chosen in %.2f s", method, len(stats), time.perf_counter() - t1)
     return stats
+
+
+def _chunk_count(data: CalibrationSet, chunk: int) -> int:
+    return sum(-(-len(idx) // chunk) for idx, _ in data.sequences_by_length())
 
 
 def _chunks(data: CalibrationSet, chunk: int) -> Iterator[tuple[int, np.ndarray]]:

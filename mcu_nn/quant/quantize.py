@@ -6,6 +6,8 @@ shift) with the multipliers, bias and shift chosen here and proven free of overf
 """
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -18,6 +20,7 @@ from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation
                   QDirection, QEmbedding, QLinear, QMatrix, QModel, QRecurrent, Recurrent,
                   SelectLast, Tensor, state_inputs, whole_sequence)
 from ..ops import unit_of
+from ..progress import track
 from .calibrate import DEFAULT_RANGE_METHOD, collect_ranges, validate_calibration, validate_calibration_set
 
 QMAX = {"int8": 127, "int16": 32767}
@@ -248,7 +251,8 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
         cal["input"] = _entry(stats["input"], input_scale, _clip(stats["input"]))
     scales = {graph.input_names[0]: input_scale}     # tensor name -> scale of its int16 values
     ops: list = []
-    for i, op in enumerate(graph.ops):
+    t0 = time.perf_counter()
+    for i, op in track(list(enumerate(graph.ops)), desc=f"quantising ({precision})", unit="op"):
         key, where = f"op{i}", op.source or f"op {i} ({type(op).__name__})"
         scale = scales[op.inputs[0]]
         wiring = dict(inputs=list(op.inputs), outputs=list(op.outputs))
@@ -308,5 +312,7 @@ def quantize_with_stats(graph: Graph, stats: dict[str, dict], precision: str, *,
         scales[op.outputs[0]] = scale
         out_stat = stats.get(f"{key}.out")
         cal[f"{key}.out"] = _entry(out_stat, scale, _clip(out_stat) if isinstance(op, Linear) else 0.0)
+    logging.getLogger("mcu_nn").debug("quantisation: %d ops to %s in %.2f s", len(ops), precision,
+                                      time.perf_counter() - t0)
     return QModel(ops=ops, input_scale=input_scale, output_scale=scales[graph.output_names[0]],
                   calibration=cal, **common)

@@ -36,6 +36,7 @@ from .exportdir import Export, compile_sources, full_length_vectors, open_export
 from .launch import run_to_end
 from .toolchain import require, run_tool
 from .compare import differing
+from .results import Shown
 
 ROOT = Path(__file__).resolve().parent / "firmware"
 FIRMWARE = ROOT / "bench"
@@ -50,8 +51,8 @@ CFLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2",
           "-ffunction-sections", "-fdata-sections"]
 
 
-@dataclass
-class BenchResult:
+@dataclass(repr=False)
+class BenchResult(Shown):
     name: str
     precision: str
     board: str

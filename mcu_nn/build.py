@@ -18,6 +18,7 @@ from .boards import BOARDS, Board, get_board
 from .errors import McuNnError
 from .exportdir import Export, load_manifest, open_export, stage_sources  # noqa: F401 (load_manifest: tests)
 from .toolchain import find_cc, require, run_tool, section_sizes
+from .results import Shown
 
 FIRMWARE = Path(__file__).parent / "firmware"
 COMMON_SOURCES = ("frame.c", "server.c")
@@ -27,8 +28,8 @@ TYPE_CODE = {"int16_t": 0, "int32_t": 1, "float": 2}
 COUNTER_CODE = {"none": 0, "cycles": 1, "timer": 2, "ns": 3}
 
 
-@dataclass
-class BuildResult:
+@dataclass(repr=False)
+class BuildResult(Shown):
     """A built firmware; flash_bytes/ram_bytes are the *whole firmware* (docs/sizes.md): the
     linked ELF's flash (text + rodata + data's image) and RAM (data + bss, without the stack)."""
     board: str

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .ir import Graph, param_count
+from .results import Shown
 
 PRECISIONS = ("int8", "int16", "float32")
 
@@ -100,8 +101,8 @@ CONSTANTS_NOTE = ("model constants = the weights and tables in the model's .c; t
                   "many models it links; model code: see verify or bench (docs/sizes.md)")
 
 
-@dataclass
-class InspectResult:
+@dataclass(repr=False)
+class InspectResult(Shown):
     """What `mcu-nn inspect` found: ``text()`` is its table, ``as_dict()`` its --json."""
     graph: Graph
     manifests: dict                       # precision -> the manifest an export would write

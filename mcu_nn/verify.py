@@ -19,6 +19,7 @@ from .compare import describe_rule, differing, float_tolerance, saturation_line
 from .exportdir import open_export, stage_sources, vector_lengths
 from .sizes import phrase, split_objects
 from .toolchain import find_cc, first_error_line, run_tool, section_sizes
+from .results import Shown
 
 RUNTIME_NAME = "mcunn_fixedpoint.c"
 _log = logging.getLogger("mcu_nn")
@@ -29,8 +30,8 @@ CROSS_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O2", "-
                "-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
 
 
-@dataclass
-class VerifyResult:
+@dataclass(repr=False)
+class VerifyResult(Shown):
     """What ``verify`` found; ``text()`` is what `mcu-nn verify` prints, ``as_dict()`` its --json."""
     ok: bool
     vectors: int

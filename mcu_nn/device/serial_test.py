@@ -23,10 +23,11 @@ from ..errors import McuNnError
 from .client import DeviceClient
 from .ports import resolve_port
 from .protocol import DeviceInfo
+from ..results import Shown
 
 
-@dataclass
-class SerialTestResult:
+@dataclass(repr=False)
+class SerialTestResult(Shown):
     ok: bool                               # every sequence matched the simulator (the rule: ``rule``)
     vectors: int                           # sequences run (test vectors or the user's)
     passed: int

@@ -175,7 +175,7 @@ def deploy_and_measure(name: str, model: nn.Module, x_train: np.ndarray, y_train
 def table(rows: list[Row]) -> str:
     """The README's Markdown table."""
     lines = ["| model | test accuracy | measured on | board == simulator | SNR vs float | top-1 agrees "
-             "| firmware flash / RAM | model flash / state RAM |",
+             "| whole firmware flash / RAM | model constants / model state |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         snr = f"{r.snr_db:.1f} dB" if r.snr_db is not None else "-"

@@ -360,7 +360,7 @@ def _generate(a: argparse.Namespace) -> int:
     how = (f"sampled at temperature {r.temperature_milli / 1000:g}, seed {r.seed}" if r.temperature_milli
            else "greedy")
     if a.json:
-        print(json.dumps(r.as_dict(), ensure_ascii=False))
+        _json("generate", r.as_dict())
     else:
         print(f"--- board ({r.device.board}, {how}) ---\n{r.board_text}\n--- simulator ---\n{r.sim_text}\n---")
         if r.per_step is not None:

@@ -26,6 +26,7 @@ from mcu_nn.qmodel_file import FILE as QMODEL_FILE
 from mcu_nn.qmodel_file import load_qmodel, qmodel_bytes
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
+from test_json import check
 
 VOCAB = list("?abcdefghijklmnopqrstuvwxyz ")
 quiet = dict(log=lambda s: None)
@@ -96,6 +97,7 @@ def test_cli_json_and_greedy_matches_pytorch_ids(char_lm_export, char_lm_files) 
     r = mcu_nn("generate", char_lm_export, "--prefix", "the ", "-n", "20", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
+    check(doc, "generate")                                  # docs/json.md's table
     assert doc["ok"] and doc["board"] == doc["simulator"] and doc["temperature"] == 0
     assert doc["board_ids"] == doc["simulator_ids"] and len(doc["board_ids"]) == 20
 

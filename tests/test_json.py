@@ -56,6 +56,9 @@ SCHEMA: dict[str, dict[str, str]] = {
                     "saturation.*.clipped": "int", "saturation.*.values": "int", "saturation.*.source": "str",
                     "cycle_unit": "str", "mean_cycles_per_step": "number|null",
                     "max_cycles_per_step": "number|null", "bytes_per_second": "number", "retransmissions": "int"},
+    "generate": {"ok": "bool", "prefix": "str", "board": "str", "simulator": "str", "board_ids": "list",
+                 "simulator_ids": "list", "temperature": "number", "seed": "int", "per_step": "number|null",
+                 "unit": "str", "board_name": "str|null"},
     "bench": {"models": "list", **{f"models[].{k}": t for k, t in {
         "instructions_per_step": "int", "macs_per_step": "int", "instructions_per_mac": "number",
         "flash_bytes": "int", "ram_bytes": "int", "board": "str", "name": "str", "precision": "str", "path": "str",

@@ -150,8 +150,12 @@ class ExportedModel:
         calibration data of the export), with task accuracy when ``labels`` are given and the
         results of serial_test/bench run on this object."""
         from .report_html import write_report
-        data = self._result.calibration if calib is None else self._inputs(calib).x
-        return Path(write_report(path, self.graph, self.qmodel, calib=data, manifest=self.manifest,
+        if calib is None:
+            x, lengths = self._result.calibration, self._result.lengths
+        else:
+            data = self._inputs(calib)
+            x, lengths = data.x, data.lengths
+        return Path(write_report(path, self.graph, self.qmodel, calib=x, lengths=lengths, manifest=self.manifest,
                                  export_dir=self._dir, labels=labels, chip_results=self.chip_results))
 
     def package(self, fmt: str, out: PathLike) -> Path:

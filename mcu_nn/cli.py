@@ -126,14 +126,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_json(p, "the summary")
 
     p = cmd("report", "re-render an export's quantisation report, with the chip's results",
-            "Write the quantisation report of an export again from its model.json (no model needed; the "
-            "export must have been made with --report once), adding serial-test / bench results saved "
-            "with --json: the verdict then covers the chip too.",
+            "Write the quantisation report of an export again from its model.json (no model needed; "
+            "saved by export --report), or measure it afresh on --calib inputs with the float and "
+            "quantised models the export keeps, adding serial-test / bench results saved with --json: "
+            "the verdict then covers the chip too.",
             "mcu-nn serial-test build/har --json > st.json && mcu-nn report build/har -o report.html --chip st.json")
     p.add_argument("dir", metavar="DIR", help="an export directory (exported with --report)")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="the report to write (.html or .md)")
     p.add_argument("--chip", nargs="+", action="extend", default=[], metavar="RESULTS.json",
                    help="output of `mcu-nn serial-test --json` or `mcu-nn bench --json` (one or more files)")
+    p.add_argument("--calib", metavar="FILE", help="measure again on these inputs (as export's --calib) with the "
+                                                   "float and quantised models the export keeps, instead of "
+                                                   "re-rendering the data saved by export --report")
+    p.add_argument("--labels", metavar="KEY|FILE", help="with --calib: class labels of those sequences (a key of "
+                                                        "the --calib .npz, or an .npy/.npz file)")
 
     p = cmd("verify", "compile the export on this machine and compare with the simulator, bit for bit",
             "Compile the exported C with the host compiler under address and undefined-behaviour "
@@ -288,7 +294,8 @@ def _export(a: argparse.Namespace) -> int:
     report = None
     if a.report:
         from .report_html import write_report
-        path = write_report(a.report, result.graph, result.qmodel, calib=result.calibration, labels=labels,
+        path = write_report(a.report, result.graph, result.qmodel, calib=result.calibration,
+                            lengths=result.lengths, labels=labels,
                             manifest=result.manifest, export_dir=Path(a.out), model=a.model)
         report = str(path)
         _info(a)(f"wrote {path}")
@@ -299,7 +306,9 @@ def _export(a: argparse.Namespace) -> int:
 
 def _report(a: argparse.Namespace) -> int:
     from .report_html import load_chip_results, rerender
-    print(f"wrote {rerender(Path(a.dir), a.out, chip=load_chip_results(a.chip))}")
+    if a.labels and not a.calib:
+        raise McuNnError("--labels needs --calib: they label the sequences the report measures on")
+    print(f"wrote {rerender(Path(a.dir), a.out, chip=load_chip_results(a.chip), calib=a.calib, labels=a.labels)}")
     return 0
 
 

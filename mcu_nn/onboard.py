@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from .boards import DEFAULT_BOARD, get_board
-from .build import build_firmware, firmware_path, is_up_to_date
+from .build import build_firmware, elf_sizes, firmware_path, is_up_to_date
 from .device.emulator import Emulator
 from .device.generate import GenerateResult
 from .device.generate import generate as generate_on_port
@@ -55,8 +55,20 @@ def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional
     mcu_nn.device.serial_test). The inputs are checked before any board is built or booted."""
     seqs = prepare_sequences(Path(export_dir), inputs, labels, allow_modified=allow_modified, log=log)
     with running_board(Path(export_dir), port=port, board=board, log=log, allow_modified=allow_modified) as url:
-        return serial_test_on_port(export_dir, port=url, log=log, allow_modified=allow_modified, inputs=seqs,
-                                   **options)
+        result = serial_test_on_port(export_dir, port=url, log=log, allow_modified=allow_modified, inputs=seqs,
+                                     **options)
+    if port is None:                   # the emulated board ran the firmware built here: its sizes are known
+        result.whole_firmware = _firmware_sizes(Path(export_dir), get_board(board or DEFAULT_BOARD))
+    return result
+
+
+def _firmware_sizes(export_dir: Path, b: Any) -> Optional[dict]:
+    """The size vocabulary's "whole firmware" of the ELF booted for ``b`` (docs/sizes.md)."""
+    elf = firmware_path(export_dir, b.name)
+    if not b.cross or not elf.is_file():
+        return None
+    flash, ram = elf_sizes(elf, b)
+    return {"flash_bytes": flash, "ram_bytes": ram, "stack_bytes": b.stack_bytes}
 
 
 def generate(export_dir: Path, prefix: str, n: int, *, port: Optional[str] = None, board: Optional[str] = None,

@@ -130,38 +130,62 @@ def clipped_text(sat: dict, ops: Sequence[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- measurements
-def measure(graph: Graph, q: QModel, x: np.ndarray, labels: Optional[np.ndarray] = None) -> dict:
-    """Everything the report shows of the model itself, as plain JSON-able data."""
-    ref_trace: dict = {}
-    ref = run_float(graph, x, trace=ref_trace)
-    yq, qt = trace_quant(q, x)
-    out = yq * q.output_scale
+def measure(graph: Graph, q: QModel, x: np.ndarray, labels: Optional[np.ndarray] = None,
+            lengths: Optional[np.ndarray] = None) -> dict:
+    """Everything the report shows of the model itself, as plain JSON-able data. Sequences of
+    different lengths (``lengths``) each run for their own length, as on the chip (padding is
+    never run); values of every group are pooled per tensor, and per step where they exist."""
+    from .quant.calibrate import CalibrationSet
+    n = int(x.shape[0])
+    pairs: dict = {}                       # tensor name -> [(float trace, integer trace) per length group]
+    refs, outs, order = [], [], []
+    for idx, steps in CalibrationSet(x, lengths).sequences_by_length():
+        xs = x[idx, :steps]
+        ref_trace: dict = {}
+        ref = run_float(graph, xs, trace=ref_trace)
+        yq, qt = trace_quant(q, xs)
+        refs.append(np.asarray(ref, np.float64))
+        outs.append(yq * q.output_scale)
+        order.append(idx)
+        for name, qa in qt.items():
+            fa = ref_trace.get(name)
+            if fa is not None and np.shape(fa) == np.shape(qa):
+                pairs.setdefault(name, []).append((np.asarray(fa, np.float64), np.asarray(qa, np.float64)))
     ops = op_info(graph)
+
+    def pooled(parts: list, sl=np.s_[...]) -> tuple[np.ndarray, np.ndarray]:
+        return (np.concatenate([f[sl].ravel() for f, _ in parts]), np.concatenate([g[sl].ravel() for _, g in parts]))
+
     tensors = []
-    for name, qa in qt.items():
-        fa = ref_trace.get(name)
-        if fa is None or np.shape(fa) != np.shape(qa):
-            continue
+    for name, parts in pairs.items():
+        fa, qa = pooled(parts)
         row = {"name": name, "label": tensor_label(name, ops), "snr_db": _finite(snr_db(fa, qa)),
-               "max_abs_error": float(np.max(np.abs(fa - qa))) if np.size(fa) else 0.0}
+               "max_abs_error": float(np.max(np.abs(fa - qa))) if fa.size else 0.0}
         if name.endswith(".gates"):                      # per gate: which one loses precision
             op = graph.ops[int(name.split(".")[0][2:])]
             hid = op.hidden_size
-            row["per_gate_snr_db"] = {g: _finite(snr_db(fa[..., k * hid:(k + 1) * hid], qa[..., k * hid:(k + 1) * hid]))
+            row["per_gate_snr_db"] = {g: _finite(snr_db(*pooled(parts, np.s_[..., k * hid:(k + 1) * hid])))
                                       for k, g in enumerate(cell_of(op.kind).gates)}
-        if name.endswith(".h") and fa.ndim == 3:         # does the error grow along the sequence?
-            row["snr_per_step_db"] = [_finite(snr_db(fa[:, t], qa[:, t])) for t in range(fa.shape[1])]
+        if name.endswith(".h") and all(f.ndim == 3 for f, _ in parts):   # does the error grow along the sequence?
+            longest = max(f.shape[1] for f, _ in parts)
+            row["snr_per_step_db"] = [_finite(snr_db(*pooled([p for p in parts if p[0].shape[1] > t], np.s_[:, t])))
+                                      for t in range(longest)]
         tensors.append(row)
-    result = {"sequences": int(x.shape[0]), "precision": q.precision, "output_snr_db": _finite(snr_db(ref, out)),
-              "output_max_abs_error": float(np.max(np.abs(ref - out))) if out.size else 0.0,
+    ref_all = np.concatenate([r.reshape(-1, r.shape[-1]) for r in refs])
+    out_all = np.concatenate([o.reshape(-1, o.shape[-1]) for o in outs])
+    result = {"sequences": n, "precision": q.precision, "output_snr_db": _finite(snr_db(ref_all, out_all)),
+              "output_max_abs_error": float(np.max(np.abs(ref_all - out_all))) if out_all.size else 0.0,
               "tensors": tensors, "calibration": q.calibration, "ops": ops}
-    classifier = not graph.output_per_step and ref.shape[-1] > 1
-    if classifier:
-        result["top1_agreement"] = float(top1_agreement(ref, out))
+    classifier = not graph.output_per_step and ref_all.shape[-1] > 1
+    if classifier:                         # one row per sequence: back in the caller's order
+        ref_seq, out_seq = np.empty((n, ref_all.shape[-1])), np.empty((n, ref_all.shape[-1]))
+        for idx, r, o in zip(order, refs, outs):
+            ref_seq[idx], out_seq[idx] = r, o
+        result["top1_agreement"] = float(top1_agreement(ref_seq, out_seq))
         if labels is not None:
             labels = np.asarray(labels).reshape(-1)
-            result["float_accuracy"] = float((np.argmax(ref, -1) == labels).mean())
-            result["quant_accuracy"] = float((np.argmax(out, -1) == labels).mean())
+            result["float_accuracy"] = float((np.argmax(ref_seq, -1) == labels).mean())
+            result["quant_accuracy"] = float((np.argmax(out_seq, -1) == labels).mean())
     return result
 
 
@@ -240,7 +264,7 @@ def _firmware_size(flat: dict, what: str) -> Any:
         lk = k.lower().replace(" ", "_")
         if "firmware" in lk and what in lk and isinstance(v, (int, float)) and not isinstance(v, bool):
             return v
-    return _pick(flat, f"{what}_bytes")
+    return None            # bench's flash_bytes is model + runtime, not the whole firmware: not shown here
 
 
 def chip_dict(result: Any) -> dict:
@@ -326,7 +350,10 @@ def load_chip_results(paths: Iterable[str | Path]) -> list[dict]:
             for d in (doc if isinstance(doc, list) else [doc]):
                 if not isinstance(d, dict):
                     raise McuNnError(f"chip results {path}: expected JSON objects, found {type(d).__name__}")
-                results.append(d)
+                if d.get("command") == "bench" and isinstance(d.get("models"), list):   # docs/json.md#bench
+                    results.extend({"command": "bench", **m} for m in d["models"] if isinstance(m, dict))
+                else:
+                    results.append(d)
         if not docs:
             raise McuNnError(f"chip results {path} is empty")
     return results
@@ -594,7 +621,10 @@ def _worst(m: dict, ops: Sequence[dict]) -> str:
     rows = [r for r in m["tensors"] if r["snr_db"] is not None and r["name"] != "input"]
     if not rows:
         return "nowhere: every traced tensor matches the float model exactly"
-    w = min(rows, key=lambda r: r["snr_db"])
+    # the first tensor (in trace order, which is data-flow order) within 1 dB of the lowest SNR: the
+    # tensors after it (a selection, a copy) inherit its error rather than add their own
+    low = min(r["snr_db"] for r in rows)
+    w = next(r for r in rows if r["snr_db"] <= low + 1.0)
     return f"mostly at {tensor_label(w['name'], ops)} (SNR {w['snr_db']:.1f} dB)"
 
 
@@ -746,7 +776,8 @@ def write_report(path: str | Path, graph: Graph, q: QModel, *, calib: np.ndarray
                  test: Optional[tuple[np.ndarray, np.ndarray]] = None, manifest: Optional[dict] = None,
                  export_dir: Optional[Path] = None, labels: Optional[np.ndarray] = None, model: Any = None,
                  command: Optional[str] = None, chip: Sequence[Any] = (),
-                 criteria: Optional[dict] = None, chip_results: Sequence[Any] = ()) -> Path:
+                 criteria: Optional[dict] = None, chip_results: Sequence[Any] = (),
+                 lengths: Optional[np.ndarray] = None) -> Path:
     """Measure and write the report to ``path`` (.html or .md). Measures on ``test`` (inputs,
     labels) when given, else on ``calib`` (with ``labels`` for task accuracy). ``model`` (a path,
     or the module itself) and ``command`` go into the provenance (default: sys.argv); ``chip``:
@@ -766,7 +797,7 @@ def write_report(path: str | Path, graph: Graph, q: QModel, *, calib: np.ndarray
         raise McuNnError("report labels: task accuracy needs a classifier (one vector of class scores per "
                          "sequence); this model's outputs are " + ("per step" if graph.output_per_step
                                                                    else "a single value"))
-    m = measure(graph, q, x, lab)
+    m = measure(graph, q, x, lab, lengths=None if test is not None else lengths)
     data = {**m, "title": q.name or "model", "measured_on": on,
             "criteria": {**CRITERIA, **(criteria or {})},
             "provenance": provenance(model=model, manifest=manifest, command=command)}
@@ -778,16 +809,37 @@ def write_report(path: str | Path, graph: Graph, q: QModel, *, calib: np.ndarray
     return path
 
 
+def measure_export(export_dir: str | Path, path: str | Path, *, calib: Any, labels: Any = None,
+                   chip: Sequence[dict] = (), command: Optional[str] = None) -> Path:
+    """``mcu-nn report DIR --calib FILE``: measure again, on any inputs, from the float and the
+    quantised model the export keeps (float_model.npz, qmodel.npz); no model file needed."""
+    from .exportdir import open_export, read_float_model, read_qmodel
+    from .quant.calibrate import calibration_set_from
+    ex = open_export(Path(export_dir), vectors=False)
+    graph, q = read_float_model(ex), read_qmodel(ex)
+    if graph is None or q is None:
+        raise McuNnError(f"{ex.dir} keeps no float model (float_model.npz) to measure against; export it "
+                         "again with this mcu-nn, or with --report")
+    data = calibration_set_from(calib, graph, where=f"report inputs {calib}" if isinstance(calib, (str, Path))
+                                else "report inputs")
+    if isinstance(labels, str) and isinstance(calib, (str, Path)):
+        labels = report_labels_arg(str(path), labels, str(calib))
+    return write_report(path, graph, q, calib=data.x, lengths=data.lengths, labels=labels, manifest=ex.manifest,
+                        export_dir=ex.dir, command=command, chip=chip)
+
+
 def rerender(export_dir: str | Path, path: str | Path, *, chip: Sequence[dict] = (),
-             command: Optional[str] = None) -> Path:
+             command: Optional[str] = None, calib: Any = None, labels: Any = None) -> Path:
     """``mcu-nn report DIR -o FILE``: the report of an export, from its model.json alone (no model
     needed), with chip results added."""
     from .exportdir import load_manifest
     manifest = load_manifest(Path(export_dir))
     data = manifest.get("quantisation_report")
+    if calib is not None:
+        return measure_export(export_dir, path, calib=calib, labels=labels, chip=chip, command=command)
     if not isinstance(data, dict) or "tensors" not in data or "calibration" not in data:
-        raise McuNnError(f"{Path(export_dir) / 'model.json'} holds no saved report data; export with "
-                         "--report FILE once (the measurement needs the float model), then re-render")
+        raise McuNnError(f"{Path(export_dir) / 'model.json'} holds no saved report data; pass --calib FILE "
+                         "(inputs to measure on, with the float model the export keeps) or export with --report")
     data = {**data, "title": data.get("title") or manifest.get("name"), "provenance": {
         **(data.get("provenance") or {}),
         "rerendered": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC by mcu-nn "

@@ -14,10 +14,9 @@ from typing import Any, Optional
 import numpy as np
 
 from .errors import McuNnError
-from .quant.calibrate import CALIB_KEYS, LENGTHS_KEY, CalibrationSet, _numbered, _pad, _read, \
+from .quant.calibrate import CALIB_KEYS, LABEL_KEYS, LENGTHS_KEY, CalibrationSet, _numbered, _pad, _read, \
     validate_calibration_set
 
-LABEL_KEYS = ("y", "labels", "label", "targets")
 
 
 @dataclass

@@ -141,7 +141,7 @@ def test_cli_export_report(tmp_path, capsys, monkeypatch) -> None:
 
     # the report again, later, without the model, with the chip's results
     (tmp_path / "st.json").write_text(json.dumps(SERIAL))
-    (tmp_path / "bench.json").write_text(json.dumps(BENCH) + "\n")
+    (tmp_path / "bench.json").write_text(json.dumps(BENCH_JSON) + "\n")     # as `bench --json` prints it
     (tmp_path / "m.pt2").unlink()
     assert main(["report", str(out), "-o", str(tmp_path / "again.md"), "--chip", str(tmp_path / "st.json"),
                  str(tmp_path / "bench.json")]) == 0
@@ -186,8 +186,10 @@ def test_cli_report_needs_saved_data(tmp_path, capsys) -> None:
 
 # ----------------------------------------------------------------------------- the report decides
 SERIAL = {"schema": 1, "command": "serial-test", "mcu_nn_version": "0.1.0", "board": "qemu-mps2-an386",
-          "ok": True, "vectors": 8, "passed": 8, "mean_cycles_per_step": 1937, "cycle_unit": "instructions",
-          "sizes": {"whole firmware": {"flash_bytes": 7380, "ram_bytes": 7296}}, "some_new_field": "kept"}
+          "ok": True, "sequences": 8, "passed": 8, "mean_cycles_per_step": 1937, "cycle_unit": "instructions",
+          "whole_firmware": {"flash_bytes": 7380, "ram_bytes": 7296, "stack_bytes": 4096}, "some_new_field": "kept"}
+BENCH_JSON = {"schema": 1, "command": "bench", "mcu_nn_version": "0.1.0", "models": [
+    {"instructions_per_step": 1930, "board": "qemu-mps2-an386", "vectors_checked": 8, "unit": "instructions"}]}
 BENCH = {"instructions_per_step": 1930, "macs_per_step": 384, "flash_bytes": 4078, "ram_bytes": 160,
          "board": "qemu-mps2-an386", "vectors_checked": 8, "unit": "instructions"}
 
@@ -286,7 +288,8 @@ def test_chip_result_objects_and_manifest_provenance(tmp_path) -> None:
                         macs_per_step=384, instructions_per_mac=5.0, flash_bytes=4078, ram_bytes=160, state_bytes=64,
                         stack_bytes=96, weight_layout="packed", vectors_checked=8)
     assert chip_row(st)["bit_exact"] is True and chip_row(st)["per_step"] == 1937.0
-    assert chip_row(bench)["command"] == "bench" and chip_row(bench)["flash_bytes"] == 4078
+    assert chip_row(bench)["command"] == "bench" and chip_row(bench)["flash_bytes"] is None   # model+runtime,
+    assert chip_row(SERIAL)["flash_bytes"] == 7380 and chip_row(SERIAL)["ram_bytes"] == 7296  # not the firmware
     g = make_graph(kind="gru", readout="last", head=("linear:3",), seq_len=5)
     x = make_input(g, n=8, steps=5)
     text = write_report(tmp_path / "r.md", g, quantize(g, x, "int8"), calib=x, chip_results=[st, bench],
@@ -296,3 +299,46 @@ def test_chip_result_objects_and_manifest_provenance(tmp_path) -> None:
     assert p["model_file"] == "har.pt2" and p["model_sha256"] == "d" * 64 and p["export_sha256"] == "e" * 64
     p = provenance(manifest={"source_model": "<Net in memory>", "source_sha256": None}, command="x")
     assert p["model_file"] == "in-memory module (Net)" and "model_sha256" not in p
+
+
+def test_ragged_sequences_are_measured_at_their_own_lengths() -> None:
+    """Padding is never run on the chip, so the report does not run it either: each sequence's
+    figures are those of the sequence alone."""
+    g = make_graph(kind="lstm", readout="last", head=("linear:3",), seq_len=9)
+    x = make_input(g, n=6, steps=9)
+    lengths = np.array([3, 9, 5, 9, 3, 7])
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0.0
+    q = quantize(g, x, "int8", lengths=lengths)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    m = measure(g, q, x, labels, lengths=lengths)
+    ref = np.stack([run_float(g, x[i:i + 1, :n])[0] for i, n in enumerate(lengths)])
+    got = np.stack([run(q, x[i:i + 1, :n])[0] * q.output_scale for i, n in enumerate(lengths)])
+    assert m["float_accuracy"] == pytest.approx(float(np.mean(ref.argmax(-1) == labels)))
+    assert m["quant_accuracy"] == pytest.approx(float(np.mean(got.argmax(-1) == labels)))
+    assert m["output_max_abs_error"] == pytest.approx(float(np.abs(ref - got).max()))
+    h = next(t for t in m["tensors"] if t["name"].endswith(".h"))
+    assert len(h["snr_per_step_db"]) == 9                  # steps 8 and 9 from the two long sequences only
+    padded = measure(g, q, x, labels)                      # the old way: padding run as input
+    assert padded["output_max_abs_error"] != m["output_max_abs_error"]
+
+
+def test_cli_report_measures_again_from_the_export(tmp_path, capsys) -> None:
+    """`mcu-nn report DIR --calib FILE`: the float and quantised models the export keeps are
+    enough; no model file and no earlier --report."""
+    import zoo
+    from mcu_nn.cli import main
+    from mcu_nn.pipeline import export_model
+    model = zoo.make_model("gru", input_size=3, hidden=6, readout="last", head="linear")
+    path = zoo.save_model(model, tmp_path / "m.pt2", "pt2", zoo.example_input(model, T=8))
+    rng = np.random.default_rng(3)
+    seqs = [rng.standard_normal((int(n), 3)).astype(np.float32) for n in rng.integers(2, 9, 12)]
+    np.savez(tmp_path / "data.npz", *seqs, y=rng.integers(0, 2, 12))
+    export_model(path, tmp_path / "out", calib=tmp_path / "data.npz", log=lambda s: None)
+    (tmp_path / "m.pt2").unlink()
+    assert main(["report", str(tmp_path / "out"), "-o", str(tmp_path / "r.md"), "--calib",
+                 str(tmp_path / "data.npz"), "--labels", "y"]) == 0
+    md = (tmp_path / "r.md").read_text()
+    assert "Verdict:" in md and "task accuracy on 12 labelled sequences" in md
+    assert main(["report", str(tmp_path / "out"), "-o", str(tmp_path / "r2.md"), "--labels", "y"]) == 1
+    assert "--labels needs --calib" in capsys.readouterr().err

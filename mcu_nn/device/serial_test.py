@@ -53,6 +53,7 @@ class SerialTestResult(Shown):
     board_accuracy: Optional[float] = None    # fraction of sequences whose board argmax is the label
     float_accuracy: Optional[float] = None    # the same for the float model
     saturation: dict = field(default_factory=dict)   # where the simulator (and board) clipped on these inputs
+    whole_firmware: Optional[dict] = None  # flash/RAM of the firmware booted (emulated boards; unknown on a port)
 
     @property
     def sequences(self) -> int:
@@ -72,7 +73,7 @@ class SerialTestResult(Shown):
             "saturation": self.saturation,
             "cycle_unit": self.cycle_unit, "mean_cycles_per_step": self.mean_cycles_per_step,
             "max_cycles_per_step": self.max_cycles_per_step, "bytes_per_second": self.bytes_per_second,
-            "retransmissions": self.retransmissions,
+            "retransmissions": self.retransmissions, "whole_firmware": self.whole_firmware,
         }
 
     def summary_lines(self) -> list[str]:

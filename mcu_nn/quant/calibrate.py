@@ -122,6 +122,7 @@ def validate_calibration(x: np.ndarray, graph: Graph, where: str = "calibration 
 
 # ----------------------------------------------------------------------------- sequences of different lengths
 LENGTHS_KEY = "lengths"
+LABEL_KEYS = ("y", "labels", "label", "targets")     # beside the sequences in a .npz: not inputs
 _NUMBERED = re.compile(r"^(?:x|input|calib|arr_)(\d+)$")     # x0, x1, ... or np.savez(f, *list)'s arr_0, ...
 
 
@@ -180,7 +181,7 @@ def _read_set(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
         return _read(path), None
     except Exception:
         return _read(path), None      # _read says what is wrong with the file
-    seqs = _numbered(arrays)
+    seqs = _numbered({k: v for k, v in arrays.items() if k not in LABEL_KEYS})   # np.savez(f, *seqs, y=y)
     if seqs is not None:
         return _pad(seqs, f"calibration file {path}")
     lengths = arrays.pop(LENGTHS_KEY, None)

@@ -209,6 +209,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", metavar="KEY|FILE",
                    help="one integer class per sequence of --inputs: a key of the inputs .npz (e.g. y) or a "
                         ".npy/.npz file; adds the accuracy of the board and of the float model")
+    p.add_argument("--soak", type=int, metavar="N",
+                   help="instead of the test vectors, stream N random sequences in the model's calibrated input "
+                        "range (some much longer, via RUN_DATA chunks or STEP), pipelined, each compared with the "
+                        "simulator; progress every few seconds, stops at the first mismatch (docs/soak.md)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --soak sequences (default 0)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout (docs/validation.md), progress lines on stderr")
     _add_allow_modified(p)
@@ -338,6 +343,18 @@ def _serial_test(a: argparse.Namespace) -> int:
     board = a.board or (None if a.port else DEFAULT_BOARD)
     if a.labels is not None and a.inputs is None:
         raise McuNnError("--labels needs --inputs: the labels belong to your sequences, not to the test vectors")
+    if a.soak is not None:
+        if a.inputs is not None:
+            raise McuNnError("--soak draws its own random sequences: leave out --inputs")
+        if a.soak < 1:
+            raise McuNnError(f"--soak needs at least 1 sequence, got {a.soak}")
+        result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout, log=_info(a),
+                             allow_modified=a.allow_modified, soak=a.soak, seed=a.seed)
+        if a.json:
+            _json("serial-test", result.as_dict())
+        elif a.quiet:
+            print(result.summary_lines()[0])
+        return 0 if result.ok else 1
     result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout, log=_info(a),
                          allow_modified=a.allow_modified, inputs=a.inputs, labels=a.labels)
     if a.json:

@@ -7,6 +7,7 @@ talks to a running board on a port; this module gives it one. The CLI and the ex
     serial_test("build/har", board="qemu-riscv32")       # build -> boot -> test
     serial_test("build/har", port="/dev/ttyACM0")        # a flashed real board: test only
     serial_test("build/har", inputs="data.npz", labels="y")   # the user's sequences and labels
+    soak("build/har", 10_000, board="qemu-mps2-an386")    # 10,000 random sequences (docs/soak.md)
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from .device.emulator import Emulator
 from .device.generate import GenerateResult
 from .device.generate import generate as generate_on_port
 from .device.serial_test import SerialTestResult, prepare_sequences
+from .device.soak import SoakResult
+from .device.soak import soak as soak_on_port
 from .device.serial_test import serial_test as serial_test_on_port
 from .device.ports import resolve_port
 from .errors import McuNnError
@@ -47,12 +50,19 @@ def running_board(export_dir: Path, *, port: Optional[str] = None, board: Option
 
 def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional[str] = None,
                 log: Callable[[str], None] = print, allow_modified: bool = False,
-                inputs: Any = None, labels: Any = None, **options: Any) -> SerialTestResult:
+                inputs: Any = None, labels: Any = None, soak: Optional[int] = None, seed: int = 0,
+                **options: Any) -> "SerialTestResult | SoakResult":
     """``mcu-nn serial-test``: every test vector through the board, or the user's ``inputs``
     (an array, a list of sequences of any lengths, or a .npz/.npy/.pt file) with optional
     ``labels`` (an array, a key of the inputs .npz, or a file), measured against the simulator,
     the float model and the labels (``options``: timeout, retries, progress, check_step; see
-    mcu_nn.device.serial_test). The inputs are checked before any board is built or booted."""
+    mcu_nn.device.serial_test). The inputs are checked before any board is built or booted.
+    ``soak=N``: instead, N random sequences (``seed``) compared with the simulator, see :func:`soak`."""
+    if soak is not None:
+        if inputs is not None or labels is not None:
+            raise McuNnError("a soak draws its own random sequences: leave out --inputs and --labels")
+        return _soak(export_dir, soak, port=port, board=board, log=log, allow_modified=allow_modified,
+                     seed=seed, **options)
     seqs = prepare_sequences(Path(export_dir), inputs, labels, allow_modified=allow_modified, log=log)
     with running_board(Path(export_dir), port=port, board=board, log=log, allow_modified=allow_modified) as url:
         result = serial_test_on_port(export_dir, port=url, log=log, allow_modified=allow_modified, inputs=seqs,
@@ -60,6 +70,27 @@ def serial_test(export_dir: Path, *, port: Optional[str] = None, board: Optional
     if port is None:                   # the emulated board ran the firmware built here: its sizes are known
         result.whole_firmware = _firmware_sizes(Path(export_dir), get_board(board or DEFAULT_BOARD))
     return result
+
+
+def soak(export_dir: Path, n: int, *, port: Optional[str] = None, board: Optional[str] = None,
+         log: Callable[[str], None] = print, allow_modified: bool = False, seed: int = 0,
+         **options: Any) -> SoakResult:
+    """``mcu-nn serial-test DIR --soak N``: N seeded random sequences through the board, each
+    compared with the simulator, pipelined; stops at the first mismatch (``options``: timeout,
+    retries, progress, window, batch, long_every, long_steps, report_every; see
+    mcu_nn.device.soak). The emulated board keeps its -icount (exact instruction counts: under
+    QEMU 7.2 it is not slower than without)."""
+    return _soak(export_dir, n, port=port, board=board, log=log, allow_modified=allow_modified, seed=seed,
+                 **options)
+
+
+def _soak(export_dir: Path, n: int, *, port: Optional[str], board: Optional[str], log: Callable[[str], None],
+          allow_modified: bool, seed: int, **options: Any) -> SoakResult:
+    if n < 1:
+        raise McuNnError(f"--soak needs at least 1 sequence, got {n}")
+    with running_board(Path(export_dir), port=port, board=board, log=log, allow_modified=allow_modified) as url:
+        return soak_on_port(Path(export_dir), n, port=url, log=log, allow_modified=allow_modified, seed=seed,
+                            **options)
 
 
 def _firmware_sizes(export_dir: Path, b: Any) -> Optional[dict]:

@@ -2,9 +2,12 @@
 retries and a reply cache on the chip that makes retransmissions safe (docs/protocol.md)."""
 from __future__ import annotations
 
+import collections
 import struct
+import threading
 import time
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import serial
@@ -25,7 +28,9 @@ class DeviceClient:
         self.info: Optional[P.DeviceInfo] = None
         self.bytes_sent = self.bytes_received = 0
         self.link_seconds = 0.0
-        self.retransmissions = 0
+        self.retransmissions = 0          # requests resent (transact: the same frame; run_many: a sequence's frames)
+        self.sequences_resent = 0         # run_many: sequences sent again because one of their frames was lost
+        self.link_faults = 0              # run_many: garbled replies, link-error frames and gaps/timeouts seen
         self._seq = 0
         self._decoder = P.Decoder()
         self._ser = self._open(port_url, baudrate, connect_timeout)
@@ -149,6 +154,18 @@ class DeviceClient:
             raise McuNnError(f"{what} of {info.input_size} values, got {a.size}")
         return np.ascontiguousarray(a.astype(info.in_dtype)).reshape(-1, info.input_size)
 
+    def _steps_per_chunk(self) -> int:
+        """Steps of input per RUN_DATA frame: as many as fit ``payload_max`` (inputs and, for
+        per-step models, the reply's outputs)."""
+        info = self._need_info()
+        in_step = info.input_size * np.dtype(info.in_dtype).itemsize
+        per = info.payload_max // in_step
+        if info.output_per_step and info.has_step:
+            per = min(per, (info.payload_max - 6) // (info.output_size * np.dtype(info.out_dtype).itemsize))
+        if per < 1:
+            raise McuNnError(f"one step ({in_step} bytes) does not fit the firmware's {info.payload_max}-byte frames")
+        return per
+
     def step(self, x) -> tuple[np.ndarray, int]:
         """One time step -> (outputs, counter ticks spent in the model)."""
         a = self._inputs(x, steps=1)
@@ -166,13 +183,8 @@ class DeviceClient:
         if info.max_steps and steps > info.max_steps:
             raise McuNnError(f"the firmware's model takes at most {info.max_steps} steps per sequence, "
                              f"got {steps}")
-        in_step = a[0].nbytes
+        per = self._steps_per_chunk()
         out_item = np.dtype(info.out_dtype).itemsize
-        per = info.payload_max // in_step
-        if info.output_per_step and info.has_step:
-            per = min(per, (info.payload_max - 6) // (info.output_size * out_item))
-        if per < 1:
-            raise McuNnError(f"one step ({in_step} bytes) does not fit the firmware's {info.payload_max}-byte frames")
         self.transact(P.RUN_BEGIN, struct.pack("<I", steps))
         ticks, outs, y = 0, [], np.zeros(0, info.out_dtype)
         for t in range(0, steps, per):
@@ -205,3 +217,277 @@ class DeviceClient:
         if len(ids) != n:
             raise McuNnError(f"{self.port_url}: GENERATE asked for {n} tokens, the board sent {len(ids)}")
         return [int(i) for i in ids], ticks
+
+    # ------------------------------------------------------------------ pipelining
+    def run_many(self, items: Iterable[tuple[Any, Any, str]], *, window: int = 8192
+                 ) -> Iterator[tuple[Any, np.ndarray, int]]:
+        """Many sequences, with up to ``window`` bytes of requests in flight (pipelining: the
+        next frames go out before the replies to the previous ones arrive; the chip answers in
+        order). ``items``: ``(key, x, how)`` with ``x`` a (T, F) sequence of chip inputs and
+        ``how`` "run" (RUN_BEGIN + RUN_DATA chunks, + READs for bidirectional models) or "step"
+        (RESET + one STEP per step). Yields ``(key, outputs, ticks)`` as each sequence completes,
+        outputs shaped as :meth:`run` gives them (``how="step"``: the STEP outputs, stacked for
+        per-step models, the last one otherwise). ``window=0``: one request at a time.
+
+        Retries without false passes, with the chip's one-entry reply cache: each sequence starts
+        with a request that resets the model state (RUN_BEGIN or RESET), so a sequence is a unit
+        that can be sent again from its start. A sequence counts only when every one of its
+        frames got its own valid reply, in order; any gap (a reply garbled, dropped or refused
+        as damaged, or ``timeout`` seconds without a reply) makes the whole sequence go again
+        with new sequence numbers (``retransmissions`` += its frames, ``sequences_resent`` += 1),
+        at most ``retries`` times. Replies of an abandoned attempt are ignored."""
+        info = self._need_info()
+        pipe = _Pipe(self, info, window)
+        try:
+            yield from pipe.drive(iter(items))
+        finally:
+            self.link_seconds += pipe.elapsed()
+
+
+@dataclass(eq=False)
+class _Unit:
+    """One sequence in flight: its frames and, for the current attempt, their replies."""
+    key: Any
+    how: str
+    steps: int
+    frames: list                                   # [(cmd, payload)]
+    attempt: int = 0
+    replies: list = field(default_factory=list)   # payloads of the current attempt, in order
+    dead: bool = False                             # the current attempt lost a frame
+
+
+class _Pipe:
+    """The sender/receiver loop of DeviceClient.run_many."""
+
+    def __init__(self, client: DeviceClient, info: P.DeviceInfo, window: int) -> None:
+        self.c, self.info, self.window = client, info, max(0, int(window))
+        self.per = client._steps_per_chunk()
+        self.out_item = np.dtype(info.out_dtype).itemsize
+        self.queue: collections.deque[_Unit] = collections.deque()     # to send (retries first)
+        self.current: Optional[_Unit] = None                          # being sent, frame by frame
+        self.next_frame = 0
+        self.inflight: collections.deque = collections.deque()        # (seq, unit, attempt, index, nbytes)
+        self.by_seq: dict[int, tuple] = {}
+        self.inflight_bytes = 0
+        self.rx = b""
+        self.problem = ""
+        self.t0 = time.monotonic()
+        self.last = self.t0                                           # last sign of life from the chip
+        # A thread drains the port as bytes arrive, while this one sends, simulates and compares:
+        # an emulator's UART sends each byte in its own TCP segment, and a receive queue left
+        # alone for a few ms fills up (then the kernel drops segments and TCP backs off for
+        # hundreds of ms).
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.arrived = threading.Condition()
+        self.stop = False
+        self.read_error: Optional[BaseException] = None
+        self.reader = threading.Thread(target=self._read, name="mcu-nn-rx", daemon=True)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- building units
+    def unit(self, key: Any, x: Any, how: str) -> _Unit:
+        a = self.c._inputs(x)
+        steps = a.shape[0]
+        info = self.info
+        if steps == 0:
+            raise McuNnError("RUN needs at least one step")
+        if how == "step":
+            if not info.has_step:
+                raise McuNnError("bidirectional model: no STEP, use RUN")
+            frames = [(P.RESET, b"")] + [(P.STEP, a[t].tobytes()) for t in range(steps)]
+        elif how == "run":
+            if info.max_steps and steps > info.max_steps:
+                raise McuNnError(f"the firmware's model takes at most {info.max_steps} steps per sequence, "
+                                 f"got {steps}")
+            frames = [(P.RUN_BEGIN, struct.pack("<I", steps))]
+            frames += [(P.RUN_DATA, a[t:t + self.per].tobytes()) for t in range(0, steps, self.per)]
+            if not info.has_step:
+                total = steps * info.output_size if info.output_per_step else info.output_size
+                chunk = (info.payload_max - 6) // self.out_item
+                frames += [(P.READ, struct.pack("<IH", off, min(chunk, total - off)))
+                           for off in range(0, total, chunk)]
+        else:
+            raise ValueError(f"how must be 'run' or 'step', not {how!r}")
+        return _Unit(key, how, steps, frames)
+
+    def result(self, u: _Unit) -> tuple[np.ndarray, int]:
+        """The outputs of a completed attempt; BadFrame when a reply is malformed."""
+        info, ticks, outs = self.info, 0, []
+        for (cmd, _), p in zip(u.frames, u.replies):
+            if cmd in (P.RUN_DATA, P.STEP, P.READ):
+                dt, y = P.parse_values(p, info.out_dtype)
+                if cmd != P.READ:
+                    ticks += dt
+                if cmd == P.READ or info.has_step:
+                    outs.append(y)
+        if not info.has_step:                     # bidirectional: the READ replies, in order
+            y = np.concatenate(outs)
+            want = u.steps * info.output_size if info.output_per_step else info.output_size
+            if y.size != want:
+                raise P.BadFrame(f"READ gave {y.size} values, expected {want}")
+            return (y.reshape(u.steps, info.output_size) if info.output_per_step else y), ticks
+        if info.output_per_step:
+            y = np.concatenate(outs)
+            if y.size != u.steps * info.output_size:
+                raise P.BadFrame(f"{y.size} output values for {u.steps} steps")
+            return y.reshape(u.steps, info.output_size), ticks
+        if any(y.size != info.output_size for y in outs):
+            raise P.BadFrame("an output of the wrong size")
+        return outs[-1], ticks
+
+    # -- failing an attempt
+    def fail(self, u: _Unit, why: str) -> None:
+        if u.dead:
+            return
+        u.dead = True
+        self.problem = why
+        self.c.link_faults += 1
+        if u.attempt >= self.c.retries:
+            raise McuNnError(f"{self.c.port_url}: sequence {u.key} ({u.steps} steps via "
+                             f"{'STEP' if u.how == 'step' else 'RUN'}) lost a frame on each of "
+                             f"{u.attempt + 1} attempts (last: {why}); check that the link is sound")
+        if self.current is u:
+            self.current = None
+        self.c.retransmissions += len(u.frames)
+        self.c.sequences_resent += 1
+        self.queue.appendleft(u)
+
+    # -- sending
+    def fill(self, items: Iterator) -> bool:
+        """Send frames while the window has room; False when there is nothing left to send."""
+        out = []
+        while True:
+            if self.current is None:
+                if self.queue:
+                    u = self.queue.popleft()
+                    u.attempt += 1 if u.dead else 0
+                    u.dead, u.replies = False, []
+                else:
+                    item = next(items, None)
+                    if item is None:
+                        break
+                    u = self.unit(*item)
+                self.current, self.next_frame = u, 0
+            u = self.current
+            if self.inflight and self.inflight_bytes >= max(self.window, 1):
+                break
+            cmd, payload = u.frames[self.next_frame]
+            self.c._seq = seq = (self.c._seq + 1) & 0xFFFF
+            wire = b"\0" + P.encode(cmd, seq, payload)  # the 0x00 ends any garbage in the chip's receiver
+            entry = (seq, u, u.attempt, self.next_frame, len(wire))
+            self.inflight.append(entry)
+            self.by_seq[seq] = entry
+            self.inflight_bytes += len(wire)
+            out.append(wire)
+            self.next_frame += 1
+            if self.next_frame == len(u.frames):
+                self.current = None
+            if not self.window:
+                break
+        if out:
+            if len(self.inflight) == len(out):
+                self.last = time.monotonic()       # the chip had nothing to answer until now
+            self.c._write(b"".join(out))
+        return bool(out) or self.current is not None or bool(self.queue)
+
+    def pop(self) -> tuple:
+        entry = self.inflight.popleft()
+        del self.by_seq[entry[0]]
+        self.inflight_bytes -= entry[4]
+        return entry
+
+    # -- receiving
+    def _read(self) -> None:
+        ser = self.c._ser
+        try:
+            while not self.stop:
+                data = ser.read(max(1, ser.in_waiting))     # returns after the port's 20 ms timeout
+                if data:
+                    with self.arrived:
+                        self.chunks.append(data)
+                        self.arrived.notify()
+        except BaseException as e:                          # noqa: BLE001 - re-raised by receive()
+            with self.arrived:
+                self.read_error = e
+                self.arrived.notify()
+
+    def receive(self) -> Iterator[tuple[Any, np.ndarray, int]]:
+        c = self.c
+        with self.arrived:
+            if not self.chunks and self.read_error is None:
+                self.arrived.wait(0.05)
+            data = b"".join(self.chunks)
+            self.chunks.clear()
+            if self.read_error is not None:
+                raise McuNnError(f"{c.port_url}: reading from the port failed: {self.read_error}") from None
+        c.bytes_received += len(data)
+        if data:
+            self.rx += data
+            *bodies, self.rx = self.rx.split(b"\0")
+            if len(self.rx) > 1 << 17:
+                self.rx = b""                       # garbage with no delimiter: drop it
+            for body in bodies:
+                if body:
+                    yield from self.frame(body)
+        if self.inflight and time.monotonic() - self.last > c.timeout:
+            while self.inflight:                  # nothing for `timeout` s: every frame in flight is lost
+                _, u, attempt, _, _ = self.pop()
+                if attempt == u.attempt:
+                    self.fail(u, f"no reply within {self.c.timeout:g} s")
+            self.last = time.monotonic()
+
+    def frame(self, body: bytes) -> Iterator[tuple[Any, np.ndarray, int]]:
+        try:
+            f = P.decode(body)
+        except P.BadFrame:
+            self.c.link_faults += 1               # garbled reply: the gap shows at the next good one
+            return
+        if f.cmd == P.ERROR and P.parse_error(f.payload)[0] in P.LINK_ERRORS:
+            self.c.link_faults += 1               # a request arrived damaged: its gap shows likewise
+            return
+        if f.seq not in self.by_seq:
+            return                                # a duplicate, or a reply to an abandoned attempt
+        self.last = time.monotonic()
+        while True:                               # the chip answers in order: earlier unanswered frames are lost
+            seq, u, attempt, index, _ = self.pop()
+            current = attempt == u.attempt and not u.dead
+            if seq == f.seq:
+                break
+            if current:
+                self.fail(u, f"no valid reply to {P.command_name(u.frames[index][0])}")
+        if not current:
+            return
+        cmd = u.frames[index][0]
+        if f.cmd == P.ERROR:
+            code, _, msg = P.parse_error(f.payload)
+            raise McuNnError(f"{self.c.port_url}: the board refused {P.command_name(cmd)} of sequence {u.key}: "
+                             f"{msg} ({P.ERROR_NAMES.get(code, code)})")
+        if f.cmd != cmd | P.REPLY or index != len(u.replies):
+            self.fail(u, f"a reply of the wrong kind to {P.command_name(cmd)}")
+            return
+        u.replies.append(f.payload)
+        if len(u.replies) == len(u.frames):
+            try:
+                y, ticks = self.result(u)
+            except P.BadFrame as e:
+                self.fail(u, f"malformed reply ({e})")
+                return
+            yield u.key, y, ticks
+
+    def drive(self, items: Iterator) -> Iterator[tuple[Any, np.ndarray, int]]:
+        try:
+            self.c._ser.reset_input_buffer()
+        except (serial.SerialException, OSError):
+            pass
+        self.reader.start()
+        try:
+            while True:
+                more = self.fill(items)
+                if not more and not self.inflight:
+                    return
+                yield from self.receive()
+        finally:
+            self.stop = True
+            self.reader.join(5)

@@ -271,6 +271,7 @@ class _Pipe:
         self.inflight_bytes = 0
         self.rx = b""
         self.problem = ""
+        self.lock: Optional[list] = None      # [entry, wire, resends, deadline, problem]: the lockstep frame in flight
         self.t0 = time.monotonic()
         self.last = self.t0                                           # last sign of life from the chip
         # A thread drains the port as bytes arrive, while this one sends, simulates and compares:
@@ -371,7 +372,9 @@ class _Pipe:
                     u = self.unit(*item)
                 self.current, self.next_frame = u, 0
             u = self.current
-            if self.inflight and self.inflight_bytes >= max(self.window, 1):
+            # a sequence that lost a frame goes again pipelined once if short, then one frame at a time
+            lockstep = not self.window or u.attempt > 1 or (u.attempt > 0 and len(u.frames) > 8)
+            if self.inflight and (lockstep or self.inflight_bytes >= max(self.window, 1)):
                 break
             cmd, payload = u.frames[self.next_frame]
             self.c._seq = seq = (self.c._seq + 1) & 0xFFFF
@@ -384,7 +387,8 @@ class _Pipe:
             self.next_frame += 1
             if self.next_frame == len(u.frames):
                 self.current = None
-            if not self.window:
+            if lockstep:
+                self.lock = [entry, wire, 0, time.monotonic() + self.c.timeout, ""]
                 break
         if out:
             if len(self.inflight) == len(out):
@@ -392,9 +396,36 @@ class _Pipe:
             self.c._write(b"".join(out))
         return bool(out) or self.current is not None or bool(self.queue)
 
+    def resend_lock(self, why: str) -> None:
+        """A sequence that lost a frame once goes again one frame at a time, and a frame of it
+        whose reply is lost or damaged is sent again as it was (same seq): the chip answers a
+        repeat of the last request it executed from its reply cache, without stepping twice."""
+        if self.lock is None:
+            return
+        entry, wire, resends, _, _ = self.lock
+        u = entry[1]
+        if resends >= self.c.retries:
+            raise McuNnError(f"{self.c.port_url}: no valid reply to {P.command_name(u.frames[entry[3]][0])} "
+                             f"of sequence {u.key} after {resends + 1} attempts ({why}); check that the board "
+                             "runs mcu-nn firmware on this port and that the link is sound")
+        self.lock[2] = resends + 1
+        self.lock[3:] = [time.monotonic() + self.c.timeout, ""]
+        self.c.retransmissions += 1
+        self.problem = why
+        self.c._write(wire)
+        self.last = time.monotonic()
+
+    def soon(self, why: str) -> None:
+        """Something arrived garbled while a lockstep frame waits: resend it unless its reply
+        comes within a moment (one damaged frame can yield several error frames)."""
+        if self.lock is not None:
+            self.lock[3:] = [min(self.lock[3], time.monotonic() + 0.05), why]
+
     def pop(self) -> tuple:
         entry = self.inflight.popleft()
         del self.by_seq[entry[0]]
+        if self.lock is not None and self.lock[0] is entry:
+            self.lock = None
         self.inflight_bytes -= entry[4]
         return entry
 
@@ -431,7 +462,10 @@ class _Pipe:
             for body in bodies:
                 if body:
                     yield from self.frame(body)
-        if self.inflight and time.monotonic() - self.last > c.timeout:
+        if self.lock is not None:
+            if time.monotonic() > self.lock[3]:
+                self.resend_lock(self.lock[4] or f"no reply within {c.timeout:g} s")
+        elif self.inflight and time.monotonic() - self.last > c.timeout:
             while self.inflight:                  # nothing for `timeout` s: every frame in flight is lost
                 _, u, attempt, _, _ = self.pop()
                 if attempt == u.attempt:
@@ -441,11 +475,13 @@ class _Pipe:
     def frame(self, body: bytes) -> Iterator[tuple[Any, np.ndarray, int]]:
         try:
             f = P.decode(body)
-        except P.BadFrame:
+        except P.BadFrame as e:
             self.c.link_faults += 1               # garbled reply: the gap shows at the next good one
+            self.soon(f"garbled reply: {e}")
             return
         if f.cmd == P.ERROR and P.parse_error(f.payload)[0] in P.LINK_ERRORS:
             self.c.link_faults += 1               # a request arrived damaged: its gap shows likewise
+            self.soon(f"the board received a garbled request ({P.ERROR_NAMES[P.parse_error(f.payload)[0]]})")
             return
         if f.seq not in self.by_seq:
             return                                # a duplicate, or a reply to an abandoned attempt

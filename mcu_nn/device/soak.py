@@ -60,6 +60,8 @@ class SoakResult(Shown):
     mean_cycles_per_step: Optional[float] = None
     cycle_unit: str = ""
     bytes: int = 0                # on the link, both ways
+    simulator_s: float = 0.0      # of elapsed_s: the simulator computing expected outputs
+    host_cpu_s: float = 0.0       # CPU time of this process (all threads) during the soak
     export_dir: Optional[Path] = None
 
     @property
@@ -87,7 +89,8 @@ class SoakResult(Shown):
                 "seq_len": self.seq_len, "long_steps": self.long_steps, "long_sequences": self.long_sequences,
                 "step_sequences": self.step_sequences, "window_bytes": self.window,
                 "cycle_unit": self.cycle_unit, "mean_cycles_per_step": self.mean_cycles_per_step,
-                "link_bytes": self.bytes}
+                "link_bytes": self.bytes, "simulator_s": round(self.simulator_s, 3),
+                "host_cpu_s": round(self.host_cpu_s, 3)}
 
     def summary_lines(self) -> list[str]:
         lines = [f"{'ok' if self.ok else 'FAILED'}: soak of {self.sequences:,}/{self.requested:,} sequences, "
@@ -97,7 +100,10 @@ class SoakResult(Shown):
                  f"inferences/s; {self.retransmissions:,} retransmissions ({self.sequences_resent:,} sequences "
                  f"resent, {self.link_faults:,} link faults)",
                  f"host peak RSS {self.rss_start_kb / 1024:.1f} MiB after the first batch, "
-                 f"{self.rss_peak_kb / 1024:.1f} MiB at the end (growth {self.rss_growth_kb:,} KiB)"]
+                 f"{self.rss_peak_kb / 1024:.1f} MiB at the end (growth {self.rss_growth_kb:,} KiB)",
+                 f"time: {self.simulator_s:.1f} s in the simulator, {self.host_cpu_s:.1f} s of host CPU in all "
+                 f"(the rest of the {self.elapsed_s:.1f} s is the board and its link: "
+                 f"{self.bytes / max(self.elapsed_s, 1e-9):,.0f} B/s)"]
         if self.mean_cycles_per_step is not None:
             lines.append(f"{self.cycle_unit} per step: mean {self.mean_cycles_per_step:,.0f}")
         if self.first_mismatch:
@@ -106,6 +112,11 @@ class SoakResult(Shown):
 
     def text(self) -> str:
         return "\n".join(self.summary_lines())
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _peak_rss_kb() -> int:
@@ -147,6 +158,7 @@ class _Plan:
     def __init__(self, q: Any, info: DeviceInfo, n: int, seed: int, batch: int, long_every: int,
                  long_steps: Optional[int], per_chunk: int) -> None:
         self.q, self.info, self.n, self.batch = q, info, n, max(1, batch)
+        self.sim_s = 0.0
         self.rng = np.random.default_rng(seed)
         self.seq_len = max(1, int(q.seq_len or 1))
         if info.max_steps:
@@ -187,8 +199,10 @@ class _Plan:
                 if not len(sel):
                     continue
                 x = self._draw(len(sel), steps)
+                t = time.perf_counter()
                 exp = _simulate(q, x)
                 drift = _float_drift(q, x, np.asarray(exp, np.float32)) if fp32 else None
+                self.sim_s += time.perf_counter() - t
                 groups.append((sel, np.ascontiguousarray(chip_input(q, x).astype(ctype)), exp, drift, is_long))
             for i in idx[long_]:                   # every other long sequence one STEP per step
                 nlong += 1
@@ -260,6 +274,7 @@ def soak(export_dir: Path, n: int, *, port: str, seed: int = 0, timeout: float =
             state["ticks"] += b.ticks
 
         bar = progress_bar(total=n, desc="soak", unit="seq") if progress else None
+        cpu0 = _cpu_s()
         t0 = time.monotonic()
         next_report = t0 + report_every
         done = 0
@@ -307,7 +322,8 @@ def soak(export_dir: Path, n: int, *, port: str, seed: int = 0, timeout: float =
             rss_peak_kb=peak, board=info.board, model=info.name, precision=precision, rule=rule, seed=seed,
             seq_len=plan.seq_len, long_steps=plan.long_steps, long_sequences=state["longs"],
             step_sequences=state["stepped"], window=window, mean_cycles_per_step=mean, cycle_unit=unit or "",
-            bytes=client.bytes_sent + client.bytes_received, export_dir=export_dir)
+            bytes=client.bytes_sent + client.bytes_received, simulator_s=plan.sim_s, host_cpu_s=_cpu_s() - cpu0,
+            export_dir=export_dir)
     for line in result.summary_lines():
         log(line)
     return result

@@ -234,8 +234,12 @@ class DeviceClient:
         that can be sent again from its start. A sequence counts only when every one of its
         frames got its own valid reply, in order; any gap (a reply garbled, dropped or refused
         as damaged, or ``timeout`` seconds without a reply) makes the whole sequence go again
-        with new sequence numbers (``retransmissions`` += its frames, ``sequences_resent`` += 1),
-        at most ``retries`` times. Replies of an abandoned attempt are ignored."""
+        with new sequence numbers (``retransmissions`` += its frames, ``sequences_resent`` += 1):
+        pipelined once more if it has at most 8 frames, then one frame at a time ("lockstep"),
+        where a frame whose reply is lost or damaged is resent as it was (same seq: the chip
+        answers a repeat of the request it last executed from its cache, without stepping
+        twice), at most ``retries`` times per frame, as :meth:`transact` does. Replies of an
+        abandoned attempt are ignored."""
         info = self._need_info()
         pipe = _Pipe(self, info, window)
         try:

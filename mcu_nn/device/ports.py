@@ -2,11 +2,18 @@
 debug probe or USB-serial bridge; error messages list the ports that exist.
 
 The IDs are those of pyocd's udev rules (ST-Link V2-1/V3, DAPLink, Raspberry Pi probes) and of
-the common bridges' vendors (SEGGER, WCH, Silicon Labs, FTDI, Arduino)."""
+the common bridges' vendors (SEGGER, WCH, Silicon Labs, FTDI, Arduino).
+
+``labgrid://PLACE`` (or ``labgrid://COORDINATOR_HOST:PORT/PLACE``) is a place of a labgrid
+coordinator (default: $LG_COORDINATOR, else 127.0.0.1:20408): :func:`labgrid_port` acquires it
+through labgrid's client API, yields its serial port as ``rfc2217://host:port`` (the
+NetworkSerialPort its exporter serves through ser2net) and releases it (docs/farms.md)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from serial.tools import list_ports
 
@@ -66,7 +73,8 @@ def auto_port() -> tuple[str, str]:
 
 def resolve_port(port: Optional[str], log: Callable[[str], None] = print) -> Optional[str]:
     """``auto`` -> the one known adapter's device; a device path that does not exist -> an error
-    listing the ports that do; anything else (URLs such as socket://, COM names) unchanged."""
+    listing the ports that do; anything else (URLs such as socket://, COM names) unchanged.
+    (``labgrid://`` needs acquiring and releasing: see :func:`open_port`.)"""
     if port is None or "://" in port:
         return port
     if port == AUTO:
@@ -76,3 +84,124 @@ def resolve_port(port: Optional[str], log: Callable[[str], None] = print) -> Opt
     if os.sep in port and not os.path.exists(port):
         raise McuNnError(f"serial port {port} does not exist; {existing_ports()}")
     return port
+
+
+LABGRID = "labgrid://"
+LABGRID_DEFAULT_COORDINATOR = "127.0.0.1:20408"
+
+
+def parse_labgrid_url(url: str) -> tuple[str, str]:
+    """``labgrid://PLACE`` or ``labgrid://HOST:PORT/PLACE`` -> (coordinator address, place)."""
+    rest = url[len(LABGRID):].strip("/")
+    coordinator, _, place = rest.rpartition("/")
+    if not place:
+        raise McuNnError(f"{url}: name a labgrid place (labgrid://PLACE or labgrid://COORDINATOR:PORT/PLACE)")
+    return coordinator or os.environ.get("LG_COORDINATOR") or LABGRID_DEFAULT_COORDINATOR, place
+
+
+def _serial_url(resources: dict, place: str) -> str:
+    """The place's one serial port as a pyserial URL: a NetworkSerialPort (what an exporter
+    makes of a RawSerialPort/USBSerialPort: ser2net on host:port) or a local RawSerialPort."""
+    found = []
+    for (name, cls), res in sorted(resources.items(), key=lambda kv: kv[0]):
+        args = dict(getattr(res, "args", {}) or {})
+        if cls == "NetworkSerialPort":
+            scheme = "socket" if args.get("protocol") == "raw" else "rfc2217"
+            found.append((name, f"{scheme}://{args['host']}:{args['port']}"))
+        elif cls in ("RawSerialPort", "USBSerialPort") and args.get("port"):
+            found.append((name, args["port"]))
+    if not found:
+        raise McuNnError(f"labgrid place {place} has no serial port (NetworkSerialPort) among its resources "
+                         f"({', '.join(f'{c} {n}' for n, c in resources) or 'none'}); add-match the exporter's "
+                         f"RawSerialPort or USBSerialPort to it")
+    if len(found) > 1:
+        raise McuNnError(f"labgrid place {place} has several serial ports ({', '.join(n for n, _ in found)}); "
+                         "give the one to use its own place")
+    return found[0][1]
+
+
+@contextlib.contextmanager
+def labgrid_port(url: str, log: Callable[[str], None] = print, *, timeout: float = 20.0) -> Iterator[str]:
+    """The serial port of the labgrid place ``url`` names, the place acquired for the time of
+    the ``with`` (and released after; a place this user already holds is used and kept)."""
+    import argparse
+    import asyncio
+    try:
+        from labgrid.remote.client import ClientSession
+        from labgrid.util.proxy import proxymanager
+    except ImportError:
+        raise McuNnError("labgrid:// ports need labgrid: pip install 'mcu-nn[farm]' (or pip install labgrid)") from None
+    address, place_name = parse_labgrid_url(url)
+    loop = asyncio.new_event_loop()            # our own: a farm runs this in a worker thread
+    asyncio.set_event_loop(loop)               # gRPC's aio channel binds to the thread's loop
+    args = argparse.Namespace(place=place_name, allow_unmatched=False, kick=False)
+    chatter = io.StringIO()                    # labgrid prints "acquired place …" on stdout: not ours (--json)
+    session, acquired = None, False
+
+    def call(coro, what: str):
+        try:
+            with contextlib.redirect_stdout(chatter):
+                return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        except asyncio.TimeoutError:
+            raise McuNnError(f"labgrid coordinator {address}: no answer to {what} within {timeout:g} s") from None
+        except McuNnError:
+            raise
+        except Exception as e:
+            raise McuNnError(f"labgrid place {place_name} on {address}: {what} failed: {e}") from None
+
+    try:
+        try:
+            session = ClientSession(proxymanager.get_grpc_address(address, default_port=20408), loop, args=args)
+            with contextlib.redirect_stdout(chatter):
+                loop.run_until_complete(asyncio.wait_for(session.start(), timeout))
+        except asyncio.TimeoutError:
+            raise McuNnError(f"no answer from the labgrid coordinator at {address} within {timeout:g} s "
+                             "(is labgrid-coordinator running? set LG_COORDINATOR or use "
+                             "labgrid://HOST:PORT/PLACE)") from None
+        except Exception as e:
+            raise McuNnError(f"cannot reach the labgrid coordinator at {address}: {e} (is labgrid-coordinator "
+                             "running? set LG_COORDINATOR or use labgrid://HOST:PORT/PLACE)") from None
+        try:
+            place = session.get_place(place_name)
+        except Exception as e:
+            raise McuNnError(f"labgrid coordinator {address}: {e}") from None
+        me = f"{session.gethostname()}/{session.getuser()}"
+        if place.acquired and place.acquired != me:
+            raise McuNnError(f"labgrid place {place_name} is acquired by {place.acquired}; wait for it, "
+                             f"or ask them to release it")
+        if not place.acquired:
+            call(session.acquire(), "acquire")
+            acquired = True
+            log(f"labgrid: acquired place {place_name} on {address}")
+        try:
+            port = _serial_url(session.get_target_resources(session.get_place(place_name)), place_name)
+        except McuNnError:
+            raise
+        except Exception as e:
+            raise McuNnError(f"labgrid place {place_name}: {e}") from None
+        log(f"labgrid: place {place_name} serial port {port}")
+        yield port
+    finally:
+        if session is not None:
+            if acquired:
+                try:
+                    call(session.release(), "release")
+                    log(f"labgrid: released place {place_name}")
+                except McuNnError as e:
+                    log(f"warning: {e}")
+            with contextlib.suppress(Exception), contextlib.redirect_stdout(chatter):
+                loop.run_until_complete(asyncio.wait_for(session.stop(), 5))
+                loop.run_until_complete(asyncio.wait_for(session.close(), 5))
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+@contextlib.contextmanager
+def open_port(port: Optional[str], log: Callable[[str], None] = print) -> Iterator[Optional[str]]:
+    """:func:`resolve_port` for the time of a ``with``: a ``labgrid://`` place is acquired first
+    and released after."""
+    if port is not None and port.startswith(LABGRID):
+        with labgrid_port(port, log) as url:
+            yield url
+    else:
+        yield resolve_port(port, log)

@@ -202,3 +202,68 @@ def bench_many(export_dir: Path, boards: Sequence[str], *, allow_modified: bool 
         return r
 
     return FarmResult("bench", _run_all(targets, work, log, jobs))
+
+
+class PtyBoard:
+    """An emulated board whose UART is a pseudo-terminal (QEMU ``-serial pty``), as a real
+    board's USB serial port is a device: what ser2net (``serialdev,/dev/pts/N``) and a labgrid
+    exporter (``RawSerialPort: port: /dev/pts/N``) serve over RFC 2217 in front of it.
+
+        with PtyBoard(firmware_path(export, "qemu-mps2-an386"), "qemu-mps2-an386") as b:
+            b.device      # "/dev/pts/7"
+    """
+
+    def __init__(self, elf: Path, board: str, *, start_timeout: float = 10.0) -> None:
+        self.elf, self.board_name, self.start_timeout = Path(elf), board, start_timeout
+        self.proc = None
+        self.device = ""
+
+    def __enter__(self) -> "PtyBoard":
+        import re
+        import subprocess
+        import time
+        from .boards import get_board
+        from .launch import emulator_command
+        b = get_board(self.board_name)
+        if not self.elf.is_file():
+            raise McuNnError(f"firmware {self.elf} does not exist; run mcu-nn build first")
+        if b.emulator is None or b.emulator.binary == "simavr":
+            raise McuNnError(f"{b.name}: only QEMU boards serve their UART on a pseudo-terminal")
+        self.proc = subprocess.Popen(emulator_command(b, self.elf, serial="pty"), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # QEMU names the pty on stdout
+        deadline, seen = time.monotonic() + self.start_timeout, ""
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline and not self.device:
+            if not sel.select(timeout=0.2):
+                if self.proc.poll() is not None:
+                    break
+                continue
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                break
+            seen += line
+            m = re.search(r"redirected to (/dev/pts/\d+)", line)
+            if m:
+                self.device = m.group(1)
+        sel.close()
+        if not self.device:
+            self.__exit__()
+            raise McuNnError(f"{b.name}: the emulator named no pseudo-terminal ({seen.strip() or 'no message'})")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=3)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None

@@ -74,7 +74,11 @@ def auto_port() -> tuple[str, str]:
 def resolve_port(port: Optional[str], log: Callable[[str], None] = print) -> Optional[str]:
     """``auto`` -> the one known adapter's device; a device path that does not exist -> an error
     listing the ports that do; anything else (URLs such as socket://, COM names) unchanged.
-    (``labgrid://`` needs acquiring and releasing: see :func:`open_port`.)"""
+    (``labgrid://`` needs acquiring and releasing: see :func:`open_port`.) An ``rfc2217://`` URL
+    without options gets ``?ign_set_control``, as labgrid's own serial driver does: ser2net does
+    not answer the flow-control request on a pty, and pyserial would wait for it and give up."""
+    if port is not None and port.startswith("rfc2217://"):
+        return rfc2217_url(port)
     if port is None or "://" in port:
         return port
     if port == AUTO:
@@ -84,6 +88,11 @@ def resolve_port(port: Optional[str], log: Callable[[str], None] = print) -> Opt
     if os.sep in port and not os.path.exists(port):
         raise McuNnError(f"serial port {port} does not exist; {existing_ports()}")
     return port
+
+
+def rfc2217_url(url: str) -> str:
+    """``rfc2217://host:port`` -> ``rfc2217://host:port?ign_set_control`` (options given: as given)."""
+    return url if "?" in url else url + "?ign_set_control"
 
 
 LABGRID = "labgrid://"
@@ -107,7 +116,8 @@ def _serial_url(resources: dict, place: str) -> str:
         args = dict(getattr(res, "args", {}) or {})
         if cls == "NetworkSerialPort":
             scheme = "socket" if args.get("protocol") == "raw" else "rfc2217"
-            found.append((name, f"{scheme}://{args['host']}:{args['port']}"))
+            where = f"{args['host']}:{args['port']}"
+            found.append((name, rfc2217_url(f"rfc2217://{where}") if scheme == "rfc2217" else f"socket://{where}"))
         elif cls in ("RawSerialPort", "USBSerialPort") and args.get("port"):
             found.append((name, args["port"]))
     if not found:

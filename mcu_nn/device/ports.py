@@ -130,6 +130,24 @@ def _serial_url(resources: dict, place: str) -> str:
     return found[0][1]
 
 
+class _QuietRootLog:
+    """A root logger without handlers prints ERROR records on stderr (logging.lastResort);
+    while labgrid runs, give it a NullHandler (only when it has none: an app's own logging stays)."""
+
+    def __enter__(self) -> None:
+        import logging
+        self.handler = None
+        if not logging.root.handlers:
+            self.handler = logging.NullHandler()
+            logging.root.addHandler(self.handler)
+
+    def __exit__(self, *exc) -> None:
+        import logging
+        if self.handler is not None:
+            logging.root.removeHandler(self.handler)
+            self.handler = None
+
+
 @contextlib.contextmanager
 def labgrid_port(url: str, log: Callable[[str], None] = print, *, timeout: float = 20.0) -> Iterator[str]:
     """The serial port of the labgrid place ``url`` names, the place acquired for the time of
@@ -147,6 +165,7 @@ def labgrid_port(url: str, log: Callable[[str], None] = print, *, timeout: float
     args = argparse.Namespace(place=place_name, allow_unmatched=False, kick=False)
     chatter = io.StringIO()                    # labgrid prints "acquired place …" on stdout: not ours (--json)
     session, acquired = None, False
+    quiet = _QuietRootLog()                    # labgrid logs its errors on the root logger; ours say it in one line
 
     def call(coro, what: str):
         try:
@@ -160,6 +179,7 @@ def labgrid_port(url: str, log: Callable[[str], None] = print, *, timeout: float
             raise McuNnError(f"labgrid place {place_name} on {address}: {what} failed: {e}") from None
 
     try:
+        quiet.__enter__()
         try:
             session = ClientSession(proxymanager.get_grpc_address(address, default_port=20408), loop, args=args)
             with contextlib.redirect_stdout(chatter):
@@ -204,6 +224,7 @@ def labgrid_port(url: str, log: Callable[[str], None] = print, *, timeout: float
                 loop.run_until_complete(asyncio.wait_for(session.close(), 5))
         asyncio.set_event_loop(None)
         loop.close()
+        quiet.__exit__()
 
 
 @contextlib.contextmanager

@@ -232,30 +232,34 @@ def test_serial_test_on_a_labgrid_place(standin, tmp_path):
         return subprocess.run(["labgrid-client", *args], capture_output=True, text=True, timeout=30, env=client_env)
 
     with contextlib.ExitStack() as stack:
-        pty = stack.enter_context(PtyBoard(firmware_path(standin, BOARD), BOARD))
+        ptys = [stack.enter_context(PtyBoard(firmware_path(standin, BOARD), BOARD)) for _ in range(2)]
         stack.enter_context(_process(["labgrid-coordinator", "-l", coord], tmp_path / "coordinator.log",
                                      cwd=tmp_path))
         _wait_listening(int(coord.rsplit(":", 1)[1]))
-        (tmp_path / "exporter.yaml").write_text(f"mcunn-board:\n  RawSerialPort:\n    port: {pty.device}\n"
-                                                f"    speed: 115200\n")
+        (tmp_path / "exporter.yaml").write_text("".join(f"mcunn-board{i}:\n  RawSerialPort:\n    port: {p.device}\n"
+                                                        f"    speed: 115200\n" for i, p in enumerate(ptys)))
         stack.enter_context(_process(["labgrid-exporter", "-c", coord, "-n", "lab1", "--hostname", "127.0.0.1",
                                       str(tmp_path / "exporter.yaml")], tmp_path / "exporter.log", cwd=tmp_path))
         deadline = time.monotonic() + 30
-        while "lab1/mcunn-board/NetworkSerialPort" not in lgc("resources").stdout:
+        while "lab1/mcunn-board1/NetworkSerialPort" not in lgc("resources").stdout:
             assert time.monotonic() < deadline, (tmp_path / "exporter.log").read_text()
             time.sleep(0.5)
-        assert lgc("-p", "mcunn-f4", "create").returncode == 0
-        assert lgc("-p", "mcunn-f4", "add-match", "lab1/mcunn-board/NetworkSerialPort").returncode == 0
+        for i, place in enumerate(("mcunn-f4", "mcunn-f4b")):
+            assert lgc("-p", place, "create").returncode == 0
+            assert lgc("-p", place, "add-match", f"lab1/mcunn-board{i}/NetworkSerialPort").returncode == 0
         r = cli("serial-test", str(standin), "--port", "labgrid://mcunn-f4", "--json", env=env, timeout=120)
         assert r.returncode == 0, r.stderr + (tmp_path / "exporter.log").read_text()
         out = json.loads(r.stdout)
         assert out["ok"] is True and out["board"] == BOARD and out["passed"] == 4
         assert "acquired place mcunn-f4" in r.stderr and "released place mcunn-f4" in r.stderr
         assert "acquired: None" in lgc("-p", "mcunn-f4", "show").stdout      # released afterwards
-        # the coordinator address in the URL, no environment variable
-        r = cli("serial-test", str(standin), "--port", f"labgrid://{coord}/mcunn-f4", timeout=120,
-                env={"LG_COORDINATOR": ""})
-        assert r.returncode == 0, r.stderr
+        # two places in parallel, one named with the coordinator's address in the URL
+        r = cli("serial-test", str(standin), "--port", f"labgrid://{coord}/mcunn-f4", "labgrid://mcunn-f4b",
+                "--json", timeout=120, env=env)
+        assert r.returncode == 0, r.stderr + r.stdout
+        out = json.loads(r.stdout)
+        assert out["passed_boards"] == 2 and all(e["passed"] == 4 for e in out["results"])
+        assert all("acquired: None" in lgc("-p", p, "show").stdout for p in ("mcunn-f4", "mcunn-f4b"))
         # a place someone else holds is refused in one line, not waited for
         hold = lgc("-p", "mcunn-f4", "acquire")
         assert hold.returncode == 0, hold.stderr

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 from typing import Callable, Iterator, Optional
 
 from serial.tools import list_ports
@@ -148,10 +149,26 @@ class _QuietRootLog:
             self.handler = None
 
 
-@contextlib.contextmanager
-def labgrid_port(url: str, log: Callable[[str], None] = print, *, timeout: float = 20.0) -> Iterator[str]:
-    """The serial port of the labgrid place ``url`` names, the place acquired for the time of
-    the ``with`` (and released after; a place this user already holds is used and kept)."""
+_labgrid_thread = None        # every labgrid call runs on one thread with one event loop (gRPC's aio wants that)
+_labgrid_lock = threading.Lock()
+
+
+def _labgrid_run(fn):
+    """Run ``fn(loop)`` on the labgrid thread and return its result (or raise its exception)."""
+    global _labgrid_thread
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    with _labgrid_lock:
+        if _labgrid_thread is None:
+            def init() -> None:
+                asyncio.set_event_loop(asyncio.new_event_loop())
+            _labgrid_thread = ThreadPoolExecutor(1, thread_name_prefix="mcunn-labgrid", initializer=init)
+    return _labgrid_thread.submit(lambda: fn(asyncio.get_event_loop())).result()
+
+
+def _labgrid_session(address: str, place_name: str, action: str, timeout: float) -> tuple[Optional[str], bool, str]:
+    """One short session with the coordinator: ``action`` "acquire" (-> the place's serial
+    port, whether we acquired it, labgrid's chatter) or "release"."""
     import argparse
     import asyncio
     try:
@@ -159,72 +176,93 @@ def labgrid_port(url: str, log: Callable[[str], None] = print, *, timeout: float
         from labgrid.util.proxy import proxymanager
     except ImportError:
         raise McuNnError("labgrid:// ports need labgrid: pip install 'mcu-nn[farm]' (or pip install labgrid)") from None
+
+    def work(loop) -> tuple[Optional[str], bool, str]:
+        chatter = io.StringIO()        # labgrid prints "acquired place …" on stdout: not ours (--json)
+        args = argparse.Namespace(place=place_name, allow_unmatched=False, kick=False)
+
+        def call(coro, what: str):
+            try:
+                with contextlib.redirect_stdout(chatter):
+                    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+            except asyncio.TimeoutError:
+                raise McuNnError(f"labgrid coordinator {address}: no answer to {what} within {timeout:g} s") from None
+            except McuNnError:
+                raise
+            except Exception as e:
+                raise McuNnError(f"labgrid place {place_name} on {address}: {what} failed: {e}") from None
+
+        session = None
+        with _QuietRootLog():
+            try:
+                try:
+                    session = ClientSession(proxymanager.get_grpc_address(address, default_port=20408), loop,
+                                            args=args)
+                    with contextlib.redirect_stdout(chatter):
+                        loop.run_until_complete(asyncio.wait_for(session.start(), timeout))
+                except asyncio.TimeoutError:
+                    raise McuNnError(f"no answer from the labgrid coordinator at {address} within {timeout:g} s "
+                                     "(is labgrid-coordinator running? set LG_COORDINATOR or use "
+                                     "labgrid://HOST:PORT/PLACE)") from None
+                except Exception as e:
+                    raise McuNnError(f"cannot reach the labgrid coordinator at {address}: {e} (is "
+                                     "labgrid-coordinator running? set LG_COORDINATOR or use "
+                                     "labgrid://HOST:PORT/PLACE)") from None
+                try:
+                    place = session.get_place(place_name)
+                except Exception as e:
+                    raise McuNnError(f"labgrid coordinator {address}: {e}") from None
+                if action == "release":
+                    call(session.release(), "release")
+                    return None, False, chatter.getvalue()
+                me = f"{session.gethostname()}/{session.getuser()}"
+                if place.acquired and place.acquired != me:
+                    raise McuNnError(f"labgrid place {place_name} is acquired by {place.acquired}; wait for it, "
+                                     f"or ask them to release it")
+                acquired = False
+                if not place.acquired:
+                    call(session.acquire(), "acquire")
+                    acquired = True
+                try:
+                    port = _serial_url(session.get_target_resources(session.get_place(place_name)), place_name)
+                except McuNnError:
+                    if acquired:
+                        call(session.release(), "release")
+                    raise
+                except Exception as e:
+                    if acquired:
+                        call(session.release(), "release")
+                    raise McuNnError(f"labgrid place {place_name}: {e}") from None
+                return port, acquired, chatter.getvalue()
+            finally:
+                if session is not None:
+                    with contextlib.suppress(Exception), contextlib.redirect_stdout(chatter):
+                        loop.run_until_complete(asyncio.wait_for(session.stop(), 5))
+                        loop.run_until_complete(asyncio.wait_for(session.close(), 5))
+
+    return _labgrid_run(work)
+
+
+@contextlib.contextmanager
+def labgrid_port(url: str, log: Callable[[str], None] = print, *, timeout: float = 20.0) -> Iterator[str]:
+    """The serial port of the labgrid place ``url`` names, the place acquired for the time of
+    the ``with`` (and released after; a place this user already holds is used and kept). The
+    coordinator is asked only to acquire and to release, one short session each, on one thread
+    for the whole process (several places in parallel: a farm)."""
     address, place_name = parse_labgrid_url(url)
-    loop = asyncio.new_event_loop()            # our own: a farm runs this in a worker thread
-    asyncio.set_event_loop(loop)               # gRPC's aio channel binds to the thread's loop
-    args = argparse.Namespace(place=place_name, allow_unmatched=False, kick=False)
-    chatter = io.StringIO()                    # labgrid prints "acquired place …" on stdout: not ours (--json)
-    session, acquired = None, False
-    quiet = _QuietRootLog()                    # labgrid logs its errors on the root logger; ours say it in one line
-
-    def call(coro, what: str):
-        try:
-            with contextlib.redirect_stdout(chatter):
-                return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-        except asyncio.TimeoutError:
-            raise McuNnError(f"labgrid coordinator {address}: no answer to {what} within {timeout:g} s") from None
-        except McuNnError:
-            raise
-        except Exception as e:
-            raise McuNnError(f"labgrid place {place_name} on {address}: {what} failed: {e}") from None
-
+    port, acquired, _ = _labgrid_session(address, place_name, "acquire", timeout)
+    if acquired:
+        log(f"labgrid: acquired place {place_name} on {address}")
+    log(f"labgrid: place {place_name} serial port {port}")
     try:
-        quiet.__enter__()
-        try:
-            session = ClientSession(proxymanager.get_grpc_address(address, default_port=20408), loop, args=args)
-            with contextlib.redirect_stdout(chatter):
-                loop.run_until_complete(asyncio.wait_for(session.start(), timeout))
-        except asyncio.TimeoutError:
-            raise McuNnError(f"no answer from the labgrid coordinator at {address} within {timeout:g} s "
-                             "(is labgrid-coordinator running? set LG_COORDINATOR or use "
-                             "labgrid://HOST:PORT/PLACE)") from None
-        except Exception as e:
-            raise McuNnError(f"cannot reach the labgrid coordinator at {address}: {e} (is labgrid-coordinator "
-                             "running? set LG_COORDINATOR or use labgrid://HOST:PORT/PLACE)") from None
-        try:
-            place = session.get_place(place_name)
-        except Exception as e:
-            raise McuNnError(f"labgrid coordinator {address}: {e}") from None
-        me = f"{session.gethostname()}/{session.getuser()}"
-        if place.acquired and place.acquired != me:
-            raise McuNnError(f"labgrid place {place_name} is acquired by {place.acquired}; wait for it, "
-                             f"or ask them to release it")
-        if not place.acquired:
-            call(session.acquire(), "acquire")
-            acquired = True
-            log(f"labgrid: acquired place {place_name} on {address}")
-        try:
-            port = _serial_url(session.get_target_resources(session.get_place(place_name)), place_name)
-        except McuNnError:
-            raise
-        except Exception as e:
-            raise McuNnError(f"labgrid place {place_name}: {e}") from None
-        log(f"labgrid: place {place_name} serial port {port}")
         yield port
     finally:
-        if session is not None:
-            if acquired:
-                try:
-                    call(session.release(), "release")
-                    log(f"labgrid: released place {place_name}")
-                except McuNnError as e:
-                    log(f"warning: {e}")
-            with contextlib.suppress(Exception), contextlib.redirect_stdout(chatter):
-                loop.run_until_complete(asyncio.wait_for(session.stop(), 5))
-                loop.run_until_complete(asyncio.wait_for(session.close(), 5))
-        asyncio.set_event_loop(None)
-        loop.close()
-        quiet.__exit__()
+        if acquired:
+            try:
+                _labgrid_session(address, place_name, "release", timeout)
+                log(f"labgrid: released place {place_name}")
+            except McuNnError as e:
+                log(f"warning: {e}")
 
 
 @contextlib.contextmanager

@@ -201,10 +201,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://HOST:PORT (ser2net, a labgrid exporter), "
                         "labgrid://PLACE (a labgrid place: acquired, its serial port used, released; docs/farms.md), "
                         "or 'auto': the one port of a known probe or USB-serial adapter (ST-Link, CMSIS-DAP, "
-                        "J-Link, CH340, CP210x, FTDI, Arduino, Pico). Several (--port P1 P2, or repeated): "
-                        "tested in parallel, one result each, exit 1 if any fails")
+                        "J-Link, CH340, CP210x, FTDI, Arduino, Pico). Several (DIR --port P1 P2, or repeated): "
+                        "tested in parallel, one result each, exit 1 if any fails (docs/farms.md)")
     p.add_argument("--board", nargs="+", action="extend",
-                   help=f"board to boot when no --port is given (default {DEFAULT_BOARD}); several (--board A B, "
+                   help=f"board to boot when no --port is given (default {DEFAULT_BOARD}); several (DIR --board A B, "
                         "or repeated): each booted in its own emulator and tested in parallel")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
     p.add_argument("--inputs", metavar="FILE",
@@ -223,7 +223,7 @@ def _parser() -> argparse.ArgumentParser:
             "per multiply-accumulate, model code, model constants, shared runtime and RAM.", "mcu-nn bench build/har --board qemu-mps2-an386")
     p.add_argument("dir", metavar="DIR", help="an export directory")
     p.add_argument("--board", nargs="+", action="extend",
-                   help=f"board name (default {DEFAULT_BOARD}); several (--board A B, or repeated): measured in "
+                   help=f"board name (default {DEFAULT_BOARD}); several (DIR --board A B, or repeated): measured in "
                         "parallel, one row each, exit 1 if any fails")
     _add_json(p, "the figures (a list of models) instead of a table")
     _add_allow_modified(p)

@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import threading
+import time
 from typing import Callable, Iterator, Optional
 
 from serial.tools import list_ports
@@ -109,12 +110,15 @@ def parse_labgrid_url(url: str) -> tuple[str, str]:
     return coordinator or os.environ.get("LG_COORDINATOR") or LABGRID_DEFAULT_COORDINATOR, place
 
 
-def _serial_url(resources: dict, place: str) -> str:
+def _serial_url(resources: dict, place: str) -> Optional[str]:
     """The place's one serial port as a pyserial URL: a NetworkSerialPort (what an exporter
-    makes of a RawSerialPort/USBSerialPort: ser2net on host:port) or a local RawSerialPort."""
+    makes of a RawSerialPort/USBSerialPort: ser2net on host:port) or a local RawSerialPort.
+    None while the exporter has not yet published the port of the ser2net it starts on acquire."""
     found = []
     for (name, cls), res in sorted(resources.items(), key=lambda kv: kv[0]):
         args = dict(getattr(res, "args", {}) or {})
+        if cls == "NetworkSerialPort" and not args.get("port"):
+            return None
         if cls == "NetworkSerialPort":
             scheme = "socket" if args.get("protocol") == "raw" else "rfc2217"
             where = f"{args['host']}:{args['port']}"
@@ -224,7 +228,15 @@ def _labgrid_session(address: str, place_name: str, action: str, timeout: float)
                     call(session.acquire(), "acquire")
                     acquired = True
                 try:
-                    port = _serial_url(session.get_target_resources(session.get_place(place_name)), place_name)
+                    deadline = time.monotonic() + timeout
+                    while True:
+                        port = _serial_url(session.get_target_resources(session.get_place(place_name)), place_name)
+                        if port is not None:
+                            break
+                        if time.monotonic() > deadline:
+                            raise McuNnError(f"labgrid place {place_name}: its exporter published no serial port "
+                                             f"within {timeout:g} s of the acquire (is ser2net installed there?)")
+                        loop.run_until_complete(asyncio.sleep(0.2))   # the exporter's update arrives meanwhile
                 except McuNnError:
                     if acquired:
                         call(session.release(), "release")

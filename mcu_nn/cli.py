@@ -197,10 +197,15 @@ def _parser() -> argparse.ArgumentParser:
             "mcu-nn serial-test build/har --inputs data.npz --labels y --json\n"
             "  mcu-nn serial-test build/har --port socket://127.0.0.1:4321")
     p.add_argument("dir", metavar="DIR", help="an export directory")
-    p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://..., or 'auto': the one "
-                                               "port of a known probe or USB-serial adapter (ST-Link, CMSIS-DAP, "
-                                               "J-Link, CH340, CP210x, FTDI, Arduino, Pico)")
-    p.add_argument("--board", help=f"board to boot when no --port is given (default {DEFAULT_BOARD})")
+    p.add_argument("--port", metavar="URL", nargs="+", action="extend",
+                   help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://HOST:PORT (ser2net, a labgrid exporter), "
+                        "labgrid://PLACE (a labgrid place: acquired, its serial port used, released; docs/farms.md), "
+                        "or 'auto': the one port of a known probe or USB-serial adapter (ST-Link, CMSIS-DAP, "
+                        "J-Link, CH340, CP210x, FTDI, Arduino, Pico). Several (DIR --port P1 P2, or repeated): "
+                        "tested in parallel, one result each, exit 1 if any fails (docs/farms.md)")
+    p.add_argument("--board", nargs="+", action="extend",
+                   help=f"board to boot when no --port is given (default {DEFAULT_BOARD}); several (DIR --board A B, "
+                        "or repeated): each booted in its own emulator and tested in parallel")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
     p.add_argument("--inputs", metavar="FILE",
                    help="your sequences instead of the test vectors: N×T×F (.npz/.npy/.pt; token ids N×T); "
@@ -222,7 +227,9 @@ def _parser() -> argparse.ArgumentParser:
             "Build the export for a board, run it, and report instructions (or cycles) per time step, "
             "per multiply-accumulate, model code, model constants, shared runtime and RAM.", "mcu-nn bench build/har --board qemu-mps2-an386")
     p.add_argument("dir", metavar="DIR", help="an export directory")
-    p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
+    p.add_argument("--board", nargs="+", action="extend",
+                   help=f"board name (default {DEFAULT_BOARD}); several (DIR --board A B, or repeated): measured in "
+                        "parallel, one row each, exit 1 if any fails")
     _add_json(p, "the figures (a list of models) instead of a table")
     _add_allow_modified(p)
 
@@ -340,23 +347,29 @@ def _flash(a: argparse.Namespace) -> int:
 
 def _serial_test(a: argparse.Namespace) -> int:
     from .onboard import serial_test
-    board = a.board or (None if a.port else DEFAULT_BOARD)
     if a.labels is not None and a.inputs is None:
         raise McuNnError("--labels needs --inputs: the labels belong to your sequences, not to the test vectors")
+    ports, boards = a.port or [], a.board or []
+    if a.soak is not None and len(ports) + len(boards) > 1 and not (len(ports) == 1 and len(boards) == 1):
+        raise McuNnError("--soak runs on one board or port at a time; start one soak per board")
+    if len(ports) + len(boards) > 1 and not (len(ports) == 1 and len(boards) == 1):
+        return _farm_serial_test(a, ports, boards)
+    board = boards[0] if boards else (None if ports else DEFAULT_BOARD)
+    port = ports[0] if ports else None
     if a.soak is not None:
         if a.inputs is not None:
             raise McuNnError("--soak draws its own random sequences: leave out --inputs")
         if a.soak < 1:
             raise McuNnError(f"--soak needs at least 1 sequence, got {a.soak}")
-        result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout, log=_info(a),
+        result = serial_test(Path(a.dir), port=port, board=board, timeout=a.timeout, log=_info(a),
                              allow_modified=a.allow_modified, soak=a.soak, seed=a.seed)
         if a.json:
             _json("serial-test", result.as_dict())
         elif a.quiet:
             print(result.summary_lines()[0])
         return 0 if result.ok else 1
-    result = serial_test(Path(a.dir), port=a.port, board=board, timeout=a.timeout, log=_info(a),
-                         allow_modified=a.allow_modified, inputs=a.inputs, labels=a.labels)
+    result = serial_test(Path(a.dir), port=port, board=board, timeout=a.timeout,
+                         log=_info(a), allow_modified=a.allow_modified, inputs=a.inputs, labels=a.labels)
     if a.json:
         _json("serial-test", result.as_dict())
     elif a.quiet:                                  # -q: the result line only
@@ -364,9 +377,35 @@ def _serial_test(a: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _farm_serial_test(a: argparse.Namespace, ports: list, boards: list) -> int:
+    """Several boards or ports: in parallel (mcu_nn.farm), one result each and a summary (docs/farms.md)."""
+    from .farm import serial_test_many
+    if ports and boards:
+        raise McuNnError("give several --port or several --board, not both (a --port is a board already running)")
+    r = serial_test_many(Path(a.dir), boards=boards, ports=ports, timeout=a.timeout, log=_info(a),
+                         allow_modified=a.allow_modified, inputs=a.inputs, labels=a.labels)
+    if a.json:
+        _json("serial-test", r.as_dict())
+    else:
+        print(r.text())                            # one line per board and the verdict, also under -q
+    return 0 if r.ok else 1
+
+
 def _bench(a: argparse.Namespace) -> int:
     from .bench import bench_export, bench_payload, bench_text
-    r = bench_export(Path(a.dir), a.board, allow_modified=a.allow_modified)
+    boards = a.board or [DEFAULT_BOARD]
+    if len(boards) > 1:
+        from .farm import bench_many
+        fr = bench_many(Path(a.dir), boards, allow_modified=a.allow_modified, log=_info(a))
+        done = [t.result for t in fr.targets if t.result is not None]
+        if a.json:
+            _json("bench", fr.as_dict())
+        else:
+            if done:
+                print(bench_text(done))
+            print("\n".join(fr.summary_lines()))
+        return 0 if fr.ok else 1
+    r = bench_export(Path(a.dir), boards[0], allow_modified=a.allow_modified)
     _json("bench", bench_payload([r])) if a.json else print(bench_text([r]))
     return 0
 

@@ -24,7 +24,7 @@ from .device.serial_test import SerialTestResult, prepare_sequences
 from .device.soak import SoakResult
 from .device.soak import soak as soak_on_port
 from .device.serial_test import serial_test as serial_test_on_port
-from .device.ports import resolve_port
+from .device.ports import open_port
 from .errors import McuNnError
 
 
@@ -32,11 +32,11 @@ from .errors import McuNnError
 def running_board(export_dir: Path, *, port: Optional[str] = None, board: Optional[str] = None,
                   log: Callable[[str], None] = print, allow_modified: bool = False) -> Iterator[str]:
     """The serial port of a board running ``export_dir``'s firmware: ``port`` as given ("auto": the
-    one known probe's), else the emulated ``board`` (default: the default board), its firmware
+    one known probe's; ``labgrid://PLACE``: the place's, acquired meanwhile), else the emulated ``board`` (default: the default board), its firmware
     built if needed and booted for the time of the ``with``."""
-    port = resolve_port(port, log)
     if port is not None:
-        yield port
+        with open_port(port, log) as url:         # labgrid://PLACE: acquired for the time of the with
+            yield url
         return
     b = get_board(board or DEFAULT_BOARD)
     if not b.emulated and b.flash_method != "host":

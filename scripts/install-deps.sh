@@ -2,8 +2,8 @@
 # Installs what mcu-nn's demo and tests need on a fresh Debian/Ubuntu machine:
 # the Arm cross compiler with newlib, QEMU's Arm system emulator, the AVR toolchain and simavr
 # (with its headers: mcu-nn's UART bridge links libsimavr), clang, CMake, Arduino's arduino-builder with
-# its AVR core (the output-format tests), and the Python
-# package with its test extras. Safe to run again: it skips what is already there.
+# its AVR core (the output-format tests), ser2net (the board-farm tests), and the Python
+# package with its test extras (labgrid among them: the farm extra). Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,8 @@ command -v arduino-builder >/dev/null || need+=(arduino-builder)
 command -v cmake >/dev/null || need+=(cmake)
 command -v clang >/dev/null || need+=(clang)
 command -v cc >/dev/null || need+=(gcc)
+# board farms (tests/test_farm.py): ser2net serves emulated boards' ptys as RFC 2217 ports, as labgrid's exporter does
+{ command -v ser2net >/dev/null || [ -x /usr/sbin/ser2net ]; } || need+=(ser2net)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "installing ${need[*]} (apt)"

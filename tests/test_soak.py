@@ -138,3 +138,8 @@ def test_lossy_link_never_passes_a_wrong_output(export, monkeypatch):
             r = soak(export, 200, port=proxy.url, timeout=0.3, retries=10, **quiet)
     assert not r.ok and r.mismatches == 1 and r.first_mismatch.startswith("sequence 40 ")
     assert r.retransmissions > 0
+
+
+def test_cli_soak_takes_one_board(tmp_path, capsys):
+    assert cli.main(["serial-test", str(tmp_path), "--soak", "5", "--board", BOARD, "qemu-mps2-an385"]) == 1
+    assert "--soak runs on one board or port at a time" in capsys.readouterr().err

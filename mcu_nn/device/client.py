@@ -40,7 +40,13 @@ class DeviceClient:
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
-                return serial.serial_for_url(url, baudrate=baudrate, timeout=0.02, write_timeout=5)
+                # pyserial's rfc2217:// (ser2net, labgrid exporters) has no write timeout
+                remote = url.startswith("rfc2217://")
+                ser = serial.serial_for_url(url, baudrate=baudrate, timeout=0.02,
+                                            **({} if remote else {"write_timeout": 5}))
+                if remote:   # a PURGE round trip costs 50 ms a request; stale replies are dropped by seq anyway
+                    ser.reset_input_buffer = lambda: ser.read(ser.in_waiting)
+                return ser
             except (serial.SerialException, OSError, ValueError) as e:
                 # an emulator that is still starting refuses connections for a moment
                 if time.monotonic() > deadline or not url.startswith("socket://"):

@@ -364,7 +364,7 @@ def _serial_test(a: argparse.Namespace) -> int:
         result = serial_test(Path(a.dir), port=port, board=board, timeout=a.timeout, log=_info(a),
                              allow_modified=a.allow_modified, soak=a.soak, seed=a.seed)
         if a.json:
-            _json("serial-test", result.as_dict())
+            _json("soak", result.as_dict())            # its own fields (docs/json.md#soak)
         elif a.quiet:
             print(result.summary_lines()[0])
         return 0 if result.ok else 1

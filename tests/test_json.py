@@ -58,6 +58,7 @@ SCHEMA: dict[str, dict[str, str]] = {
                     "max_cycles_per_step": "number|null", "bytes_per_second": "number", "retransmissions": "int",
                     "whole_firmware": "object|null", "whole_firmware.flash_bytes": "int",
                     "whole_firmware.ram_bytes": "int", "whole_firmware.stack_bytes": "int"},
+    "soak": {"ok": "bool", "soak": "bool", "export": "str|null", "board": "str|null", "model": "str|null", "precision": "str", "rule": "str", "seed": "int", "requested": "int", "sequences": "int", "inferences": "int", "mismatches": "int", "first_mismatch": "str|null", "retransmissions": "int", "sequences_resent": "int", "link_faults": "int", "elapsed_s": "number", "sequences_per_s": "number", "inferences_per_s": "number", "rss_start_kb": "int", "rss_peak_kb": "int", "rss_growth_kb": "int", "seq_len": "int", "long_steps": "int", "long_sequences": "int", "step_sequences": "int", "window_bytes": "int", "cycle_unit": "str", "mean_cycles_per_step": "number|null", "link_bytes": "int", "simulator_s": "number", "host_cpu_s": "number"},
     "generate": {"ok": "bool", "prefix": "str", "board": "str", "simulator": "str", "board_ids": "list",
                  "simulator_ids": "list", "temperature": "number", "seed": "int", "per_step": "number|null",
                  "unit": "str", "board_name": "str|null"},

@@ -16,6 +16,7 @@ from mcu_nn.device import soak as soak_module
 from mcu_nn.errors import McuNnError
 from mcu_nn.onboard import running_board, serial_test, soak
 from mcu_nn.sim import run
+from test_json import check
 
 BOARD = "qemu-mps2-an386"
 quiet = dict(log=lambda s: None, progress=False)
@@ -96,7 +97,8 @@ def test_cli_soak_json(export, capsys):
     import json
     assert cli.main(["serial-test", str(export), "--soak", "100", "--seed", "2", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["command"] == "serial-test" and d["soak"] and d["ok"] and d["sequences"] == 100
+    check(d, "soak")                                        # docs/json.md's table
+    assert d["command"] == "soak" and d["soak"] and d["ok"] and d["sequences"] == 100
     assert d["inferences"] == 99 * 10 + 1 * 200 and d["seed"] == 2 and d["mismatches"] == 0
 
 

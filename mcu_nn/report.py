@@ -147,7 +147,7 @@ def inspect_model(path: str | Path, *, allow_pickle: bool = False,
     import time
     from .frontend import load_model
     t0 = time.perf_counter()
-    graph = load_model(path, allow_pickle=allow_pickle, input_shape=input_shape)
+    graph = load_model(path, allow_pickle=allow_pickle, input_shape=input_shape, check_prefix=False)
     logging.getLogger("mcu_nn").debug("inspect: %s loaded in %.2f s", path, time.perf_counter() - t0)
     return InspectResult(graph, _manifests_per_precision(graph))
 

@@ -202,6 +202,8 @@ def export_model(model_path: Any, out_dir: str | Path, *, precision: str = "int8
                        example_input=example_input)
     from .codegen.export import check_target
     check_target(Path(out_dir), graph.name)          # an -o it cannot write: refused before any work
+    from .report import check_size
+    check_size(graph, precision)                      # no board can hold it: refused before any work
     extra_files = {}
     if vocab is not None:
         from .generate import VOCAB_FILE, check_language_model, vocab_bytes

@@ -62,6 +62,20 @@ def model(tmp_path_factory) -> tuple[Path, Path]:
     return path, tmp / "calib.npz"
 
 
+# ----------------------------------------------------------------------------- model and calibration files
+def test_a_directory_or_an_npz_given_as_the_model_and_a_missing_calibration_file(model, tmp_path):
+    path, calib = model
+    (tmp_path / "d.pt2").mkdir()
+    assert the_line(*in_process("inspect", tmp_path / "d.pt2")[::2]) == (
+        f"mcu-nn: error: {tmp_path / 'd.pt2'} is a directory; pass the model file (.pt2, TorchScript .pt, or a "
+        "pickled module)")
+    assert the_line(*in_process("inspect", calib)[::2]) == (
+        f"mcu-nn: error: {calib} is a numpy .npz archive, not a model; pass the PyTorch model file")
+    assert the_line(*in_process("export", path, "-o", tmp_path / "o", "--calib", tmp_path / "no.npz")[::2]) == (
+        f"mcu-nn: error: calibration file {tmp_path / 'no.npz'} does not exist; pass an existing .npz/.npy/.pt "
+        "file or 'random'")
+
+
 # ----------------------------------------------------------------------------- names
 NAME_REFUSALS = {
     "glue": "--name 'glue': the prefix glue_ belongs to the firmware's model glue (mcunn_glue.h: glue_*, GLUE_*); "

@@ -226,8 +226,7 @@ OPTION_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("args,command,message", OPTION_ERRORS, ids=[" ".join(a[2:] if a[0] != "generate" else a[4:])
-                                                                     for a, _, _ in OPTION_ERRORS])
+@pytest.mark.parametrize("args,command,message", OPTION_ERRORS, ids=[f"{a[0]} {a[-2]} {a[-1]}" for a, _, _ in OPTION_ERRORS])
 def test_an_option_out_of_range_is_refused_by_the_parser(args, command, message):
     r = mcu_nn(*args)
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -530,14 +530,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sys.unraisablehook = hook
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """parse_args, with argparse's refusals (usage lines, then `mcu-nn CMD: error: ...`, exit 2)
+    as the one line every failure gets: `mcu-nn: error: ... (mcu-nn CMD --help)`, still exit 2."""
+    import contextlib
+    import io
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+            if args.command and args.quiet and args.verbose:
+                parser.error("-q/--quiet and -v/--verbose exclude each other")
+            return args
+    except SystemExit as e:
+        text = err.getvalue()
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        if e.code in (0, None) or ": error: " not in last:
+            sys.stderr.write(text)
+            raise
+        prog, message = last.split(": error: ", 1)
+        print(f"mcu-nn: error: {message} ({prog} --help)", file=sys.stderr)
+        raise
+
+
 def _main(argv: Optional[Sequence[str]]) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not args.command:
         parser.print_help()
         return 2
-    if args.quiet and args.verbose:
-        parser.error("-q/--quiet and -v/--verbose exclude each other")
     _line_buffered()
     _verbosity(args.quiet, args.verbose)
     warnings.showwarning = _show_warning

@@ -229,8 +229,19 @@ OPTION_ERRORS = [
 @pytest.mark.parametrize("args,command,message", OPTION_ERRORS, ids=[f"{a[0]} {a[-2]} {a[-1]}" for a, _, _ in OPTION_ERRORS])
 def test_an_option_out_of_range_is_refused_by_the_parser(args, command, message):
     r = mcu_nn(*args)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.splitlines()[-1] == f"mcu-nn {command}: error: {message}"    # after argparse's usage
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "usage:" not in r.stderr
+    assert r.stderr.splitlines() == [f"mcu-nn: error: {message} (mcu-nn {command} --help)"]
+
+
+def test_other_argparse_refusals_are_one_line_too():
+    r = mcu_nn("generate", "D")
+    assert (r.returncode, r.stderr) == (2, "mcu-nn: error: the following arguments are required: --prefix "
+                                           "(mcu-nn generate --help)\n")
+    r = mcu_nn("nosuch")
+    assert r.returncode == 2 and r.stderr.startswith("mcu-nn: error: argument COMMAND: invalid choice: 'nosuch'")
+    assert len(r.stderr.splitlines()) == 1
+    r = mcu_nn("boards", "--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: mcu-nn boards")
 
 
 # ----------------------------------------------------------------------------- Ctrl-C during shutdown

@@ -368,6 +368,9 @@ def test_sizes_of_a_huge_graph_are_arithmetic_and_refused_in_one_line():
             "largest board, qemu-mps2-an386, has 4,194,304 B of flash (sizes computed from the parameters; the code "
             "generator was not run)") in text
     assert "269025280" in text                    # float32: 4 B per weight
+    d = InspectResult(g, _estimated_manifests(g)).as_dict()      # inspect --json: the same figures
+    assert d["precisions"]["int8"]["model_constants_bytes"] == 67_256_320
+    assert d["precisions"]["int8"]["too_big_for"] == [b.name for b in BOARDS.values() if b.flash is not None]
     assert time.perf_counter() - t0 < 5
 
 

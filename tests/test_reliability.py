@@ -321,6 +321,23 @@ def test_ctrl_c_during_shutdown_of_the_emulated_board(tmp_path_factory, delays):
     assert _no_emulator_left(d / "firmware" / "qemu-mps2-an386" / "firmware.elf")
 
 
+@pytest.mark.qemu
+@pytest.mark.parametrize("delays", [[0], [0, 0], [0, 0.01]])
+def test_ctrl_c_to_flash_listen_on_the_emulated_board(tmp_path_factory, delays):
+    d = tmp_path_factory.mktemp("ctrlcf") / "e"
+    make_standin(d, steps=5, vectors=3)
+    elf = build_firmware(d, "qemu-mps2-an386", **quiet).elf
+    sock = __import__("socket").socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    code, out, err = _interrupt(["flash", elf, "--listen", port], "Ctrl-C stops it", delays, group=True)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert (code, err) in ((0, ""), (130, "mcu-nn: interrupted\n")), (code, err)
+    assert code == 130 or "stopped" in out
+    assert _no_emulator_left(elf)
+
+
 def test_an_interrupt_while_the_emulator_stops_still_stops_it(host_export, monkeypatch):
     """Emulator.stop: a Ctrl-C landing while the board is being terminated waits until it is
     gone, then surfaces as KeyboardInterrupt (the CLI's 130)."""

@@ -40,6 +40,60 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+def _finite(text: str, what: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return v
+
+
+def _whole(text: str, what: str, lo: int, hi: int) -> int:
+    try:
+        v = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return v
+
+
+MAX_TIMEOUT = 86400.0       # a day: beyond it, a reply is not coming
+
+
+def _seconds(text: str) -> float:
+    """--timeout: seconds, finite, > 0 and at most a day."""
+    v = _finite(text, "seconds above 0 and at most 86400")
+    if not 0 < v <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0 and at most 86400, got {text!r}")
+    return v
+
+
+def _tcp_port(text: str) -> int:
+    """--listen: a TCP port 1..65535."""
+    return _whole(text, "a TCP port 1..65535", 1, 65535)
+
+
+def _tokens(text: str) -> int:
+    """generate -n: tokens after the prefix, 0..100000 (device.generate.MAX_TOKENS)."""
+    return _whole(text, "a number of tokens 0..100000", 0, 100_000)
+
+
+def _temperature(text: str) -> float:
+    """--temperature: 0 (greedy) or 0.001..1000."""
+    v = _finite(text, "a temperature 0.001..1000 (0: greedy)")
+    if not (v == 0 or 0.001 <= v <= 1000):
+        raise argparse.ArgumentTypeError(f"expected a temperature 0.001..1000 (0: greedy), got {text!r}")
+    return v
+
+
+def _seed(text: str) -> int:
+    """--seed: the sampler's PRNG seed, 0..2^32-1."""
+    return _whole(text, "a seed 0..4294967295", 0, (1 << 32) - 1)
+
+
 def _add_allow_modified(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-modified", action="store_true",
                    help="accept export files that differ from the sha256 in model.json (you edited them on "
@@ -183,7 +237,7 @@ def _parser() -> argparse.ArgumentParser:
             "--listen 4321")
     p.add_argument("firmware", metavar="FIRMWARE", help="firmware.elf from `mcu-nn build`")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"board name (default {DEFAULT_BOARD})")
-    p.add_argument("--listen", type=int, metavar="PORT", help="emulated boards: TCP port for the UART")
+    p.add_argument("--listen", type=_tcp_port, metavar="PORT", help="emulated boards: TCP port for the UART")
     p.add_argument("--port", metavar="DEVICE", help="boards flashed through a serial bootloader (avrdude, "
                                                    "esptool): their port, or 'auto' for the one known adapter")
 
@@ -206,7 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--board", nargs="+", action="extend",
                    help=f"board to boot when no --port is given (default {DEFAULT_BOARD}); several (DIR --board A B, "
                         "or repeated): each booted in its own emulator and tested in parallel")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)")
+    p.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for each reply (default 5)")
     p.add_argument("--inputs", metavar="FILE",
                    help="your sequences instead of the test vectors: N×T×F (.npz/.npy/.pt; token ids N×T); "
                         "different lengths: .npz with 'x' zero-padded plus 'lengths', or one array per "
@@ -244,17 +298,17 @@ def _parser() -> argparse.ArgumentParser:
             'mcu-nn generate build/char_lm --prefix "time traveller" -n 100 --temperature 0.8 --seed 1')
     p.add_argument("dir", metavar="DIR", help="an export directory of a language model")
     p.add_argument("--prefix", required=True, help="text to start from (every character must be in the vocabulary)")
-    p.add_argument("-n", type=int, default=100, metavar="N", help="tokens to generate after the prefix (default 100)")
-    p.add_argument("--temperature", type=float, metavar="T",
+    p.add_argument("-n", type=_tokens, default=100, metavar="N", help="tokens to generate after the prefix (default 100)")
+    p.add_argument("--temperature", type=_temperature, metavar="T",
                    help="sample at this temperature (0.001..1000, in steps of 0.001); default: greedy")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampler's PRNG (0..2^32-1, default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the sampler's PRNG (0..2^32-1, default 0)")
     p.add_argument("--vocab", metavar="FILE", help="the tokens in id order: a text file whose characters are the "
                                                    "tokens, or a JSON list (default: vocab.json stored at export)")
     p.add_argument("--port", metavar="URL", help="/dev/ttyACM0, COM3, socket://HOST:PORT, rfc2217://..., or 'auto': the one "
                                                "port of a known probe or USB-serial adapter (ST-Link, CMSIS-DAP, "
                                                "J-Link, CH340, CP210x, FTDI, Arduino, Pico)")
     p.add_argument("--board", help=f"board to boot when no --port is given (default {DEFAULT_BOARD})")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
+    p.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for each reply (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the texts")
     _add_allow_modified(p)
 
@@ -496,14 +550,71 @@ def _verbosity(quiet: bool, verbose: bool) -> None:
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def _interrupted() -> int:
+    """Ctrl-C (or SIGTERM under flash): one line and 130. Further Ctrl-Cs are ignored from here
+    on, so the line and the exit are not themselves interrupted into a traceback."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.simplefilter("ignore")      # sockets and pipes the interrupt left open: not for the user
+    print("mcu-nn: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import signal
+    import threading
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    hook = sys.unraisablehook
+
+    def unraisable(u) -> None:      # a Ctrl-C that lands in a finaliser (__del__): the main path has its own
+        if not isinstance(u.exc_value, KeyboardInterrupt):
+            hook(u)
+    sys.unraisablehook = unraisable
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:       # while reporting an error, or a second Ctrl-C while handling the first
+        return _interrupted()
+    finally:
+        # The process's own command line (argv None): what remains is the interpreter's exit, which
+        # a Ctrl-C would only turn into a traceback. Called in-process (argv given): as it was.
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN if argv is None else previous)
+        if argv is not None:
+            sys.unraisablehook = hook
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """parse_args, with argparse's refusals (usage lines, then `mcu-nn CMD: error: ...`, exit 2)
+    as the one line every failure gets: `mcu-nn: error: ... (mcu-nn CMD --help)`, still exit 2."""
+    import contextlib
+    import io
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+            if args.command and args.quiet and args.verbose:
+                parser.error("-q/--quiet and -v/--verbose exclude each other")
+            return args
+    except SystemExit as e:
+        text = err.getvalue()
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        if e.code in (0, None) or ": error: " not in last:
+            sys.stderr.write(text)
+            raise
+        prog, message = last.split(": error: ", 1)
+        print(f"mcu-nn: error: {message} ({prog} --help)", file=sys.stderr)
+        raise
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not args.command:
         parser.print_help()
         return 2
-    if args.quiet and args.verbose:
-        parser.error("-q/--quiet and -v/--verbose exclude each other")
     _line_buffered()
     _verbosity(args.quiet, args.verbose)
     warnings.showwarning = _show_warning
@@ -519,8 +630,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mcu-nn: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mcu-nn: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted()
     except Exception as e:  # a bug of ours: still one line, the traceback on request
         if os.environ.get("MCUNN_DEBUG"):
             raise

@@ -128,8 +128,8 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_steps": (_int(0), "an integer >= 0"),
     "input_scale": (_scale, "a positive number"),
     "output_scale": (_scale, "a positive number"),
-    "in_ctype": (lambda v: v in IN_CTYPES, " or ".join(IN_CTYPES)),
-    "out_ctype": (lambda v: v in OUT_CTYPES, " or ".join(OUT_CTYPES)),
+    "in_ctype": (lambda v: isinstance(v, str) and v in IN_CTYPES, " or ".join(IN_CTYPES)),
+    "out_ctype": (lambda v: isinstance(v, str) and v in OUT_CTYPES, " or ".join(OUT_CTYPES)),
     "header": (lambda v: isinstance(v, str) and v.endswith(".h"), "a .h file name"),
     "c_sources": (lambda v: isinstance(v, list) and bool(v) and all(isinstance(s, str) and s.endswith(".c")
                                                                    for s in v), "a list of .c file names"),

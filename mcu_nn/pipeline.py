@@ -200,6 +200,10 @@ def export_model(model_path: Any, out_dir: str | Path, *, precision: str = "int8
         raise McuNnError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     graph = load_model(model_path, allow_pickle=allow_pickle, input_shape=input_shape, name=name,
                        example_input=example_input)
+    from .codegen.export import check_target
+    check_target(Path(out_dir), graph.name)          # an -o it cannot write: refused before any work
+    from .report import check_size
+    check_size(graph, precision)                      # no board can hold it: refused before any work
     extra_files = {}
     if vocab is not None:
         from .generate import VOCAB_FILE, check_language_model, vocab_bytes

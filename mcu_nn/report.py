@@ -69,6 +69,96 @@ def _manifests_per_precision(graph: Graph) -> dict[str, dict]:
     return manifests
 
 
+# ----------------------------------------------------------------------------- sizes by arithmetic
+# A model no board can hold (an LSTM with H=4096: 67M parameters) would cost minutes and gigabytes
+# in the code generator (a 312 MB model.c) before anyone learns it cannot be flashed. Its size is
+# known from the Graph alone: every weight matrix is stored at least at the precision's weight
+# width, so  sum(matrix elements) x width  is a lower bound of its model constants.
+WEIGHT_BYTES = {"int8": 1, "int16": 2, "float32": 4}
+STATE_BYTES = {"int8": 2, "int16": 2, "float32": 4}
+
+
+def _matrices(op) -> list:
+    from .ir import Embedding, Linear, Recurrent
+    if isinstance(op, Recurrent):
+        return [a for d in op.directions for a in (d.w_ih, d.w_hh, d.w_hr) if a is not None]
+    if isinstance(op, (Linear, Embedding)):
+        return [op.weight]
+    w = getattr(op, "weight", None)
+    return [w] if w is not None else []
+
+
+def constants_lower_bound(op, precision: str) -> int:
+    """Bytes of model constants ``op`` takes at least at ``precision`` (its weight matrices
+    at the weight width; biases, tables and layout padding come on top)."""
+    return WEIGHT_BYTES[precision] * int(sum(int(a.size) for a in _matrices(op) if getattr(a, "ndim", 0) >= 2))
+
+
+def largest_board():
+    """The board of `mcu-nn boards` with the most flash."""
+    from .boards import BOARDS
+    return max((b for b in BOARDS.values() if b.flash is not None), key=lambda b: b.flash.size)
+
+
+def size_problem(graph: Graph, precision: str) -> Optional[str]:
+    """Why no board mcu-nn knows can hold ``graph`` at ``precision`` (by arithmetic, before any
+    code is generated), or None."""
+    need = sum(constants_lower_bound(op, precision) for op in graph.ops)
+    big = largest_board()
+    if need <= big.flash.size:
+        return None
+    params = sum(param_count(o) for o in graph.ops)
+    hint = ("export a smaller model" if precision == "int8" or
+            sum(constants_lower_bound(op, "int8") for op in graph.ops) > big.flash.size
+            else "export at --precision int8 or a smaller model")
+    return (f"model {graph.name} ({params:,} parameters) needs at least {need:,} B of model constants at "
+            f"{precision}; the largest board mcu-nn knows, {big.name}, has {big.flash.size:,} B of flash: "
+            f"{hint} (or add a board row with more flash, docs/boards.md)")
+
+
+def check_size(graph: Graph, precision: str) -> None:
+    """Refuse (one line) an export no board can hold, before calibrating or generating code."""
+    from .errors import McuNnError
+    problem = size_problem(graph, precision)
+    if problem:
+        raise McuNnError(problem)
+
+
+def _estimated_manifests(graph: Graph) -> dict[str, dict]:
+    """What inspect shows for a model no board can hold at any precision: each layer's lower
+    bound and MACs, computed arithmetically (the code generator is not run)."""
+    from .ir import Embedding, Linear, Recurrent, macs_per_step, whole_sequence
+    manifests = {}
+    streams = not whole_sequence(graph)
+    for precision in PRECISIONS:
+        layers, state = [], 0
+        for i, op in enumerate(graph.ops):
+            layer = {"index": i, "kind": type(op).__name__, "source": getattr(op, "source", ""),
+                     "macs_per_step": macs_per_step(op), "flash_bytes": constants_lower_bound(op, precision)}
+            if isinstance(op, Recurrent):
+                layer.update(cell=op.kind, input_size=op.input_size, hidden_size=op.hidden_size,
+                             proj_size=op.proj_size, bidirectional=op.bidirectional)
+                from .cells import cell_of
+                per_dir = sum(op.state_size if st == "h" else op.hidden_size for st in cell_of(op.kind).states)
+                state += STATE_BYTES[precision] * per_dir * len(op.directions)
+            elif isinstance(op, Linear):
+                layer.update(input_size=int(op.weight.shape[1]), output_size=int(op.weight.shape[0]))
+            elif isinstance(op, Embedding):
+                layer.update(vocab=int(op.weight.shape[0]), dim=int(op.weight.shape[1]))
+            layers.append(layer)
+        fp32, tokens = precision == "float32", graph.input_kind == "tokens"
+        manifests[precision] = {
+            "name": graph.name, "precision": precision, "estimated": True, "layers": layers,
+            "flash_bytes": sum(la["flash_bytes"] for la in layers), "ram_bytes": state,
+            "macs_per_step": sum(la["macs_per_step"] for la in layers),
+            "input_kind": graph.input_kind, "input_size": graph.input_size, "output_size": graph.output_size,
+            "output_per_step": graph.output_per_step, "has_step": streams,
+            "max_steps": 0 if streams else graph.seq_len,
+            "in_ctype": "float" if fp32 else ("int32_t" if tokens else "int16_t"),
+            "out_ctype": "float" if fp32 else "int16_t"}
+    return manifests
+
+
 def fit_line(m: dict) -> str:
     from .build import fit_line as line       # build stands on the board table; report only prints
     return line(m)
@@ -116,6 +206,16 @@ class InspectResult(Shown):
         rows.append(["total", "", sum(param_count(o) for o in graph.ops),
                      manifests["int8"]["macs_per_step"], *(manifests[p]["flash_bytes"] for p in PRECISIONS)])
         ram = ", ".join(f"{p} {manifests[p]['ram_bytes']} B" for p in PRECISIONS)
+        if manifests["int8"].get("estimated"):   # too big for every board: arithmetic, not the code generator
+            big = largest_board()
+            return "\n".join([
+                _describe(graph), "",
+                _table(["layer", "from module", "params", "MACs/step",
+                        *(f"{p} model constants B (at least)" for p in PRECISIONS)], rows),
+                "", f"model state (RAM, at least): {ram}",
+                f"too big for every board in `mcu-nn boards`: even at int8 its weights alone are "
+                f"{manifests['int8']['flash_bytes']:,} B, and the largest board, {big.name}, has "
+                f"{big.flash.size:,} B of flash (sizes computed from the parameters; the code generator was not run)"])
         return "\n".join([
             _describe(graph), "",
             _table(["layer", "from module", "params", "MACs/step", *(f"{p} model constants B" for p in PRECISIONS)],
@@ -147,8 +247,10 @@ def inspect_model(path: str | Path, *, allow_pickle: bool = False,
     import time
     from .frontend import load_model
     t0 = time.perf_counter()
-    graph = load_model(path, allow_pickle=allow_pickle, input_shape=input_shape)
+    graph = load_model(path, allow_pickle=allow_pickle, input_shape=input_shape, check_prefix=False)
     logging.getLogger("mcu_nn").debug("inspect: %s loaded in %.2f s", path, time.perf_counter() - t0)
+    if size_problem(graph, "int8"):              # no board holds it even at int8: arithmetic only
+        return InspectResult(graph, _estimated_manifests(graph))
     return InspectResult(graph, _manifests_per_precision(graph))
 
 

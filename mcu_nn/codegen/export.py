@@ -44,7 +44,7 @@ def write_export(q: QModel, out_dir: Path, test_input: np.ndarray, expected: np.
     accepts. ``out_dir`` may be missing, empty, or an earlier export of the same model name
     (replaced whole); anything else is refused rather than overwritten."""
     out_dir = Path(out_dir)
-    _check_target(out_dir, q.name.lower())
+    check_target(out_dir, q.name.lower())
     e = emit(q, weight_layout=weight_layout)
     header, source = f"{q.name.lower()}.h", f"{q.name.lower()}.c"     # named by the prefix: models side by side
     sources = {header: e.header, source: e.source, **render_runtime()}
@@ -133,6 +133,24 @@ def run_padded(fn, x: np.ndarray, lengths: Optional[np.ndarray], per_step: bool)
         else:
             out[idx] = y
     return out
+
+
+def check_target(out_dir: Path, name: str) -> None:
+    """Refuse, in one line and before any work, an ``-o`` the export could not be written to: a
+    file, a path under a file, a directory that holds something else (see _check_target), or a
+    place where no directory can be created (read-only, no permission)."""
+    out_dir = Path(out_dir)
+    _check_target(out_dir, name)
+    where = out_dir.absolute().parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise McuNnError(f"-o {out_dir}: {where} is a file, not a directory; pass a directory for the export")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out_dir.name or 'export'}.probe-", dir=where))
+    except OSError as e:
+        raise McuNnError(f"-o {out_dir}: cannot create a directory in {where} ({e.strerror or e}); "
+                         "choose a writable place for the export") from None
 
 
 def _check_target(out_dir: Path, name: str) -> None:

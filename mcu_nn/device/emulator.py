@@ -3,9 +3,12 @@
 pseudo-terminal). Always torn down on exit."""
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,6 +28,31 @@ def qemu_command(elf: Path, board: Board, port: int) -> list[str]:
     return emulator_command(board, elf, serial=f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on")
 
 
+@contextmanager
+def interrupts_deferred():
+    """Ctrl-C (SIGINT) and SIGTERM wait until the block is done, then raise KeyboardInterrupt:
+    an emulator being stopped is stopped, never left running behind a traceback. Ignored
+    signals stay ignored; off the main thread, nothing changes (Python delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler in (signal.SIG_IGN, None):
+            continue
+        saved[sig] = handler
+        signal.signal(sig, lambda signum, frame: hits.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if hits:
+        raise KeyboardInterrupt
+
+
 class Emulator:
     """``with Emulator(elf, board) as emu: DeviceClient(emu.url)``."""
 
@@ -39,7 +67,11 @@ class Emulator:
         self.url = ""
 
     def __enter__(self) -> "Emulator":
-        self.start()
+        try:
+            self.start()
+        except BaseException:          # Ctrl-C while booting: __exit__ will not run, so stop here
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -103,6 +135,18 @@ class Emulator:
         return err.decode(errors="replace") if isinstance(err, bytes) else (err or "")
 
     def stop(self) -> None:
+        """Terminate the emulator (kill it after 3 s); a Ctrl-C meanwhile is raised once it is gone."""
+        interrupted = False
+        while self.proc is not None:       # a Ctrl-C landing before the deferral began: stop again
+            try:
+                with interrupts_deferred():
+                    self._stop()
+            except KeyboardInterrupt:
+                interrupted = True
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def _stop(self) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:

@@ -13,19 +13,19 @@ import torch
 
 from .. import ir
 from ..cells import cell_of
-from ..errors import McuNnError
+from ..errors import McuNnError, McuNnWarning
 from .loops import fold_loops
 from .loading import first_line, load_exported, quiet, sniff
 from .walker import Relayout, Walker
 
-__all__ = ["load_model", "c_identifier", "ModelSource"]
+__all__ = ["load_model", "c_identifier", "model_prefix", "prefix_problem", "ModelSource"]
 
 
 ModelSource = Union[str, Path, torch.nn.Module, torch.export.ExportedProgram]
 
 
 def load_model(source: ModelSource, *, allow_pickle: bool = False, input_shape: Optional[tuple[int, ...]] = None,
-               name: Optional[str] = None, example_input: Any = None) -> ir.Graph:
+               name: Optional[str] = None, example_input: Any = None, check_prefix: bool = True) -> ir.Graph:
     """Load a PyTorch model into a float ``ir.Graph``.
 
     ``source`` is a file or, from the Python API, the model itself:
@@ -42,7 +42,9 @@ def load_model(source: ModelSource, *, allow_pickle: bool = False, input_shape: 
     records F (or the vocabulary size) and T, never the model's own axis order.
 
     Raises ``McuNnError`` (one line) for missing, corrupt or foreign files, bare state_dicts,
-    pickles without ``allow_pickle`` and ops mcu-nn cannot run.
+    pickles without ``allow_pickle`` and ops mcu-nn cannot run, and for a C prefix (``name``, or
+    the file name) that the build uses itself (see model_prefix; ``check_prefix=False``, for
+    inspect, which writes nothing: such a file name becomes my_<prefix>).
     """
     if isinstance(source, (torch.nn.Module, torch.export.ExportedProgram)):
         return _load_in_memory(source, input_shape=input_shape, name=name, example_input=example_input)
@@ -59,7 +61,7 @@ def load_model(source: ModelSource, *, allow_pickle: bool = False, input_shape: 
         raise McuNnError(f"{p}: cannot read the model ({type(e).__name__}: {first_line(e)})") from e
     if input_shape is not None:
         _apply_input_shape(graph, input_shape, p)
-    graph.name = c_identifier(name) if name else c_identifier(p.stem)
+    graph.name = model_prefix(name, default=p.stem, where=str(p), check=check_prefix)
     return graph
 
 
@@ -124,7 +126,7 @@ def _load_in_memory(source: Any, *, input_shape: Optional[tuple[int, ...]], name
         raise McuNnError(f"{label}: cannot read the model ({type(e).__name__}: {first_line(e)})") from e
     if input_shape is not None:
         _apply_input_shape(graph, input_shape, Path(label))
-    graph.name = c_identifier(name or "model")
+    graph.name = model_prefix(name, default="model", where=label)
     return graph
 
 
@@ -190,3 +192,54 @@ def c_identifier(text: str) -> str:
     s = re.sub(r"[^a-z0-9_]", "_", text.lower())
     s = re.sub(r"_+", "_", s).strip("_") or "model"
     return s if not s[0].isdigit() else "m_" + s
+
+
+# Names the firmware and runtime use around a model (mcu_nn/firmware, mcu_nn/templates, build.py's
+# mcunn_glue.h): a model prefix equal to one of them, or starting with it and "_", would define or
+# redefine their symbols (--name glue: GLUE_INPUT_SIZE defined as itself; the build fails).
+RESERVED_PREFIXES = {
+    "mcunn": "the runtime and the firmware (mcunn_fixedpoint.h, mcunn_glue.h: mcunn_*, MCUNN_*)",
+    "glue": "the firmware's model glue (mcunn_glue.h: glue_*, GLUE_*)",
+    "board": "the firmware's board layer (board.h: board_*)",
+    "bench": "the bench firmware (bench.h: bench_*, BENCH_*)",
+}
+# <prefix>.h lies on the include path of verify and build ahead of the C library's headers:
+# a model named after one of them hides it (--name stdint: the build includes the model as <stdint.h>).
+C_HEADERS = frozenset(
+    "assert complex ctype errno fenv float inttypes iso646 limits locale math setjmp signal stdalign "
+    "stdarg stdatomic stdbit stdbool stdckdint stddef stdint stdio stdlib stdnoreturn string tgmath "
+    "threads time uchar wchar wctype fcntl poll termios unistd".split())
+
+
+def prefix_problem(prefix: str) -> Optional[str]:
+    """Why ``prefix`` (already a C identifier) cannot name a model's C, or None. C keywords are
+    fine: the prefix never stands alone in the generated C (int_step, INT_INPUT_SIZE, int.h)."""
+    for reserved, owner in RESERVED_PREFIXES.items():
+        if prefix == reserved or prefix.startswith(reserved + "_"):
+            return f"the prefix {reserved}_ belongs to {owner}"
+    if prefix in C_HEADERS:
+        return f"its header {prefix}.h would hide the C library's <{prefix}.h> when the export is compiled"
+    return None
+
+
+def model_prefix(name: Optional[str], *, default: str, where: str, check: bool = True) -> str:
+    """The C prefix of a model: ``name`` (--name / export(name=...)) or ``default`` (the file
+    name), made a C identifier. A given name that is not one already is accepted with a warning
+    naming the prefix it became; a prefix the build uses itself is refused (McuNnError, one line)."""
+    if name is not None and not isinstance(name, str):
+        raise McuNnError(f"name must be a string, not {type(name).__name__}")
+    prefix = c_identifier(name) if name else c_identifier(default)
+    problem = prefix_problem(prefix)
+    if problem and not check:
+        return f"my_{prefix}"
+    if problem:
+        alt = f"my_{prefix}"
+        if name:
+            raise McuNnError(f"--name {name!r}: {problem}; choose another name (e.g. --name {alt})")
+        raise McuNnError(f"{where}: the C prefix {prefix!r} (from the file name) cannot be used: {problem}; "
+                         f"pass --name (e.g. --name {alt})")
+    if name and prefix != name:
+        import warnings
+        warnings.warn(f"--name {name!r} is not a C identifier; the generated C uses the prefix {prefix!r} "
+                      f"({prefix}_step, {prefix.upper()}_INPUT_SIZE, {prefix}.h)", McuNnWarning, stacklevel=3)
+    return prefix

@@ -58,6 +58,55 @@ def requant_gates(qd: Any, ax: np.ndarray, ah: np.ndarray, rows: slice = slice(N
     return fp.sat16(fp.requant([(ax[:, rows], mx[rows]), (ah[:, rows], mh[rows])], qd.bias[rows], qd.shift))
 
 
+def shift_folded(v: np.ndarray, shift: int) -> np.ndarray:
+    """rshift_round(u + bias, shift) from v = u + fp.rounding_bias(bias, shift): the rounding
+    constant is already in v (rounding_bias and rshift_round add nothing for shift <= 0)."""
+    return v >> shift if shift > 0 else v
+
+
+class FoldedGates:
+    """``requant_gates(qd, acc_x[:, t], ah, rows)`` for every step t of a run, with the x part of
+    every step computed at once before the loop, in place of ``acc_x`` (which it takes over):
+      x_part = acc_x * mx + fp.rounding_bias(bias, shift)                   (all t together)
+      step t: sat16(shift_folded(ah * mh + x_part[:, t], shift))
+    the same integers as requant's rshift_round(bias + ax * mx + ah * mh, shift): int64 addition
+    is associative (even wrapping), and the same values go through sat16 (same counts)."""
+
+    def __init__(self, qd: Any, acc_x: np.ndarray) -> None:
+        self.shift = qd.shift
+        self.mh = fp._i64(qd.wh.mult)
+        acc_x *= fp._i64(qd.wx.mult)
+        acc_x += fp.rounding_bias(qd.bias, qd.shift)
+        self.x_part = acc_x
+
+    def x_only(self, t: int, rows: slice) -> np.ndarray:
+        """requant([(acc_x[:, t, rows], mx[rows])], bias[rows], shift): rows without a recurrent term."""
+        return shift_folded(self.x_part[:, t, rows], self.shift)
+
+    def __call__(self, t: int, ah: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        v = ah[:, rows] * self.mh[rows]
+        v += self.x_part[:, t, rows]
+        return fp.sat16(shift_folded(v, self.shift))
+
+
+class GateTables:
+    """fns[k] applied to row block k (``hidden`` rows each) of saturated int16 gate rows by one
+    lookup: the fp.int16_lut tables side by side, each row indexing its own (row offset + 32768).
+    acts(pre)[:, rows of k] == fns[k](pre[:, rows of k]) for every int16 value (int16_lut)."""
+
+    def __init__(self, fns: tuple, hidden: int) -> None:
+        uniq = list(dict.fromkeys(fns))
+        self.table = np.concatenate([fp.int16_lut(f) for f in uniq])
+        at = [uniq.index(f) * (1 << 16) - fp.INT16_MIN for f in fns]
+        self.offset = np.repeat(np.array(at, np.int64), hidden)
+
+    def __call__(self, pre: np.ndarray) -> np.ndarray:
+        return np.take(self.table, pre + self.offset)
+
+
+# a step of a run: (t, ah = W_hh h, state) -> new state (see Cell.int_steps)
+Step = Callable[[int, np.ndarray, Arrays], Arrays]
+
 # ste(exact ints, scale, float surrogate, passes=None) -> a torch tensor valued exactly
 # exact * scale whose gradient is the surrogate's (see mcu_nn.qat)
 Ste = Callable[..., Any]
@@ -130,6 +179,17 @@ class Cell:
         Returns (new state, parts): parts holds the traced tensors' integers and, with
         ``detail``, every intermediate the QAT surrogate reads."""
         raise NotImplementedError
+
+    def int_steps(self, layer: Any, qd: Any, acc_x: np.ndarray, product: Callable) -> Optional[Step]:
+        """A fused form of ``int_step`` for a run that traces nothing, or None (then the simulator
+        calls ``int_step`` each step). acc_x = W_ih x of every step (N, T, G*H); ``product(w)``
+        prepares the exact product v -> fp.matvec(w, v) of a matrix of the cell's own; acc_x is
+        the fused step's to overwrite (FoldedGates keeps its x part there). Returns
+        step(t, ah, state) -> new state, the same integers as int_step(layer, qd, acc_x[:, t], ah,
+        state)[0] with the same values through fp.sat16 (the same saturation counts); it may
+        compute what depends on x only for all steps before the loop, and look activations up in
+        fp.int16_lut tables. Checked against int_step by tests/test_sim_fast.py."""
+        return None
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
                  ste: Ste, rec: Rec) -> dict:

@@ -2,10 +2,17 @@
 
 Vectorised over the batch with numpy; every arithmetic step is a primitive of
 :mod:`mcu_nn.fixedpoint`, so this file only says *which* primitive runs *when*.
+
+Two paths give the same integers (tests/test_sim_fast.py, scripts/render_snapshot.py): the fast
+one (the default) computes the matrix products with ``fp.matmul_exact`` (float64 BLAS where that is
+provably exact) and, when nothing is traced, steps a cell through its fused form
+(``Cell.int_steps``: the x-only work of all steps at once, table lookups); the reference one
+(``reference_path()``) is the plain reading: ``fp.matvec`` in int64 and ``Cell.int_step`` each step.
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -17,6 +24,56 @@ from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation
                   split_state, tensors)
 from .. import fixedpoint as fp
 from .float_sim import pick_columns
+
+_reference = False
+
+
+@contextlib.contextmanager
+def reference_path(on: bool = True) -> Iterator[None]:
+    """Inside the block the simulator runs its reference path (int64 ``fp.matvec``, ``Cell.int_step``
+    every step): the same integers and saturation counts, 5-10x slower. For tests and benchmarks."""
+    global _reference
+    outer, _reference = _reference, on
+    try:
+        yield
+    finally:
+        _reference = outer
+
+
+class Product:
+    """``fp.matvec(w, .)`` for one matrix over a run: w's bound and float64 copy prepared once,
+    each call ``fp.matmul_exact`` (float64 when provably exact, int64 otherwise)."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.w = fp._i64(w)
+        self.bound = fp.matmul_bound(self.w)
+        self.w64 = self.w.astype(np.float64)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return fp.matmul_exact(x, self.w, self.bound, w64=self.w64)
+
+
+_blas = None     # threadpoolctl's controller, made on first use (False: not installed)
+
+
+def _one_blas_thread():
+    """One BLAS thread while the simulator runs (when threadpoolctl is installed): its float64
+    products are small (tens of microseconds each, one per step), where BLAS threads only add
+    hand-off, and on a busy machine spinning threads made them 10-20x slower (docs/performance.md)."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = ThreadpoolController()
+        except ImportError:
+            _blas = False
+    if _reference or _blas is False:
+        return contextlib.nullcontext()
+    return _blas.limit(limits=1, user_api="blas")
+
+
+def _product(w: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return (lambda x: fp.matvec(w, x)) if _reference else Product(w)
 
 
 def _direction(layer: QRecurrent, d: int, x: np.ndarray, init: dict[str, Optional[np.ndarray]],
@@ -32,16 +89,21 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray, init: dict[str, Optiona
     if layer.input_ids:                                 # one-hot ids: the integer 1 times column id
         acc_x = pick_columns(fp._i64(qd.wx.w), x)
     else:
-        acc_x = fp.matvec(qd.wx.w, x)                   # (N,T,G*H): the input part of every step
+        acc_x = _product(qd.wx.w)(x)                    # (N,T,G*H): the input part of every step
     state = {s: fp._i64(init[s]) if init.get(s) is not None else np.zeros((n, cell.state_size(layer, s)), np.int64)
              for s in cell.states}
     out = np.zeros((n, t_len, layer.state_size), dtype=np.int64)
     traced = cell.traced(layer) if trace is not None else {}
     rec = {name: None for name in traced}
     steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
+    rec_product = _product(qd.wh.w)
+    fused = None if _reference or trace is not None else cell.int_steps(layer, qd, acc_x, Product)
     for t in steps:
-        state, parts = cell.int_step(layer, qd, acc_x[:, t], fp.matvec(qd.wh.w, state["h"]), state,
-                                     detail=trace is not None)
+        if fused is not None:
+            state = fused(t, rec_product(state["h"]), state)
+        else:
+            state, parts = cell.int_step(layer, qd, acc_x[:, t], rec_product(state["h"]), state,
+                                         detail=trace is not None)
         out[:, t] = state["h"]
         for name, (scale, _) in traced.items():
             if rec[name] is None:
@@ -55,7 +117,7 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray, init: dict[str, Optiona
 
 
 def _linear(op: QLinear, x: np.ndarray) -> np.ndarray:
-    return fp.sat16(fp.requant([(fp.matvec(op.mat.w, x), op.mat.mult)], op.bias, op.shift))
+    return fp.sat16(fp.requant([(_product(op.mat.w)(x), op.mat.mult)], op.bias, op.shift))
 
 
 def _activation(op: QActivation, x: np.ndarray) -> np.ndarray:
@@ -94,6 +156,13 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
     if trace is not None and q.input_kind != "tokens":
         trace["input"] = x * q.input_scale
     init = split_state(q, state, x.shape[0], np.int64)
+    with _one_blas_thread():
+        env = _run_ops(q, env, init, trace, info)
+    assert info[q.output_names[0]].per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
+    return env
+
+
+def _run_ops(q: QModel, env: dict, init: dict, trace: Optional[dict], info: dict) -> dict:
     outer_site = fp.set_saturation_site("?")
     for i, op in enumerate(q.ops):
         fp.set_saturation_site(f"op{i}")              # clips are tallied per op (fp.count_saturation)
@@ -128,7 +197,6 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
         if trace is not None:
             trace[f"op{i}.out"] = outs[0] * info[op.outputs[0]].scale
     fp.set_saturation_site(outer_site)
-    assert info[q.output_names[0]].per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
     return env
 
 

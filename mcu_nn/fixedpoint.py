@@ -303,6 +303,15 @@ def lut16(fn, x) -> np.ndarray:
     return np.take(int16_lut(fn), _i64(x) + (-INT16_MIN))
 
 
+def sat16_lut(fn, x) -> np.ndarray:
+    """fn(sat16(x)) by one table lookup, for |x| < 2^62 (so that x + 32768 cannot wrap): np.take's
+    mode="clip" clamps the index x + 32768 into [0, 65535], which is clamping x into
+    [-32768, 32767], i.e. sat16; the clipped values are counted as sat16 counts them."""
+    x = _i64(x)
+    _count(x, INT16_MIN, INT16_MAX)
+    return np.take(int16_lut(fn), x + (-INT16_MIN), mode="clip")
+
+
 # ============================================================================= ops around the cells
 # Integer primitives for the ops that sit around the recurrent layers (activations, element-wise,
 # LayerNorm, pooling over time). Same conventions as above: int16 activations, multiplier+shift

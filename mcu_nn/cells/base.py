@@ -60,52 +60,53 @@ def requant_gates(qd: Any, ax: np.ndarray, ah: np.ndarray, rows: slice = slice(N
 
 def shift_folded(v: np.ndarray, shift: int) -> np.ndarray:
     """rshift_round(u + bias, shift) from v = u + fp.rounding_bias(bias, shift): the rounding
-    constant is already in v (rounding_bias and rshift_round add nothing for shift <= 0)."""
-    return v >> shift if shift > 0 else v
+    constant is already in v (rounding_bias and rshift_round add nothing for shift <= 0).
+    Shifts v in place (the callers' own temporary)."""
+    if shift > 0:
+        v >>= shift
+    return v
 
 
-class FoldedGates:
-    """``requant_gates(qd, acc_x[:, t], ah, rows)`` for every step t of a run, with the x part of
-    every step computed at once before the loop, in place of ``acc_x`` (which it takes over):
-      x_part = acc_x * mx + fp.rounding_bias(bias, shift)                   (all t together)
-      step t: sat16(shift_folded(ah * mh + x_part[:, t], shift))
-    the same integers as requant's rshift_round(bias + ax * mx + ah * mh, shift): int64 addition
-    is associative (even wrapping), and the same values go through sat16 (same counts)."""
+class GateRows:
+    """``requant_gates(qd, ax, ah, rows)`` with what does not change from step to step prepared
+    once: the multipliers as int64 and rshift_round's rounding constant folded into the bias,
+      sat16(shift_folded(ax * mx + ah * mh + fp.rounding_bias(bias, shift), shift)),
+    the same integers as requant's rshift_round(bias + ax * mx + ah * mh, shift) (int64 addition
+    is associative, even wrapping), and the same values go through sat16 (the same counts)."""
 
-    def __init__(self, qd: Any, acc_x: np.ndarray) -> None:
+    def __init__(self, qd: Any) -> None:
         self.shift = qd.shift
-        self.mh = fp._i64(qd.wh.mult)
-        acc_x *= fp._i64(qd.wx.mult)
-        acc_x += fp.rounding_bias(qd.bias, qd.shift)
-        self.x_part = acc_x
+        self.mx, self.mh = fp._i64(qd.wx.mult), fp._i64(qd.wh.mult)
+        self.bias = fp.rounding_bias(qd.bias, qd.shift)
 
-    def x_only(self, t: int, rows: slice) -> np.ndarray:
-        """requant([(acc_x[:, t, rows], mx[rows])], bias[rows], shift): rows without a recurrent term."""
-        return shift_folded(self.x_part[:, t, rows], self.shift)
+    def x_only(self, ax: np.ndarray, rows: slice) -> np.ndarray:
+        """requant([(ax[:, rows], mx[rows])], bias[rows], shift): rows without a recurrent term."""
+        v = ax[:, rows] * self.mx[rows]
+        v += self.bias[rows]
+        return shift_folded(v, self.shift)
 
-    def __call__(self, t: int, ah: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+    def unsaturated(self, ax: np.ndarray, ah: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """The requantised rows before sat16."""
         v = ah[:, rows] * self.mh[rows]
-        v += self.x_part[:, t, rows]
-        return fp.sat16(shift_folded(v, self.shift))
+        v += ax[:, rows] * self.mx[rows]
+        v += self.bias[rows]
+        return shift_folded(v, self.shift)
+
+    def __call__(self, ax: np.ndarray, ah: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        return fp.sat16(self.unsaturated(ax, ah, rows))
+
+    def activated(self, ax: np.ndarray, ah: np.ndarray, fns: tuple, hidden: int) -> list[np.ndarray]:
+        """[fns[k](block k of self(ax, ah))]: row block k (``hidden`` rows) through fns[k] (a
+        function of int16, e.g. fp.sigmoid_q15), by fp.sat16_lut when shift >= 1 (then
+        |v >> shift| <= 2^62, as it needs). sat16's tally adds up over the blocks as over the whole."""
+        rows = slice(0, len(fns) * hidden)
+        pre = self.unsaturated(ax, ah, rows) if self.shift >= 1 else self(ax, ah, rows)
+        act = fp.sat16_lut if self.shift >= 1 else fp.lut16
+        return [act(fn, pre[:, k * hidden:(k + 1) * hidden]) for k, fn in enumerate(fns)]
 
 
-class GateTables:
-    """fns[k] applied to row block k (``hidden`` rows each) of saturated int16 gate rows by one
-    lookup: the fp.int16_lut tables side by side, each row indexing its own (row offset + 32768).
-    acts(pre)[:, rows of k] == fns[k](pre[:, rows of k]) for every int16 value (int16_lut)."""
-
-    def __init__(self, fns: tuple, hidden: int) -> None:
-        uniq = list(dict.fromkeys(fns))
-        self.table = np.concatenate([fp.int16_lut(f) for f in uniq])
-        at = [uniq.index(f) * (1 << 16) - fp.INT16_MIN for f in fns]
-        self.offset = np.repeat(np.array(at, np.int64), hidden)
-
-    def __call__(self, pre: np.ndarray) -> np.ndarray:
-        return np.take(self.table, pre + self.offset)
-
-
-# a step of a run: (t, ah = W_hh h, state) -> new state (see Cell.int_steps)
-Step = Callable[[int, np.ndarray, Arrays], Arrays]
+# a fused step: (ax = W_ih x, ah = W_hh h, state) -> new state (see Cell.int_steps)
+Step = Callable[[np.ndarray, np.ndarray, Arrays], Arrays]
 
 # ste(exact ints, scale, float surrogate, passes=None) -> a torch tensor valued exactly
 # exact * scale whose gradient is the surrogate's (see mcu_nn.qat)
@@ -180,15 +181,14 @@ class Cell:
         ``detail``, every intermediate the QAT surrogate reads."""
         raise NotImplementedError
 
-    def int_steps(self, layer: Any, qd: Any, acc_x: np.ndarray, product: Callable) -> Optional[Step]:
+    def int_steps(self, layer: Any, qd: Any, product: Callable) -> Optional[Step]:
         """A fused form of ``int_step`` for a run that traces nothing, or None (then the simulator
-        calls ``int_step`` each step). acc_x = W_ih x of every step (N, T, G*H); ``product(w)``
-        prepares the exact product v -> fp.matvec(w, v) of a matrix of the cell's own; acc_x is
-        the fused step's to overwrite (FoldedGates keeps its x part there). Returns
-        step(t, ah, state) -> new state, the same integers as int_step(layer, qd, acc_x[:, t], ah,
-        state)[0] with the same values through fp.sat16 (the same saturation counts); it may
-        compute what depends on x only for all steps before the loop, and look activations up in
-        fp.int16_lut tables. Checked against int_step by tests/test_sim_fast.py."""
+        calls ``int_step`` each step). Returns step(ax, ah, state) -> new state, the same integers
+        as int_step(layer, qd, ax, ah, state)[0] with the same values through fp.sat16 (the same
+        saturation counts), from constants prepared once per run (GateRows), activations looked
+        up in fp.int16_lut tables and no intermediates kept. ``product(w)`` prepares the exact
+        product v -> fp.matvec(w, v) of a matrix of the cell's own (a projection). Checked
+        against int_step by tests/test_sim_fast.py."""
         return None
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import fixedpoint as fp
 from ..quant.quantize import act_scale
-from .base import (GATE_SCALE, Q15_SCALE, Arrays, Cell, FoldedGates, Rec, Ste, Step, register, requant_gates,
+from .base import (GATE_SCALE, Q15_SCALE, Arrays, Cell, GateRows, Rec, Ste, Step, register, requant_gates,
                    unsat16)
 
 
@@ -41,11 +41,11 @@ class Elman(Cell):
         pre = requant_gates(qd, ax, ah)
         return {"h": fp.relu(pre) if self.relu else fp.tanh_q15(pre)}, {"gates": pre}
 
-    def int_steps(self, layer: Any, qd: Any, acc_x: np.ndarray, product: Callable) -> Optional[Step]:
-        gates = FoldedGates(qd, acc_x)
+    def int_steps(self, layer: Any, qd: Any, product: Callable) -> Optional[Step]:
+        gates = GateRows(qd)
         if self.relu:
-            return lambda t, ah, state: {"h": fp.relu(gates(t, ah))}
-        return lambda t, ah, state: {"h": fp.lut16(fp.tanh_q15, gates(t, ah))}
+            return lambda ax, ah, state: {"h": fp.relu(gates(ax, ah))}
+        return lambda ax, ah, state: {"h": gates.activated(ax, ah, (fp.tanh_q15,), layer.hidden_size)[0]}
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
                  ste: Ste, rec: Rec) -> dict:

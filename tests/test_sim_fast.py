@@ -167,3 +167,28 @@ def test_trace_is_the_same_on_both_paths():
     assert traces[0].keys() == traces[1].keys()
     for k in traces[0]:
         assert np.array_equal(traces[0][k], traces[1][k]), k
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_fast_equals_reference_without_a_requantisation_shift(kind):
+    """shift 0: rshift_round and the folded rounding constant add nothing, and the fused steps
+    saturate before their lookups (GateRows.activated's other branch)."""
+    g = Q.make_graph(kind, bidirectional=True, hidden=6, seq_len=6, seed=7)
+    q = copy.deepcopy(Q.quantize_graph(g, "int8"))
+    for qd in q.ops[0].directions:
+        qd.shift = 0
+        qd.wx.mult = np.ones_like(qd.wx.mult)
+        qd.wh.mult = np.ones_like(qd.wh.mult)
+        qd.bias = qd.bias >> 20
+        if qd.bias_h is not None:
+            qd.bias_h = qd.bias_h >> 20
+    assert_same(q, Q.make_input(g, n=4, seed=8))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_the_common_cells_have_a_fused_step(kind):
+    """Else the comparisons above would compare int_step with itself."""
+    from mcu_nn.cells import cell_of
+    from mcu_nn.sim.int_sim import Product
+    q = Q.make_qmodel(kind, proj=3 if kind == "lstm" else 0)
+    assert cell_of(kind).int_steps(q.ops[0], q.ops[0].directions[0], Product) is not None

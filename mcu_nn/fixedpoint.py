@@ -272,7 +272,8 @@ def matmul_exact(x: np.ndarray, w: np.ndarray, bound: Optional[int] = None, x_ma
     and every partial sum of them, in any order and grouping (BLAS blocks, threads, fused
     multiply-adds), is an integer of magnitude <= bound * x_max. When that is < 2^53 each of those
     values is a float64 and each float64 operation on them is exact (its exact result is
-    representable, so rounding does nothing): the float64 result is the integer sum.
+    representable, so rounding does nothing): the float64 result is the integer sum, and its
+    conversion to int64 is exact too.
     (Standard GEMM only multiplies and adds the terms; no Strassen-style recombination.)
     ``x_max`` defaults to max |x|, measured; ``bound`` to matmul_bound(w); ``w64``: w as float64,
     for a caller that reuses it."""

@@ -61,7 +61,7 @@ class GRU(Cell):
             r, z = gates.activated(ax, ah, (fp.sigmoid_q15, fp.sigmoid_q15), hid)
             n_x = fp.sat32(gates.x_only(ax, nr))
             n_h = fp.sat32(shift_folded(ah[:, nr] * mh_n + bias_h, qd.shift))
-            # gru_cell's n (|n_x + r * n_h >> 15| < 2^32, as sat16_lut needs), then gru_mix
+            # gru_cell's n (|n_x + rshift_round(r * n_h, 15)| < 2^32, as sat16_lut needs), then gru_mix
             n = fp.sat16_lut(fp.tanh_q15, n_x + fp.rshift_round(r * n_h, 15))
             return {"h": fp.sat16(n + fp.rshift_round(z * (state["h"] - n), 15))}
         return step

@@ -3,11 +3,13 @@
 Vectorised over the batch with numpy; every arithmetic step is a primitive of
 :mod:`mcu_nn.fixedpoint`, so this file only says *which* primitive runs *when*.
 
-Two paths give the same integers (tests/test_sim_fast.py, scripts/render_snapshot.py): the fast
-one (the default) computes the matrix products with ``fp.matmul_exact`` (float64 BLAS where that is
-provably exact) and, when nothing is traced, steps a cell through its fused form
-(``Cell.int_steps``: the x-only work of all steps at once, table lookups); the reference one
-(``reference_path()``) is the plain reading: ``fp.matvec`` in int64 and ``Cell.int_step`` each step.
+Two paths give the same integers and saturation counts (tests/test_sim_fast.py,
+scripts/render_snapshot.py). The fast one (the default) computes the matrix products with
+``fp.matmul_exact`` (float64 BLAS where that is provably exact, int64 otherwise), one step at a
+time, and, when nothing is traced, steps a cell through its fused form (``Cell.int_steps``:
+constants prepared once per run, activations by table lookup). The reference one
+(``reference_path()``) is the plain reading: ``fp.matvec`` in int64 over all steps at once and
+``Cell.int_step`` each step. docs/performance.md ("Host simulator") has the figures.
 """
 from __future__ import annotations
 

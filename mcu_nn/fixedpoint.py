@@ -12,6 +12,7 @@ Rounding is round-half-up everywhere: ``(x + 2^(n-1)) >> n`` with an arithmetic 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Iterator, Optional
 
@@ -242,6 +243,74 @@ def gru_mix(pre_z, pre_n, h) -> np.ndarray:
     C: |z * (h - n)| <= 32767 * 65535, so it and its rounding add fit int32."""
     z, n = sigmoid_q15(pre_z), tanh_q15(pre_n)
     return sat16(n + rshift_round(z * (_i64(h) - n), 15))
+
+
+# ----------------------------------------------------------------------------- exact fast forms
+# Faster ways to compute *the same functions* as the primitives above, for the host simulator.
+# Each is exact by an argument stated next to it (never "close enough"); the C has no counterpart
+# (it computes the primitives themselves), and tests/test_sim_fast.py compares each with its
+# primitive.
+FLOAT64_EXACT = 1 << 53        # every integer of magnitude <= 2^53 is a float64
+
+
+def matmul_bound(w: np.ndarray) -> int:
+    """max_r sum_j |w[r, j]|, as a Python int (no overflow): with |x| <= x_max it bounds every
+    partial sum of every row's product, whatever order the terms are added in."""
+    w = _i64(w)
+    if w.size == 0:
+        return 0
+    a = np.abs(w.astype(object)) if int(np.abs(w).max()) * w.shape[-1] >= 1 << 62 else np.abs(w)
+    return int(a.sum(axis=-1).max())     # object dtype: Python ints, for weights whose sum could overflow
+
+
+def matmul_exact(x: np.ndarray, w: np.ndarray, bound: Optional[int] = None, x_max: Optional[int] = None,
+                 w64: Optional[np.ndarray] = None) -> np.ndarray:
+    """``matvec(w, x)`` (acc[..., r] = sum_j w[r, j] * x[..., j], int64), computed with a float64
+    matrix product when that is provably exact, else with ``matvec`` itself.
+
+    Why it is exact: with ``bound`` = matmul_bound(w) and |x| <= x_max, every product w[r, j] * x[j]
+    and every partial sum of them, in any order and grouping (BLAS blocks, threads, fused
+    multiply-adds), is an integer of magnitude <= bound * x_max. When that is < 2^53 each of those
+    values is a float64 and each float64 operation on them is exact (its exact result is
+    representable, so rounding does nothing): the float64 result is the integer sum, and its
+    conversion to int64 is exact too.
+    (Standard GEMM only multiplies and adds the terms; no Strassen-style recombination.)
+    ``x_max`` defaults to max |x|, measured; ``bound`` to matmul_bound(w); ``w64``: w as float64,
+    for a caller that reuses it."""
+    if bound is None:
+        bound = matmul_bound(w)
+    if x_max is None:
+        x = _i64(x)
+        x_max = max(int(x.max(initial=0)), -int(x.min(initial=0)))     # Python ints: no overflow
+    if bound * x_max >= FLOAT64_EXACT:
+        return matvec(w, x)
+    if w64 is None:
+        w64 = _i64(w).astype(np.float64)
+    return (np.asarray(x, dtype=np.float64) @ w64.T).astype(np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def int16_lut(fn) -> np.ndarray:
+    """``fn`` (a function of one int16 argument, e.g. sigmoid_q15) evaluated at every int16 value,
+    indexed by x + 32768: ``int16_lut(fn)[x + 32768] == fn(x)`` for every int16 x, exhaustively,
+    so ``lut16`` is the same function as ``fn`` on int16 inputs (read-only; built once)."""
+    t = _i64(fn(np.arange(INT16_MIN, INT16_MAX + 1, dtype=np.int64)))
+    t.flags.writeable = False
+    return t
+
+
+def lut16(fn, x) -> np.ndarray:
+    """fn(x) for int16-valued x (e.g. the output of sat16) by one table lookup (see int16_lut)."""
+    return np.take(int16_lut(fn), _i64(x) + (-INT16_MIN))
+
+
+def sat16_lut(fn, x) -> np.ndarray:
+    """fn(sat16(x)) by one table lookup, for |x| < 2^62 (so that x + 32768 cannot wrap): np.take's
+    mode="clip" clamps the index x + 32768 into [0, 65535], which is clamping x into
+    [-32768, 32767], i.e. sat16; the clipped values are counted as sat16 counts them."""
+    x = _i64(x)
+    _count(x, INT16_MIN, INT16_MAX)
+    return np.take(int16_lut(fn), x + (-INT16_MIN), mode="clip")
 
 
 # ============================================================================= ops around the cells

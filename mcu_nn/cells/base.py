@@ -58,6 +58,56 @@ def requant_gates(qd: Any, ax: np.ndarray, ah: np.ndarray, rows: slice = slice(N
     return fp.sat16(fp.requant([(ax[:, rows], mx[rows]), (ah[:, rows], mh[rows])], qd.bias[rows], qd.shift))
 
 
+def shift_folded(v: np.ndarray, shift: int) -> np.ndarray:
+    """rshift_round(u + bias, shift) from v = u + fp.rounding_bias(bias, shift): the rounding
+    constant is already in v (rounding_bias and rshift_round add nothing for shift <= 0).
+    Shifts v in place (the callers' own temporary)."""
+    if shift > 0:
+        v >>= shift
+    return v
+
+
+class GateRows:
+    """``requant_gates(qd, ax, ah, rows)`` with what does not change from step to step prepared
+    once: the multipliers as int64 and rshift_round's rounding constant folded into the bias,
+      sat16(shift_folded(ax * mx + ah * mh + fp.rounding_bias(bias, shift), shift)),
+    the same integers as requant's rshift_round(bias + ax * mx + ah * mh, shift) (int64 addition
+    is associative, even wrapping), and the same values go through sat16 (the same counts)."""
+
+    def __init__(self, qd: Any) -> None:
+        self.shift = qd.shift
+        self.mx, self.mh = fp._i64(qd.wx.mult), fp._i64(qd.wh.mult)
+        self.bias = fp.rounding_bias(qd.bias, qd.shift)
+
+    def x_only(self, ax: np.ndarray, rows: slice) -> np.ndarray:
+        """requant([(ax[:, rows], mx[rows])], bias[rows], shift): rows without a recurrent term."""
+        v = ax[:, rows] * self.mx[rows]
+        v += self.bias[rows]
+        return shift_folded(v, self.shift)
+
+    def unsaturated(self, ax: np.ndarray, ah: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """The requantised rows before sat16."""
+        v = ah[:, rows] * self.mh[rows]
+        v += ax[:, rows] * self.mx[rows]
+        v += self.bias[rows]
+        return shift_folded(v, self.shift)
+
+    def __call__(self, ax: np.ndarray, ah: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        return fp.sat16(self.unsaturated(ax, ah, rows))
+
+    def activated(self, ax: np.ndarray, ah: np.ndarray, fns: tuple, hidden: int) -> list[np.ndarray]:
+        """[fns[k](block k of self(ax, ah))]: row block k (``hidden`` rows) through fns[k] (a
+        function of int16, e.g. fp.sigmoid_q15), by fp.sat16_lut when shift >= 1 (then
+        |v >> shift| <= 2^62, as it needs). sat16's tally adds up over the blocks as over the whole."""
+        rows = slice(0, len(fns) * hidden)
+        pre = self.unsaturated(ax, ah, rows) if self.shift >= 1 else self(ax, ah, rows)
+        act = fp.sat16_lut if self.shift >= 1 else fp.lut16
+        return [act(fn, pre[:, k * hidden:(k + 1) * hidden]) for k, fn in enumerate(fns)]
+
+
+# a fused step: (ax = W_ih x, ah = W_hh h, state) -> new state (see Cell.int_steps)
+Step = Callable[[np.ndarray, np.ndarray, Arrays], Arrays]
+
 # ste(exact ints, scale, float surrogate, passes=None) -> a torch tensor valued exactly
 # exact * scale whose gradient is the surrogate's (see mcu_nn.qat)
 Ste = Callable[..., Any]
@@ -130,6 +180,16 @@ class Cell:
         Returns (new state, parts): parts holds the traced tensors' integers and, with
         ``detail``, every intermediate the QAT surrogate reads."""
         raise NotImplementedError
+
+    def int_steps(self, layer: Any, qd: Any, product: Callable) -> Optional[Step]:
+        """A fused form of ``int_step`` for a run that traces nothing, or None (then the simulator
+        calls ``int_step`` each step). Returns step(ax, ah, state) -> new state, the same integers
+        as int_step(layer, qd, ax, ah, state)[0] with the same values through fp.sat16 (the same
+        saturation counts), from constants prepared once per run (GateRows), activations looked
+        up in fp.int16_lut tables and no intermediates kept. ``product(w)`` prepares the exact
+        product v -> fp.matvec(w, v) of a matrix of the cell's own (a projection). Checked
+        against int_step by tests/test_sim_fast.py."""
+        return None
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
                  ste: Ste, rec: Rec) -> dict:

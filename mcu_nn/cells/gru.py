@@ -2,12 +2,13 @@
 two halves are requantised apart (to int32, so that r * n_h may cancel a large n_x)."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .. import fixedpoint as fp
-from .base import GATE_SCALE, Q15_SCALE, Arrays, Cell, Rec, Ste, register, requant_gates, sigmoid, unsat16
+from .base import (GATE_SCALE, Q15_SCALE, Arrays, Cell, GateRows, Rec, Ste, Step, register, requant_gates,
+                   shift_folded, sigmoid, unsat16)
 
 
 class GRU(Cell):
@@ -48,6 +49,22 @@ class GRU(Cell):
             parts.update(gates=np.concatenate([pre, n_pre], axis=1), r=r, z=z, n_pre=n_pre,
                          n=fp.tanh_q15(n_pre))
         return {"h": fp.gru_cell(pre[:, :hid], pre[:, hid:], n_x, n_h, state["h"])}, parts
+
+    def int_steps(self, layer: Any, qd: Any, product: Callable) -> Optional[Step]:
+        # int_step with fp.gru_cell and fp.gru_mix spelled out, activations looked up
+        hid = layer.hidden_size
+        nr = slice(2 * hid, 3 * hid)
+        gates = GateRows(qd)
+        mh_n, bias_h = fp._i64(qd.wh.mult)[nr], fp.rounding_bias(qd.bias_h, qd.shift)
+
+        def step(ax: np.ndarray, ah: np.ndarray, state: Arrays) -> Arrays:
+            r, z = gates.activated(ax, ah, (fp.sigmoid_q15, fp.sigmoid_q15), hid)
+            n_x = fp.sat32(gates.x_only(ax, nr))
+            n_h = fp.sat32(shift_folded(ah[:, nr] * mh_n + bias_h, qd.shift))
+            # gru_cell's n (|n_x + rshift_round(r * n_h, 15)| < 2^32, as sat16_lut needs), then gru_mix
+            n = fp.sat16_lut(fp.tanh_q15, n_x + fp.rshift_round(r * n_h, 15))
+            return {"h": fp.sat16(n + fp.rshift_round(z * (state["h"] - n), 15))}
+        return step
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
                  ste: Ste, rec: Rec) -> dict:

@@ -2,14 +2,14 @@
 fractional bits chosen from calibration); an optional projection h = W_hr (o * tanh(c))."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .. import fixedpoint as fp
 from ..quant.quantize import ACT_MAX, act_scale
-from .base import (GATE_SCALE, Q15_SCALE, Arrays, Cell, Rec, Ste, gate_rows, register, requant_gates,
-                   sigmoid, unsat16)
+from .base import (GATE_SCALE, Q15_SCALE, Arrays, Cell, GateRows, Rec, Ste, Step, gate_rows,
+                   register, requant_gates, sigmoid, unsat16)
 
 
 def cell_frac_for(cmax: float) -> int:
@@ -59,6 +59,22 @@ class LSTM(Cell):
         if qd.proj is not None:
             h = fp.sat16(fp.requant([(fp.matvec(qd.proj.w, hfull), qd.proj.mult)], 0, qd.proj_shift))
         return {"h": h, "c": c}, parts
+
+    def int_steps(self, layer: Any, qd: Any, product: Callable) -> Optional[Step]:
+        # int_step with fp.lstm_cell spelled out (lstm_c, lstm_h), activations looked up
+        gates = GateRows(qd)
+        fns = (fp.sigmoid_q15, fp.sigmoid_q15, fp.tanh_q15, fp.sigmoid_q15)
+        frac, hid = layer.cell_frac, layer.hidden_size
+        proj = product(qd.proj.w) if qd.proj is not None else None
+
+        def step(ax: np.ndarray, ah: np.ndarray, state: Arrays) -> Arrays:
+            i, f, g, o = gates.activated(ax, ah, fns, hid)
+            c = fp.sat16(fp.mul_q15(f, state["c"]) + fp.rshift_round(i * g, 2 * fp.Q15_FRAC - frac))  # lstm_c
+            h = fp.sat16(fp.mul_q15(o, fp.lut16(fp.tanh_q15, fp.frac_to_q312(c, frac))))             # lstm_h
+            if proj is not None:
+                h = fp.sat16(fp.requant([(proj(h), qd.proj.mult)], 0, qd.proj_shift))
+            return {"h": h, "c": c}
+        return step
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
                  ste: Ste, rec: Rec) -> dict:

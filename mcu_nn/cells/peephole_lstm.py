@@ -75,6 +75,9 @@ class PeepholeLSTM(LSTM):
                          peep=p * np.array([2.0 ** -(fp.GATE_FRAC - frac + s) for s in shift])[:, None])
         return {"h": fp.lstm_h(pre_o, c, frac), "c": c}, parts
 
+    def int_steps(self, layer: Any, qd: Any, product: Any) -> None:
+        return None      # no fused form (LSTM's would leave the peepholes out): int_step runs each step
+
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
                  ste: Ste, rec: Rec) -> dict:
         p = values["c"].new_tensor(parts["peep"])

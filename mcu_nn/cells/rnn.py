@@ -2,13 +2,14 @@
 h = relu(pre), unbounded, so h and the requantised rows share one calibrated scale."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .. import fixedpoint as fp
 from ..quant.quantize import act_scale
-from .base import GATE_SCALE, Q15_SCALE, Arrays, Cell, Rec, Ste, register, requant_gates, unsat16
+from .base import (GATE_SCALE, Q15_SCALE, Arrays, Cell, GateRows, Rec, Ste, Step, register, requant_gates,
+                   unsat16)
 
 
 class Elman(Cell):
@@ -39,6 +40,12 @@ class Elman(Cell):
                  detail: bool = False) -> tuple[Arrays, Arrays]:
         pre = requant_gates(qd, ax, ah)
         return {"h": fp.relu(pre) if self.relu else fp.tanh_q15(pre)}, {"gates": pre}
+
+    def int_steps(self, layer: Any, qd: Any, product: Callable) -> Optional[Step]:
+        gates = GateRows(qd)
+        if self.relu:
+            return lambda ax, ah, state: {"h": fp.relu(gates(ax, ah))}
+        return lambda ax, ah, state: {"h": gates.activated(ax, ah, (fp.tanh_q15,), layer.hidden_size)[0]}
 
     def qat_step(self, layer: Any, new: Arrays, parts: Arrays, xw: Any, hw: Any, values: dict,
                  ste: Ste, rec: Rec) -> dict:

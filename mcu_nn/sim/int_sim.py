@@ -2,10 +2,19 @@
 
 Vectorised over the batch with numpy; every arithmetic step is a primitive of
 :mod:`mcu_nn.fixedpoint`, so this file only says *which* primitive runs *when*.
+
+Two paths give the same integers and saturation counts (tests/test_sim_fast.py,
+scripts/render_snapshot.py). The fast one (the default) computes the matrix products with
+``fp.matmul_exact`` (float64 BLAS where that is provably exact, int64 otherwise), one step at a
+time, and, when nothing is traced, steps a cell through its fused form (``Cell.int_steps``:
+constants prepared once per run, activations by table lookup). The reference one
+(``reference_path()``) is the plain reading: ``fp.matvec`` in int64 over all steps at once and
+``Cell.int_step`` each step. docs/performance.md ("Host simulator") has the figures.
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -18,6 +27,70 @@ from ..ir import (Activation, Embedding, FinalHidden, Graph, Linear, QActivation
 from .. import fixedpoint as fp
 from .float_sim import pick_columns
 
+_reference = False
+
+
+@contextlib.contextmanager
+def reference_path(on: bool = True) -> Iterator[None]:
+    """Inside the block the simulator runs its reference path (int64 ``fp.matvec``, ``Cell.int_step``
+    every step): the same integers and saturation counts, 5-10x slower. For tests and benchmarks."""
+    global _reference
+    outer, _reference = _reference, on
+    try:
+        yield
+    finally:
+        _reference = outer
+
+
+class Product:
+    """``fp.matvec(w, .)`` for one matrix over a run: w's bound and float64 copy prepared once,
+    each call ``fp.matmul_exact`` (float64 when provably exact, int64 otherwise)."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.w = fp._i64(w)
+        self.bound = fp.matmul_bound(self.w)
+        self.w64 = self.w.astype(np.float64)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return fp.matmul_exact(x, self.w, self.bound, w64=self.w64)
+
+
+_blas = None     # threadpoolctl's controller, made on first use (False: not installed)
+
+
+def _one_blas_thread():
+    """One BLAS thread while the simulator runs (when threadpoolctl is installed): its float64
+    products are small (tens of microseconds each, one per step), where BLAS threads only add
+    hand-off, and on a busy machine spinning threads made them 10-20x slower (docs/performance.md)."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _blas = ThreadpoolController()
+        except ImportError:
+            _blas = False
+    if _reference or _blas is False:
+        return contextlib.nullcontext()
+    return _blas.limit(limits=1, user_api="blas")
+
+
+def _product(w: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    return (lambda x: fp.matvec(w, x)) if _reference else Product(w)
+
+
+def _input_part(layer: QRecurrent, qd, x: np.ndarray) -> Callable[[int], np.ndarray]:
+    """t -> W_ih x[:, t] (N, G*H) int64. The reference path computes every step's at once; the
+    fast path one step at a time, as the loop needs it (pieces that stay in cache: twice as fast
+    as all steps at once and a (N, T, G*H) array)."""
+    if layer.input_ids:                                 # one-hot ids: the integer 1 times column id
+        acc_x = pick_columns(fp._i64(qd.wx.w), x)
+    elif _reference:
+        acc_x = fp.matvec(qd.wx.w, x)
+    else:
+        wx = Product(qd.wx.w)
+        return lambda t: wx(x[:, t])
+    return lambda t: acc_x[:, t]
+
 
 def _direction(layer: QRecurrent, d: int, x: np.ndarray, init: dict[str, Optional[np.ndarray]],
                trace: Optional[dict] = None, key: str = "") -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -29,19 +102,21 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray, init: dict[str, Optiona
     cell = cell_of(layer.kind)
     qd = layer.directions[d]
     n, t_len = x.shape[:2]
-    if layer.input_ids:                                 # one-hot ids: the integer 1 times column id
-        acc_x = pick_columns(fp._i64(qd.wx.w), x)
-    else:
-        acc_x = fp.matvec(qd.wx.w, x)                   # (N,T,G*H): the input part of every step
+    input_part = _input_part(layer, qd, x)
     state = {s: fp._i64(init[s]) if init.get(s) is not None else np.zeros((n, cell.state_size(layer, s)), np.int64)
              for s in cell.states}
     out = np.zeros((n, t_len, layer.state_size), dtype=np.int64)
     traced = cell.traced(layer) if trace is not None else {}
     rec = {name: None for name in traced}
     steps = range(t_len) if d == 0 else range(t_len - 1, -1, -1)
+    rec_product = _product(qd.wh.w)
+    fused = None if _reference or trace is not None else cell.int_steps(layer, qd, Product)
     for t in steps:
-        state, parts = cell.int_step(layer, qd, acc_x[:, t], fp.matvec(qd.wh.w, state["h"]), state,
-                                     detail=trace is not None)
+        if fused is not None:
+            state = fused(input_part(t), rec_product(state["h"]), state)
+        else:
+            state, parts = cell.int_step(layer, qd, input_part(t), rec_product(state["h"]), state,
+                                         detail=trace is not None)
         out[:, t] = state["h"]
         for name, (scale, _) in traced.items():
             if rec[name] is None:
@@ -55,7 +130,7 @@ def _direction(layer: QRecurrent, d: int, x: np.ndarray, init: dict[str, Optiona
 
 
 def _linear(op: QLinear, x: np.ndarray) -> np.ndarray:
-    return fp.sat16(fp.requant([(fp.matvec(op.mat.w, x), op.mat.mult)], op.bias, op.shift))
+    return fp.sat16(fp.requant([(_product(op.mat.w)(x), op.mat.mult)], op.bias, op.shift))
 
 
 def _activation(op: QActivation, x: np.ndarray) -> np.ndarray:
@@ -94,6 +169,13 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
     if trace is not None and q.input_kind != "tokens":
         trace["input"] = x * q.input_scale
     init = split_state(q, state, x.shape[0], np.int64)
+    with _one_blas_thread():
+        env = _run_ops(q, env, init, trace, info)
+    assert info[q.output_names[0]].per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
+    return env
+
+
+def _run_ops(q: QModel, env: dict, init: dict, trace: Optional[dict], info: dict) -> dict:
     outer_site = fp.set_saturation_site("?")
     for i, op in enumerate(q.ops):
         fp.set_saturation_site(f"op{i}")              # clips are tallied per op (fp.count_saturation)
@@ -128,7 +210,6 @@ def run_quant_all(q: QModel, xq: np.ndarray, trace: Optional[dict] = None,
         if trace is not None:
             trace[f"op{i}.out"] = outs[0] * info[op.outputs[0]].scale
     fp.set_saturation_site(outer_site)
-    assert info[q.output_names[0]].per_step == q.output_per_step, "QModel.output_per_step disagrees with its ops"
     return env
 
 

@@ -167,8 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="C prefix of the generated API (default: the file name)")
     p.add_argument("--weight-layout", choices=["packed", "wide"], default="packed",
                    help="int8 only: 'packed' keeps weights as bytes (smallest); 'wide' stores them as "
-                        "int16, which costs one extra byte of flash per recurrent weight and saves "
-                        "18-26%% of the instructions (measured) on Cortex-M4/M7 (export prints the flash cost)")
+                        "int16: one extra byte of flash per recurrent weight, for fewer instructions on some "
+                        "shapes of Cortex-M4/M7 and more on others (a 600-input model ran slower), and about 5%% "
+                        "fewer cycles where it pays (docs/performance.md): export both and compare with "
+                        "`mcu-nn bench` on your shape")
     p.add_argument("--report", metavar="FILE", help="also write a quantisation report (.html or .md): "
                                                     "error per layer and gate, calibration ranges, plots")
     p.add_argument("--report-labels", metavar="FILE", help="class labels of the calibration sequences for the "

@@ -272,7 +272,8 @@ def export_summary(result) -> str:
         extra = recurrent_weight_count(result.qmodel)
         if m.get("weight_layout", "packed") == "packed" and extra:
             lines.append(f"(--weight-layout wide would store the recurrent weights as int16: +{extra:,} B "
-                         "of model constants, 18-26% fewer instructions per step on Cortex-M4/M7)")
+                         "of model constants; whether it is faster depends on the shape: compare both with "
+                         "mcu-nn bench, docs/performance.md)")
         elif extra:
             lines.append(f"weights stored as int16 (--weight-layout wide): {extra:,} B more model constants "
                          "than packed")

@@ -150,9 +150,9 @@ def _check_int(w: np.ndarray, lo: int, hi: int, what: str) -> None:
 WEIGHT_LAYOUTS = ("packed", "wide")
 
 # The kernel family the fused group dot products (mcunn_dot_<kind>_<acc>_g<R>) run on a DSP core
-# (MCUNN_DSP in mcunn_fixedpoint.h): SMLAD for int32 accumulators, SMLALD for int16 weights with
-# 64-bit accumulators; int8 weights with 64-bit accumulators stay portable C.
-DSP_KERNELS = {"s8_32": "smlad", "s16_32": "smlad", "s16_64": "smlald", "s8_64": "portable"}
+# (MCUNN_DSP in mcunn_fixedpoint.h): SMLAD for int32 accumulators, SMLALD for 64-bit ones. Every
+# integer kind has a DSP kernel today; "portable" (float32) and "mixed" are kept for kinds without one.
+DSP_KERNELS = {"s8_32": "smlad", "s16_32": "smlad", "s16_64": "smlald", "s8_64": "smlald"}
 
 
 def dsp_kernel_of(dots: list[str]) -> str:

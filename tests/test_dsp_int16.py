@@ -245,10 +245,12 @@ def test_int16_acc64_models_bit_exact_dsp_and_portable(tmp_path: Path, key: str)
 
 
 @qemu
-def test_int16_acc64_on_cortex_m7_and_m3(tmp_path: Path) -> None:
-    d = _model(tmp_path, "gru", 6, 10, gain=4.0, loud=40.0)
-    assert bench_export(d, "qemu-mps2-an500").path == "simd"       # Cortex-M7: the DSP build
-    assert bench_export(d, "qemu-mps2-an385").path == "portable"   # Cortex-M3: no DSP
+def test_acc64_on_cortex_m7_m33_and_m3(tmp_path: Path) -> None:
+    for prec in ("int16", "int8"):
+        d = _model(tmp_path, "gru", 6, 10, gain=4.0, loud=40.0, precision=prec, name=prec)
+        assert bench_export(d, "qemu-mps2-an500").path == "simd"       # Cortex-M7: the DSP build
+        assert bench_export(d, "qemu-mps2-an505").path == "simd"       # Cortex-M33: the DSP build
+        assert bench_export(d, "qemu-mps2-an385").path == "portable"   # Cortex-M3: no DSP
 
 
 def test_dsp_kernel_recorded_per_layer(tmp_path: Path) -> None:

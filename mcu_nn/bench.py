@@ -56,7 +56,7 @@ class BenchResult(Shown):
     name: str
     precision: str
     board: str
-    path: str                     # "simd" (DSP kernels) or "portable"
+    path: str                     # "simd" (DSP kernels), "portable" or "mixed" (see kernel_path)
     instructions_per_step: int
     macs_per_step: int
     instructions_per_mac: float
@@ -285,11 +285,22 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
     else:                                          # bidirectional: whole sequence / steps
         per_step = round(instr(p.run - p.empty) / steps)
     macs = int(manifest["macs_per_step"])
-    simd = ALL_BOARDS[board].arch.dsp and not portable and manifest["precision"] != "float32"
-    return BenchResult(manifest["name"], manifest["precision"], board, "simd" if simd else "portable",
+    return BenchResult(manifest["name"], manifest["precision"], board, kernel_path(manifest, board, portable),
                        per_step, macs, round(per_step / macs, 3) if macs else 0.0, flash,
                        p.state + p.stack, p.state, p.stack, manifest.get("weight_layout", "packed"), n,
                        _unit(board), **figures)
+
+
+def kernel_path(manifest: dict, board: str, portable: bool = False) -> str:
+    """The kernels that ran: "simd" only when every recurrent layer runs a DSP kernel on ``board``
+    (manifest layers[i]["dsp_kernel"], decided by the export from the same condition as the C),
+    "portable" when none does, else "mixed". Manifests from before dsp_kernel: simd on a DSP core."""
+    if not ALL_BOARDS[board].arch.dsp or portable or manifest["precision"] == "float32":
+        return "portable"
+    kinds = [layer["dsp_kernel"] for layer in manifest.get("layers", []) if "dsp_kernel" in layer]
+    if all(k not in ("portable", "mixed") for k in kinds):
+        return "simd"
+    return "portable" if all(k == "portable" for k in kinds) else "mixed"
 
 
 def format_table(results: list[BenchResult]) -> str:

@@ -149,6 +149,23 @@ def _check_int(w: np.ndarray, lo: int, hi: int, what: str) -> None:
 
 WEIGHT_LAYOUTS = ("packed", "wide")
 
+# The kernel family the fused group dot products (mcunn_dot_<kind>_<acc>_g<R>) run on a DSP core
+# (MCUNN_DSP in mcunn_fixedpoint.h): SMLAD for int32 accumulators, SMLALD for 64-bit ones. Every
+# integer kind has a DSP kernel today; "portable" (float32) and "mixed" are kept for kinds without one.
+DSP_KERNELS = {"s8_32": "smlad", "s16_32": "smlad", "s16_64": "smlald", "s8_64": "smlald"}
+
+
+def dsp_kernel_of(dots: list[str]) -> str:
+    """One recurrent layer's kernel on a DSP core from the names of its group dot products:
+    "smlad", "smlald", "smlad+smlald" (both, each a DSP kernel), "portable", or "mixed" (part
+    portable). This is what manifest layers[i]["dsp_kernel"] records and `mcu-nn bench` reads."""
+    kinds = {DSP_KERNELS[re.match(r"mcunn_dot_(s\d+_\d+)_g\d+$", d).group(1)] for d in dots}
+    if not kinds or kinds == {"portable"}:
+        return "portable"
+    if "portable" in kinds:
+        return "mixed"
+    return "+".join(sorted(kinds))
+
 
 def pack_group_weights(wx: np.ndarray, wh: np.ndarray, rows_per_group: int, chunk: int) -> np.ndarray:
     """The fused, kernel-ordered weight stream of one recurrent direction (see the comment
@@ -254,10 +271,14 @@ class _Builder:
                     D["wp"], D["mp"], D["dotp"], bp = self.matrix(qd.proj, f"op{k}_d{d}_wp", what + " projection")
                     D["proj_shift"] = int(qd.proj_shift)
                     self.check_requant([(bp, qd.proj.mult)], np.zeros(P, np.int64), what + " projection")
+            D["dsp_kernel"] = "portable" if fp_ else dsp_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D.update(cell.c_arrays(self, D["fn"][len(self.p) + 1:], qd, what))
             self.kernels.append(self.env.get_template(cell.template).render(L=L, D=D, fp=fp_, vt=self.vt))
             dirs.append(D)
         L["dirs"] = dirs
+        kinds = [D["dsp_kernel"] for D in dirs]
+        L["dsp_kernel"] = kinds[0] if len(set(kinds)) == 1 else ("mixed" if "portable" in kinds or "mixed" in kinds
+                                                                  else "smlad+smlald")
         return L
 
     def fused(self, op, qd, D: dict, what: str) -> None:
@@ -413,7 +434,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         if isinstance(op, (QEmbedding, Embedding)):
             b.embedding(k, op)
         elif _is_rec(op):
-            b.recurrent(k, op)
+            b.unit_info[k] = {"dsp_kernel": b.recurrent(k, op)["dsp_kernel"]}
             max_h = max(max_h, op.hidden_size)
             macs = macs_per_step(op)
         elif isinstance(op, (QLinear, Linear)):

@@ -1,0 +1,276 @@
+"""64-bit accumulators on DSP cores (SMLALD, issue 14): int16 weights, and int8 weights
+(SXTB16 + SMLALD), on the emulated Cortex-M4.
+
+1. The group kernels mcunn_dot_s{16,8}_64_g{1,3,4} against their portable twins
+   (mcunn_dot_s*_64_g*_c, in the same firmware) and exact int64 numpy, bit for bit, on random
+   and edge-case weights and inputs (every pair at -32768 * -32768, whose two-product sum 2^31
+   overflows int32; sums far beyond 2^31), odd column counts (every tail path) and non-zero
+   starting accumulators.
+2. Whole models (LSTM, GRU, RNN; int16, and int8 declared 64-bit): `mcu-nn bench` on the board compares
+   every output of every test vector with the simulator, and the portable C is checked on the
+   host; covers shift == 32 and > 32 (the DSP requantisation / GRU SMMLAR split), shift < 32 (the
+   portable requantisation over the SMLALD kernels), cell_frac 0, 11, 15 and saturating inputs.
+3. The manifest's dsp_kernel and the bench label follow the kernels that ran.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qmodels as Q
+from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, bench_export, kernel_path, run_bench
+from mcu_nn.build import linker_script
+from mcu_nn.codegen import render_runtime, write_export
+from mcu_nn.codegen.emit import dsp_kernel_of, pack_group_weights
+from mcu_nn.quant import quantize
+from mcu_nn.sim import run
+from mcu_nn.verify import verify
+
+qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
+
+SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 40, 64, 601]
+
+KERNEL_SOURCE = """#include <stdint.h>
+#include "mcunn_fixedpoint.h"
+#include "bench.h"
+{% for c in cases %}
+static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
+static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
+static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
+{% endfor %}
+static char line[80];
+static void put(char tag, int i, const int64_t *acc, int R, long used)
+{
+    int r, k, d;
+    for (r = 0; r < R; ++r) {
+        uint64_t v = (uint64_t)acc[r];
+        k = 0;
+        line[k++] = tag;
+        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
+        line[k++] = ' ';
+        for (d = 60; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(v >> d) & 15u];
+        line[k++] = ' ';
+        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
+        line[k++] = '\\n';
+        line[k] = 0;
+        bench_puts(line);
+    }
+}
+int main(void)
+{
+    int64_t acc[4];
+    const void *end;
+    int r;
+{% for c in cases %}
+    for (r = 0; r < {{ c.R }}; ++r) acc[r] = A{{ loop.index0 }}[r];
+    end = mcunn_dot_{{ c.kind }}_64_g{{ c.R }}(W{{ loop.index0 }}, X{{ loop.index0 }}, {{ c.n }}, acc);
+    put('D', {{ loop.index0 }}, acc, {{ c.R }}, (long)((const {{ c.wt }} *)end - W{{ loop.index0 }}));
+    for (r = 0; r < {{ c.R }}; ++r) acc[r] = A{{ loop.index0 }}[r];
+    end = mcunn_dot_{{ c.kind }}_64_g{{ c.R }}_c(W{{ loop.index0 }}, X{{ loop.index0 }}, {{ c.n }}, acc);
+    put('P', {{ loop.index0 }}, acc, {{ c.R }}, (long)((const {{ c.wt }} *)end - W{{ loop.index0 }}));
+{% endfor %}
+    bench_puts("END\\n");
+    return 0;
+}
+"""
+
+
+def _ints(rng: np.random.Generator, shape, mode: str, bits: int) -> np.ndarray:
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if mode == "min":                     # every product at its largest (int16: 2^30; pair sums of 2^31 overflow int32)
+        return np.full(shape, lo, np.int64)
+    if mode == "edge":
+        return rng.choice([lo, lo + 1, lo // 2, -1, 0, 1, hi // 2, hi - 1, hi], shape).astype(np.int64)
+    return rng.integers(lo, hi + 1, shape)
+
+
+def _cases(rng: np.random.Generator) -> list[dict]:
+    cases = []
+    for kind, wt, bits, chunk in (("s16", "int16_t", 16, 2), ("s8", "int8_t", 8, 4)):
+        for R in (1, 3, 4):
+            for n in SIZES:
+                for mode in ("min", "edge", "any"):
+                    if mode == "min" and n not in (1, 8, 601):
+                        continue
+                    w = _ints(rng, (R, n), mode, bits)
+                    x = _ints(rng, n + 1, mode, 16)     # one more: the kernels must not read past n
+                    a = rng.integers(-(1 << 50), 1 << 50, R) if mode == "any" else np.zeros(R, np.int64)
+                    # the stream of one segment of one group: chunks of R rows (int8: columns 0, 2, 1, 3)
+                    stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, chunk)
+                    cases.append(dict(kind=kind, wt=wt, chunk=chunk, R=R, n=n, wm=w, xv=x, av=a, stream=stream,
+                                      wlen=max(len(stream), 4), w=", ".join(str(int(v)) for v in stream) or "0",
+                                      x=", ".join(str(int(v)) for v in x),
+                                      a=", ".join(f"INT64_C({int(v)})" for v in a)))
+    return cases
+
+
+def _build_and_run(tmp_path: Path, source: str, name: str) -> str:
+    (tmp_path / f"{name}.c").write_text(source)
+    for fname, text in render_runtime().items():
+        (tmp_path / fname).write_text(text)
+    b = BOARDS["qemu-mps2-an386"]
+    elf, ld = tmp_path / f"{name}.elf", tmp_path / f"{name}.ld"
+    ld.write_text(linker_script(b))
+    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, *b.arch_flags, "-I", str(tmp_path), "-I", str(FIRMWARE),
+                    "-nostartfiles", "--specs=nosys.specs", "-T", str(ld), str(STARTUP),
+                    str(FIRMWARE / "semihost.c"), str(tmp_path / f"{name}.c"),
+                    str(tmp_path / "mcunn_fixedpoint.c"), "-o", str(elf)], check=True)
+    text = run_bench(elf, "qemu-mps2-an386", timeout=120)
+    assert "END" in text and "FAULT" not in text
+    return text
+
+
+@qemu
+def test_smlald_group_kernels_bit_exact_on_cortex_m4(tmp_path: Path) -> None:
+    from mcu_nn.codegen.emit import environment
+    cases = _cases(np.random.default_rng(14))
+    text = _build_and_run(tmp_path, environment().from_string(KERNEL_SOURCE).render(cases=cases), "dot64")
+    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for m in re.finditer(r"^([DP])([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{4})$", text, re.M):
+        v = int(m.group(3), 16)
+        got.setdefault((m.group(1), int(m.group(2), 16)), []).append((v - (1 << 64) if v >> 63 else v,
+                                                                       int(m.group(4), 16)))
+    assert len(got) == 2 * len(cases)
+    for i, c in enumerate(cases):
+        want = [int(c["av"][r]) + int(np.dot(c["wm"][r], c["xv"][:c["n"]])) for r in range(c["R"])]
+        used = -(-c["n"] // c["chunk"]) * c["chunk"] * c["R"]   # the pointer returned: past the whole segment
+        what = f"{c['kind']} R={c['R']} n={c['n']} case {i}"
+        assert [v for v, _ in got[("P", i)]] == want, "portable " + what
+        assert [v for v, _ in got[("D", i)]] == want, "SMLALD " + what
+        assert {u for _, u in got[("D", i)]} == {used} == {u for _, u in got[("P", i)]}, what
+    # the sums really need 64 bits somewhere (else the test would not test the high words)
+    assert any(abs(v) >= 1 << 31 for c in cases for v in c["av"] + c["wm"] @ c["xv"][:c["n"]])
+
+
+# ------------------------------------------------------------------------------------ whole models
+def _set_shift(q, new: int):
+    """The same model requantised with another common shift (mult and bias rescaled)."""
+    ops = []
+    for op in q.ops:
+        if hasattr(op, "directions") and hasattr(op, "cell_frac"):
+            dirs = []
+            for d in op.directions:
+                k = int(d.shift) - new
+                assert k >= 0
+                m = lambda mat: dataclasses.replace(mat, mult=np.round(np.asarray(mat.mult, np.float64) / 2 ** k)  # noqa: E731
+                                                    .astype(np.int64))
+                dirs.append(dataclasses.replace(d, wx=m(d.wx), wh=m(d.wh), shift=new,
+                                                bias=np.asarray(d.bias, np.int64) >> k,
+                                                bias_h=None if d.bias_h is None else np.asarray(d.bias_h, np.int64) >> k))
+            op = dataclasses.replace(op, directions=dirs)
+        ops.append(op)
+    return dataclasses.replace(q, ops=ops)
+
+
+def _with_cell_frac(q, cf: int):
+    return dataclasses.replace(q, ops=[dataclasses.replace(op, cell_frac=cf) if hasattr(op, "cell_frac") else op
+                                       for op in q.ops])
+
+
+def _force64(q):
+    """The same model with 64-bit accumulators declared for every recurrent matrix."""
+    ops = []
+    for op in q.ops:
+        if hasattr(op, "directions") and hasattr(op, "cell_frac"):
+            op = dataclasses.replace(op, directions=[dataclasses.replace(
+                d, wx=dataclasses.replace(d.wx, acc_bits=64), wh=dataclasses.replace(d.wh, acc_bits=64))
+                for d in op.directions])
+        ops.append(op)
+    return dataclasses.replace(q, ops=ops)
+
+
+def _model(tmp_path: Path, kind: str, I: int, H: int, *, shift=None, cell_frac=None, gain=1.0, loud=1.0,
+           real=True, bidirectional=False, precision="int16", name="m") -> Path:
+    g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=gain, bidirectional=bidirectional,
+                     readout="final:0,1" if bidirectional else None)
+    q = (_force64(quantize(g, Q.make_input(g, n=16, seed=4), precision)) if real
+         else Q.quantize_graph(g, precision, force64=True))
+    if shift is not None:
+        q = _set_shift(q, shift)
+    if cell_frac is not None:
+        q = _with_cell_frac(q, cell_frac)
+    x = Q.make_input(g, n=4) * loud                  # loud: inputs far outside calibration saturate
+    d = tmp_path / name
+    write_export(q, d, x, run(q, x))
+    return d
+
+
+MODELS = {
+    # name: (kind, I, H, options)
+    "lstm_real": ("lstm", 16, 32, {}),
+    "lstm_odd_loud": ("lstm", 7, 9, dict(gain=4.0, loud=40.0)),
+    "lstm_shift32": ("lstm", 5, 11, dict(shift=32)),
+    "lstm_cf0": ("lstm", 6, 8, dict(cell_frac=0, loud=20.0)),
+    "lstm_cf15": ("lstm", 6, 8, dict(cell_frac=15, gain=3.0)),
+    "lstm_shift_lt32": ("lstm", 5, 7, dict(real=False)),
+    "gru_real_bidir": ("gru", 9, 13, dict(bidirectional=True)),
+    "gru_shift32_loud": ("gru", 6, 10, dict(shift=32, gain=4.0, loud=40.0)),
+    "gru_shift_lt32": ("gru", 4, 5, dict(real=False)),
+    "rnn_tanh": ("rnn_tanh", 9, 11, dict(gain=3.0, loud=20.0)),
+    # int8 weights with 64-bit accumulators (SXTB16 + SMLALD)
+    "lstm_s8_loud": ("lstm", 13, 9, dict(precision="int8", gain=4.0, loud=40.0)),
+    "lstm_s8_cf15": ("lstm", 8, 12, dict(precision="int8", cell_frac=15)),
+    "lstm_s8_shift_lt32": ("lstm", 5, 7, dict(precision="int8", real=False)),
+    "gru_s8_shift32": ("gru", 10, 6, dict(precision="int8", shift=32, gain=4.0, loud=40.0)),
+    "gru_s8_bidir": ("gru", 7, 5, dict(precision="int8", bidirectional=True)),
+}
+
+
+def _acc64(d: Path) -> bool:
+    return re.search(r"mcunn_dot_s(8|16)_64_g", (d / "model.c").read_text()) is not None
+
+
+@qemu
+@pytest.mark.parametrize("key", MODELS)
+def test_int16_acc64_models_bit_exact_dsp_and_portable(tmp_path: Path, key: str) -> None:
+    kind, I, H, opts = MODELS[key]
+    d = _model(tmp_path, kind, I, H, **opts)
+    assert _acc64(d), "this case must use 64-bit accumulators"
+    r = verify(d, cross=False, log=lambda s: None)                 # portable C on the host
+    assert r.ok and r.mismatches == 0, r.first_mismatch
+    dsp = bench_export(d, "qemu-mps2-an386")                       # raises on the first differing bit
+    port = bench_export(d, "qemu-mps2-an386", portable=True)
+    assert dsp.vectors_checked == port.vectors_checked == 4
+    assert (dsp.path, port.path) == ("simd", "portable")
+    if key == "lstm_real":                    # the tiny layers gain little (set-up per pass)
+        assert dsp.instructions_per_step * 3 < port.instructions_per_step
+    assert all(layer["dsp_kernel"] == "smlald" for layer in json.loads((d / "model.json").read_text())["layers"]
+               if "dsp_kernel" in layer)
+
+
+@qemu
+def test_acc64_on_cortex_m7_m33_and_m3(tmp_path: Path) -> None:
+    for prec in ("int16", "int8"):
+        d = _model(tmp_path, "gru", 6, 10, gain=4.0, loud=40.0, precision=prec, name=prec)
+        assert bench_export(d, "qemu-mps2-an500").path == "simd"       # Cortex-M7: the DSP build
+        assert bench_export(d, "qemu-mps2-an505").path == "simd"       # Cortex-M33: the DSP build
+        assert bench_export(d, "qemu-mps2-an385").path == "portable"   # Cortex-M3: no DSP
+
+
+def test_dsp_kernel_recorded_per_layer(tmp_path: Path) -> None:
+    d = _model(tmp_path, "lstm", 5, 7, real=False)
+    layer = json.loads((d / "model.json").read_text())["layers"][0]
+    assert layer["dsp_kernel"] == "smlald"
+    g = Q.make_graph("lstm", input_size=5, hidden=7, seq_len=5)
+    for prec, force64, want in (("int8", False, "smlad"), ("int8", True, "smlald"), ("int16", False, None)):
+        q = Q.quantize_graph(g, prec, force64=force64)
+        x = Q.make_input(g, n=2)
+        e = tmp_path / f"{prec}{force64}"
+        write_export(q, e, x, run(q, x))
+        m = json.loads((e / "model.json").read_text())
+        got = m["layers"][0]["dsp_kernel"]
+        assert got == want or (want is None and got in ("smlad", "smlald", "smlad+smlald")), (prec, force64, got)
+        assert kernel_path(m, "qemu-mps2-an386") == ("portable" if got == "portable" else "simd")
+        assert kernel_path(m, "qemu-mps2-an385") == "portable"
+    assert dsp_kernel_of(["mcunn_dot_s16_32_g4", "mcunn_dot_s16_64_g4"]) == "smlad+smlald"
+    assert dsp_kernel_of(["mcunn_dot_s8_32_g3", "mcunn_dot_s8_64_g3"]) == "smlad+smlald"
+    two = {"precision": "int8", "layers": [{"dsp_kernel": "smlad"}, {"dsp_kernel": "portable"}]}
+    assert kernel_path(two, "qemu-mps2-an386") == "mixed"
+    old = {"precision": "int16", "layers": [{"kind": "QRecurrent"}]}        # manifests before dsp_kernel
+    assert kernel_path(old, "qemu-mps2-an386") == "simd"

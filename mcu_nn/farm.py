@@ -254,16 +254,9 @@ class PtyBoard:
         return self
 
     def __exit__(self, *exc) -> None:
-        import subprocess
+        from .device.emulator import interrupts_deferred, terminate
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=3)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        with interrupts_deferred():                  # a Ctrl-C now must not leave QEMU running
+            terminate(self.proc)
         self.proc = None

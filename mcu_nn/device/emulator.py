@@ -53,6 +53,20 @@ def interrupts_deferred():
         raise KeyboardInterrupt
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """Stop a child emulator: terminate, kill after 3 s, close its pipes."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=3)
+    for stream in (proc.stdout, proc.stderr):
+        if stream:
+            stream.close()
+
+
 class Emulator:
     """``with Emulator(elf, board) as emu: DeviceClient(emu.url)``."""
 
@@ -149,16 +163,7 @@ class Emulator:
     def _stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=3)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        terminate(self.proc)
         self.proc = None
 
     def wait(self) -> int:

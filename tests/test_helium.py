@@ -8,7 +8,7 @@
 2. Whole int8 models (LSTM, GRU, RNN) on qemu-mps3-an547: `mcu-nn bench` compares every output of
    every test vector with the simulator for the DSP+MVE build and for the portable build, and the
    portable C is checked on the host; odd sizes, saturating inputs, cell_frac 0 and 15, shift
-   < 32 (the portable requantisation over the MVE kernels), bidirectional.
+   < 32 (the portable requantisation over the MVE kernels), bidirectional, token-id inputs.
 3. The manifest's mve_kernel and the bench label "mve".
 """
 from __future__ import annotations
@@ -199,6 +199,31 @@ def test_int8_models_bit_exact_mve_and_portable(tmp_path: Path, key: str) -> Non
     assert mve.instructions_per_step < port.instructions_per_step
     layers = [la for la in json.loads((d / "model.json").read_text())["layers"] if "dsp_kernel" in la]
     assert layers and all(la["mve_kernel"] == "mve" for la in layers)
+
+
+@qemu
+@pytest.mark.parametrize("kind,gates", [("lstm", 4), ("gru", 3)])
+def test_one_hot_ids_layers_on_m55(tmp_path: Path, kind: str, gates: int) -> None:
+    """Token-id input: the input columns are picked, only W_hh streams through the MVE kernel;
+    ids outside the vocabulary too."""
+    import math
+    from mcu_nn.ir import DirectionWeights, Graph, Recurrent
+    V, H = 11, 13
+    rng = np.random.default_rng(1)
+    k = 1 / math.sqrt(H)
+
+    def u(*shape):
+        return rng.uniform(-k, k, shape).astype(np.float32)
+
+    dirs = [DirectionWeights(u(gates * H, V), u(gates * H, H), u(gates * H), u(gates * H))]
+    g = Graph(name="ids", input_kind="tokens", input_size=V, seq_len=6,
+              ops=[Recurrent(kind, V, H, 0, False, dirs, source="ids", input_ids=True)])
+    q = quantize(g, rng.integers(0, V, (16, 6)), "int8")
+    x = rng.integers(-1, V + 2, (3, 6))
+    write_export(q, tmp_path / "ids", x, run(q, x))
+    mve = bench_export(tmp_path / "ids", BOARD)
+    port = bench_export(tmp_path / "ids", BOARD, portable=True)
+    assert (mve.path, port.path) == ("mve", "portable") and mve.vectors_checked == 3
 
 
 def test_mve_kernel_recorded_per_layer(tmp_path: Path) -> None:

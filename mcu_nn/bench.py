@@ -56,7 +56,7 @@ class BenchResult(Shown):
     name: str
     precision: str
     board: str
-    path: str                     # "simd" (DSP kernels), "portable" or "mixed" (see kernel_path)
+    path: str                     # "simd" (DSP kernels), "mve" (Helium), "portable" or "mixed" (see kernel_path)
     instructions_per_step: int
     macs_per_step: int
     instructions_per_mac: float
@@ -294,11 +294,17 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
 def kernel_path(manifest: dict, board: str, portable: bool = False) -> str:
     """The kernels that ran: "simd" only when every recurrent layer runs a DSP kernel on ``board``
     (manifest layers[i]["dsp_kernel"], decided by the export from the same condition as the C),
-    "portable" when none does, else "mixed". Manifests from before dsp_kernel: simd on a DSP core."""
+    "portable" when none does, else "mixed"; "mve" instead of "simd" on a Helium core when every
+    layer's int8 group kernels are the MVE ones (layers[i]["mve_kernel"]). Manifests from before
+    dsp_kernel: simd on a DSP core."""
     if not ALL_BOARDS[board].arch.dsp or portable or manifest["precision"] == "float32":
         return "portable"
     kinds = [layer["dsp_kernel"] for layer in manifest.get("layers", []) if "dsp_kernel" in layer]
     if all(k not in ("portable", "mixed") for k in kinds):
+        # Helium cores: "mve" when every recurrent layer runs the MVE kernel (layers[i].mve_kernel)
+        mve = [layer.get("mve_kernel", "") for layer in manifest.get("layers", []) if "dsp_kernel" in layer]
+        if "mve" in ALL_BOARDS[board].arch.features and mve and all("mve" in k.split("+") for k in mve):
+            return "mve"
         return "simd"
     return "portable" if all(k == "portable" for k in kinds) else "mixed"
 

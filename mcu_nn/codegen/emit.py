@@ -167,6 +167,18 @@ def dsp_kernel_of(dots: list[str]) -> str:
     return "+".join(sorted(kinds))
 
 
+# On an MVE (Helium) core the int8 kernels with int32 accumulators run the vector kernel instead
+# (mcunn_dot_s8_32_g*_mve, MCUNN_MVE); the others stay on the DSP kernels above.
+MVE_KERNELS = {**DSP_KERNELS, "s8_32": "mve"}
+
+
+def mve_kernel_of(dots: list[str]) -> str:
+    """One recurrent layer's kernel on an MVE core (manifest layers[i]["mve_kernel"]): "mve" when
+    every group dot product is the Helium kernel, "mve+smlald" etc. when some are DSP kernels."""
+    kinds = {MVE_KERNELS[re.match(r"mcunn_dot_(s\d+_\d+)_g\d+$", d).group(1)] for d in dots}
+    return "+".join(sorted(kinds)) if kinds else "portable"
+
+
 def pack_group_weights(wx: np.ndarray, wh: np.ndarray, rows_per_group: int, chunk: int) -> np.ndarray:
     """The fused, kernel-ordered weight stream of one recurrent direction (see the comment
     above mcunn_dot_*_g* in mcunn_fixedpoint.h): per group of ``rows_per_group`` rows (one
@@ -272,6 +284,7 @@ class _Builder:
                     D["proj_shift"] = int(qd.proj_shift)
                     self.check_requant([(bp, qd.proj.mult)], np.zeros(P, np.int64), what + " projection")
             D["dsp_kernel"] = "portable" if fp_ else dsp_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
+            D["mve_kernel"] = "portable" if fp_ else mve_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D.update(cell.c_arrays(self, D["fn"][len(self.p) + 1:], qd, what))
             self.kernels.append(self.env.get_template(cell.template).render(L=L, D=D, fp=fp_, vt=self.vt))
             dirs.append(D)
@@ -279,6 +292,8 @@ class _Builder:
         kinds = [D["dsp_kernel"] for D in dirs]
         L["dsp_kernel"] = kinds[0] if len(set(kinds)) == 1 else ("mixed" if "portable" in kinds or "mixed" in kinds
                                                                   else "smlad+smlald")
+        mk = [D["mve_kernel"] for D in dirs]
+        L["mve_kernel"] = mk[0] if len(set(mk)) == 1 else "+".join(sorted({p for k in mk for p in k.split("+")}))
         return L
 
     def fused(self, op, qd, D: dict, what: str) -> None:
@@ -434,7 +449,8 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         if isinstance(op, (QEmbedding, Embedding)):
             b.embedding(k, op)
         elif _is_rec(op):
-            b.unit_info[k] = {"dsp_kernel": b.recurrent(k, op)["dsp_kernel"]}
+            L = b.recurrent(k, op)
+            b.unit_info[k] = {"dsp_kernel": L["dsp_kernel"], "mve_kernel": L["mve_kernel"]}
             max_h = max(max_h, op.hidden_size)
             macs = macs_per_step(op)
         elif isinstance(op, (QLinear, Linear)):

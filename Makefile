@@ -11,7 +11,7 @@ demo: install
 	$(PYTHON) -m mcu_nn.cli demo --out mcu-nn-demo
 
 test: install
-	$(PYTHON) -m pytest -q --durations=20
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=20
 
 bench: install
 	$(PYTHON) bench/run.py

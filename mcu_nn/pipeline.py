@@ -5,6 +5,8 @@ only strings them together and measures how much accuracy quantisation costs.
 """
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 from .errors import McuNnError, McuNnWarning
 from .ir import Graph, QModel, QRecurrent, state_slots
 
+_log = logging.getLogger("mcu_nn")
 PRECISIONS = ("int8", "int16", "float32")
 TEST_VECTORS = 8          # sequences written to test_vectors.npz (the serial test sends them all)
 
@@ -63,8 +66,6 @@ def measure_accuracy(graph: Graph, q: QModel, x: np.ndarray, lengths: Optional[n
     from .progress import track
     from .sim import run_float
     refs, gots = [], []
-    import logging
-    import time
     t0 = time.perf_counter()
     groups = list(CalibrationSet(x, lengths).sequences_by_length())     # padding is never run
     for idx, length in track(groups, desc="measuring accuracy", unit="length"):
@@ -73,7 +74,7 @@ def measure_accuracy(graph: Graph, q: QModel, x: np.ndarray, lengths: Optional[n
         refs.append(ref_part.reshape(-1, ref_part.shape[-1]))
         gots.append(got_part.reshape(-1, got_part.shape[-1]))
     ref, got = np.concatenate(refs), np.concatenate(gots)
-    logging.getLogger("mcu_nn").debug("accuracy: float and %s models over %d sequences in %.2f s",
+    _log.debug("accuracy: float and %s models over %d sequences in %.2f s",
                                       q.precision, x.shape[0], time.perf_counter() - t0)
     classifier = not graph.output_per_step and ref.shape[-1] > 1
     return Accuracy(

@@ -167,11 +167,11 @@ class ExportedModel:
         """Copy the export (C, runtime, model.json, test vectors; firmware built so far) to ``out``
         and keep working there: later builds land beside it. ``out`` must be missing, empty, or an
         earlier export of the same name (replaced whole), as for ``mcu-nn export -o``."""
-        from .codegen.export import _check_target
+        from .codegen.export import check_target
         out = Path(out)
         if out.resolve() == self._dir.resolve():
             return out
-        _check_target(out, self.name)
+        check_target(out, self.name)
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(self._dir, out)

@@ -19,7 +19,7 @@ import pytest
 
 from fixtures.make_standin import make_standin
 from mcu_nn.build import build_firmware, firmware_path
-from mcu_nn.device.emulator import free_port
+from mcu_nn.device.emulator import free_port, terminate
 from mcu_nn.device.ports import parse_labgrid_url, resolve_port
 from mcu_nn.errors import McuNnError
 
@@ -69,12 +69,7 @@ def _process(cmd: list[str], log: Path, **kw):
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            terminate(proc, grace=5)
 
 
 # ------------------------------------------------------------------ no board needed

@@ -53,15 +53,16 @@ def interrupts_deferred():
         raise KeyboardInterrupt
 
 
-def terminate(proc: subprocess.Popen) -> None:
-    """Stop a child emulator: terminate, kill after 3 s, close its pipes."""
+def terminate(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """Stop a child process (an emulator, a test's helper server): terminate, kill after
+    ``grace`` seconds, close its pipes."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=3)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=3)
+            proc.wait(timeout=grace)
     for stream in (proc.stdout, proc.stderr):
         if stream:
             stream.close()

@@ -62,7 +62,7 @@ def terminate(proc: subprocess.Popen, grace: float = 3.0) -> None:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(timeout=grace)
+            proc.wait()      # SIGKILL cannot be ignored: on a loaded machine reaping may just be slow
     for stream in (proc.stdout, proc.stderr):
         if stream:
             stream.close()

@@ -210,7 +210,9 @@ def classify(message: str) -> tuple[str, bool]:
         region = "RAM" if m.group(1).lower() in ("data", "ram", "bss") else "flash"
         return f"does not fit ({region} overflowed by {int(m.group(2)):,} B)", False
     if "size of array" in message and "too large" in message:
-        return "does not fit (an array over avr-gcc's 32 KiB object limit)", False
+        m = re.search(r"size of array [‘'`]?(\w+)", message)
+        what = f"`{m.group(1)}`" if m else "an array"
+        return f"does not build ({what} is over avr-gcc's 32 KiB object limit)", False
     return "FAILED: " + message.replace("|", "/").replace("\n", " ")[:300], True
 
 
@@ -358,8 +360,8 @@ def core_table(board: str, shapes: list[tuple], out: dict[Job, Outcome], cmsis: 
             if arm:
                 found = cmsis_for(cmsis, board, i, h) if kind == "lstm" and p == "int8" else []
                 if not found:
-                    reason = "–" if kind == "lstm" and p == "int8" else \
-                        "(no GRU in CMSIS-NN)" if kind == "gru" else "(no counterpart)"
+                    reason = "–" if kind == "lstm" and p == "int8" else "(no GRU in CMSIS-NN)" if kind == "gru" \
+                        else "(no int16-weight LSTM in CMSIS-NN)" if p == "int16" else "(no float LSTM in CMSIS-NN)"
                     row += [reason, "–", "–"]
                 else:
                     row.append("; ".join(f"{fmt_int(v[0])} (`_{k}`, {_short_source(v[3])})" for k, v in found))
@@ -593,6 +595,8 @@ def render(out: dict[Job, Outcome], boards: list[str], shapes: list[tuple], cmsi
                       "Helium gather loads cost more cycles than instructions.",
         "atmega2560": "The Mega's extra cycles against the 328P are its 3-byte return addresses (22-bit PC).",
         "atmega328p": "Arduino Uno/Nano: 32 KiB flash, 2 KiB SRAM; \"does not fit\" is what the link reported.",
+        "avr": "\"does not build\": the export keeps each weight matrix in one C array, and avr-gcc allows no "
+               "object over 32 KiB (int16 40x64 layers need more); splitting them is not done yet.",
         "rv32imac": "RV32IMAC, no DSP, no FPU: the int16 kernels' 64-bit accumulation is `mul` + `mulh` + a "
                     "carry (one `smlal` on the M3).",
     }
@@ -600,6 +604,8 @@ def render(out: dict[Job, Outcome], boards: list[str], shapes: list[tuple], cmsi
         if not any(j.board == b and j.layout == "packed" for j in out):
             continue
         note = notes.get(BOARDS[b].arch.name, "")
+        if is_avr(b) and any(o.error and o.error.startswith("does not build") for j, o in out.items() if j.board == b):
+            note = (note + " " + notes["avr"]).strip()
         if b == M4F and not any(o.result is not None and input_quant(o.result) is not None for o in out.values()):
             note += (" **Gap:** input quantisation (float input -> int on the chip) is in none of these figures: "
                      "`mcu_nn.bench` does not report its cost yet (see the goals table).")

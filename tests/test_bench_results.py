@@ -45,7 +45,8 @@ def outcomes(gen, jobs, failing=()):
 def test_classify(gen):
     assert gen.classify("x: region `text' overflowed by 9444 bytes") == ("does not fit (flash overflowed by 9,444 B)", False)
     assert gen.classify("region `data' overflowed by 12 bytes")[0].startswith("does not fit (RAM")
-    assert gen.classify("error: size of array 'w' is too large")[1] is False
+    assert gen.classify("error: size of array ‘lstm_w’ is too large") == (
+        "does not build (`lstm_w` is over avr-gcc's 32 KiB object limit)", False)
     text, fits = gen.classify("bench firmware hit a CPU fault")
     assert text.startswith("FAILED") and fits
 

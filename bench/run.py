@@ -499,9 +499,12 @@ def tool_version(cmd: list[str], name: str = "") -> str:
 
 
 def environment() -> dict:
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                                text=True, timeout=20).stdout.strip() or "unknown"
+    try:    # the commit, "+changes" if tracked files other than this output differ from it
+        git = lambda *a: subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True,  # noqa: E731
+                                        text=True, timeout=20).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/RESULTS.md"):
+            commit += " +uncommitted changes"
     except (OSError, subprocess.TimeoutExpired):
         commit = "unknown"
     return {

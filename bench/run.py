@@ -64,7 +64,7 @@ CELL_PAIRS = [("lstm", "peephole_lstm"), ("gru", "gru_reset_before")]
 CELL_SHAPES = [(16, 32), (40, 64)]
 
 # CMSIS-NN: reproduced figures (bench/cmsis_nn, written by its own harness) if present, else the
-# published ones. Keys of results.json: {"cmsis_nn_commit": str, "results": {board: {"s16 16x32":
+# published ones. Keys of results.json: {"cmsis_nn_commit": str, "results": {board: {"arm_lstm_unidirectional_s16 16x32":
 # {"instructions_per_step": N, "flash_bytes": N, "ram_bytes": N}, "s8 40x64": {...}}}}.
 CMSIS_JSON = HERE / "cmsis_nn" / "results.json"
 CMSIS_KERNELS = {"s16": "arm_lstm_unidirectional_s16", "s8": "arm_lstm_unidirectional_s8"}
@@ -273,7 +273,7 @@ def load_cmsis(path: Path = CMSIS_JSON) -> tuple[dict, Optional[str]]:
     results = data.get("results", {}) if isinstance(data, dict) else {}
     for board, rows in (results.items() if isinstance(results, dict) else []):
         for key, row in (rows.items() if isinstance(rows, dict) else []):
-            m = re.fullmatch(r"(s8|s16)\s+(\d+)x(\d+)", str(key).strip())
+            m = re.fullmatch(r"(?:arm_lstm_unidirectional_)?(s8|s16)\s+(\d+)x(\d+)", str(key).strip())
             if not m or not isinstance(row, dict) or not isinstance(row.get("instructions_per_step"), (int, float)):
                 continue
             src = "reproduced: bench/cmsis_nn" + (f" @ CMSIS-NN {str(commit)[:12]}" if commit else "")

@@ -115,3 +115,16 @@ def test_measure_reports_each_job(gen, tmp_path, capsys):
     assert len(made) == 2                                           # one export per model
     assert sum(o.failed for o in out.values()) == 1
     assert capsys.readouterr().out.count("\n") == 3
+
+
+def test_the_reproduced_cmsis_nn_figures_are_read(gen):
+    """bench/cmsis_nn/results.json (the harness's real output) fills every Arm core's CMSIS-NN
+    column, as the reproduction and not the published figure."""
+    cmsis, commit = gen.load_cmsis()
+    assert commit
+    for board in ("qemu-microbit", "qemu-mps2-an385", "qemu-mps2-an386", "qemu-mps2-an500", "qemu-mps2-an505",
+                  "qemu-mps3-an547"):
+        for kernel in ("s16", "s8"):
+            for i, h in ((16, 32), (40, 64)):
+                instructions, flash, ram, source = cmsis[(board, kernel, i, h)]
+                assert instructions > 0 and flash > 0 and ram > 0 and source.startswith("reproduced"), (board, kernel)

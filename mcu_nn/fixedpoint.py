@@ -184,7 +184,8 @@ def quantize_input(x: np.ndarray, inv_scale: float) -> np.ndarray:
     """float32 -> int16, as the C ``<name>_quantize_input``: v = x * inv_scale in float32,
     rounded half away from zero (``(int32)(v + (v >= 0 ? 0.5f : -0.5f))`` after clamping
     to [-32768, 32767]); NaN -> 0."""
-    v = np.array(x, dtype=np.float32, ndmin=1) * np.float32(inv_scale)
+    with np.errstate(over="ignore", invalid="ignore"):     # inf and NaN are defined below, as in C
+        v = np.array(x, dtype=np.float32, ndmin=1) * np.float32(inv_scale)
     v[np.isnan(v)] = 0
     _count(v, np.float32(INT16_MIN) - np.float32(0.5), np.float32(INT16_MAX) + np.float32(0.5))
     np.clip(v, np.float32(INT16_MIN), np.float32(INT16_MAX), out=v)

@@ -9,7 +9,7 @@ quantiser (mcu_nn.quant.quantize) and exported by mcu_nn.codegen.write_export. E
 `mcu-nn bench` measurement (mcu_nn.bench.bench_export): QEMU -icount, exact instruction counts,
 steady-state step, outputs checked bit for bit against the simulator on the board.
 Columns: the SIMD kernels (Cortex-M4F, default) beside the portable C (-DMCUNN_PORTABLE) on the
-same core, then Cortex-M3 (no DSP: portable) and Cortex-M7.
+same core, then Cortex-M3 (no DSP: the MLA kernels for int8, else portable) and Cortex-M7.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def main() -> int:
         return cores_table(a.out, a.board)
     boards = [("qemu-mps2-an386", False, "M4F simd"), ("qemu-mps2-an386", True, "M4F portable")]
     if not a.quick:
-        boards += [("qemu-mps2-an385", False, "M3 (portable)"), ("qemu-mps2-an500", False, "M7 simd")]
+        boards += [("qemu-mps2-an385", False, "M3 (v7m int8, else portable)"), ("qemu-mps2-an500", False, "M7 simd")]
     head = (["layer", "precision", "weights"] + [f"{b[2]} instr/step" for b in boards]
             + ["instr/MAC (M4F)", "MACs/step", "model+runtime flash B (M4F)", "RAM B (M4F)", "target"])
     rows = []
@@ -139,15 +139,16 @@ CORE_SHAPES = [("lstm", 16, 32), ("gru", 16, 32)]
 
 def cores_table(out: Path | None, only: list[str] | None = None) -> int:
     """Instructions per step of each layer and precision on every emulated board, one column a
-    core (its kernels: DSP where the core has the extension, else portable; float32 only where
+    core (its kernels: DSP where the core has the extension, the MLA kernels on ARMv7-M without it
+    (int8), else portable; float32 only where
     the core has an FPU)."""
     from mcu_nn.arch import ARCHES
     from mcu_nn.boards import BOARDS
     order = list(ARCHES)                                # smallest core first
     boards = sorted((b for b in BOARDS.values() if b.emulated and (not only or b.name in only)),
                     key=lambda b: order.index(b.arch.name))
-    head = ["layer", "precision"] + [f"{b.arch.core.split(' (')[0]} ({b.name}, {'DSP' if b.arch.dsp else 'portable'})"
-                                     for b in boards]
+    path = lambda b: "DSP" if b.arch.dsp else ("v7m" if b.arch.v7m else "portable")  # noqa: E731
+    head = ["layer", "precision"] + [f"{b.arch.core.split(' (')[0]} ({b.name}, {path(b)})" for b in boards]
     rows = []
     with tempfile.TemporaryDirectory(prefix="mcunn-benchcores-") as tmp:
         for kind, i, h in CORE_SHAPES:

@@ -267,7 +267,7 @@ def test_dsp_kernel_recorded_per_layer(tmp_path: Path) -> None:
         got = m["layers"][0]["dsp_kernel"]
         assert got == want or (want is None and got in ("smlad", "smlald", "smlad+smlald")), (prec, force64, got)
         assert kernel_path(m, "qemu-mps2-an386") == ("portable" if got == "portable" else "simd")
-        assert kernel_path(m, "qemu-mps2-an385") == "portable"
+        assert kernel_path(m, "qemu-mps2-an385") == ("v7m" if got == "smlad" and prec == "int8" else "portable")
     assert dsp_kernel_of(["mcunn_dot_s16_32_g4", "mcunn_dot_s16_64_g4"]) == "smlad+smlald"
     assert dsp_kernel_of(["mcunn_dot_s8_32_g3", "mcunn_dot_s8_64_g3"]) == "smlad+smlald"
     two = {"precision": "int8", "layers": [{"dsp_kernel": "smlad"}, {"dsp_kernel": "portable"}]}

@@ -5,13 +5,15 @@ mps2-an385, issue 14).
    when the C is generated) and mcunn_dot_s8_32_g{1,3,4}_v7m, against the portable twins in the same
    firmware and exact numpy, bit for bit: every column count 1..17 and odd ones beyond, every
    product at -128 * -32768, sums near the int32 bound the export proves, non-zero starting
-   accumulators, the returned weight pointer.
+   accumulators, the returned weight pointer. The same for the LDRSH/LDRSB + MLA/SMLAL kernels
+   mcunn_dot_{s16_32,s16_64,s8_64}_g{1,3,4}_v7m (64-bit sums far beyond 2^32).
 2. The asm cells of `_cell_v7m.j2` against fixedpoint.py: saturated pre-activations, extreme c,
    every cell_frac 0..15, the GRU's n_x / n_h over +-2^30 (the shift >= 33 path).
-3. Whole int8 models: `mcu-nn bench` compares every output of every test vector with the simulator
+3. Whole int8 and int16 models: `mcu-nn bench` compares every output of every test vector with the simulator
    for the v7m build and for the portable build (-DMCUNN_PORTABLE) on the M3, and the portable C
    is checked on the host: odd sizes, saturating inputs, cell_frac 0 / 15, shift 32 / < 32,
-   bidirectional, RNN, token-id inputs.
+   bidirectional, RNN, token-id inputs; int16 weights and int8 weights with 64-bit accumulators
+   (test_dsp_int16's models) and the int16 layout of int8 weights (int32 accumulators).
 4. The manifest's v7m_kernel and the bench label "v7m".
 """
 from __future__ import annotations
@@ -34,7 +36,7 @@ from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
 from test_dsp_cells import EDGE16, _c, _inputs
-from test_dsp_int16 import _set_shift, _with_cell_frac
+from test_dsp_int16 import MODELS as MODELS64, _acc64, _model as _model64, _set_shift, _with_cell_frac
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 BOARD = "qemu-mps2-an385"
@@ -170,6 +172,113 @@ def test_v7m_group_kernels_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
             {u for _, u in got[("S", i)]}, what
     # the edge cases do reach beyond 2^30 (near the int32 bound the export allows)
     assert max(abs(int(np.dot(c["wm"][r], c["xv"][:c["n"]]))) for c in cases for r in range(c["R"])) > 1 << 30
+
+
+WIDE_SOURCE = """#include <stdint.h>
+#include "mcunn_fixedpoint.h"
+#include "bench.h"
+#if !MCUNN_V7M || MCUNN_DSP
+#error "the ARMv7-M kernels are not selected on this core"
+#endif
+{% for c in cases %}
+static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
+static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
+static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
+{% endfor %}
+static char line[48];
+static void put(char tag, int i, const int64_t *acc, int R, long used)
+{
+    int r, k, d;
+    for (r = 0; r < R; ++r) {
+        uint64_t v = (uint64_t)acc[r];
+        k = 0;
+        line[k++] = tag;
+        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
+        line[k++] = ' ';
+        for (d = 60; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(unsigned)(v >> d) & 15u];
+        line[k++] = ' ';
+        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
+        line[k++] = '\\n';
+        line[k] = 0;
+        bench_puts(line);
+    }
+}
+int main(void)
+{
+    int64_t acc[4];
+    int32_t a32[4];
+    int r;
+{% for c in cases %}
+    {
+        const {{ c.wt }} *end;
+{% set i = loop.index0 %}
+{% for tag, fn in (('F', c.fn), ('P', c.fn ~ '_c')) %}
+{% if c.ab == 64 %}
+        for (r = 0; r < {{ c.R }}; ++r) acc[r] = A{{ i }}[r];
+        end = {{ fn }}(W{{ i }}, X{{ i }}, {{ c.n }}, acc);
+{% else %}
+        for (r = 0; r < {{ c.R }}; ++r) a32[r] = (int32_t)A{{ i }}[r];
+        end = {{ fn }}(W{{ i }}, X{{ i }}, {{ c.n }}, a32);
+        for (r = 0; r < {{ c.R }}; ++r) acc[r] = a32[r];
+{% endif %}
+        put('{{ tag }}', {{ i }}, acc, {{ c.R }}, (long)((const char *)end - (const char *)W{{ i }}));
+{% endfor %}
+    }
+{% endfor %}
+    bench_puts("END\\n");
+    return 0;
+}
+"""
+
+
+def _wide_cases(rng: np.random.Generator) -> list[dict]:
+    cases = []
+    for kind, ab in (("s16", 32), ("s16", 64), ("s8", 64)):
+        bits, chunk = (16, 2) if kind == "s16" else (8, 4)
+        for R in (1, 3, 4):
+            for n in SIZES:
+                for mode in ("min", "max", "edge", "any"):
+                    if mode in ("min", "max") and n not in (1, 2, 3, 4, 5, 8, 9, 511, 601):
+                        continue
+                    w = _ints(rng, (R, n), mode, bits)
+                    x = _ints(rng, n + 1, mode, 16)
+                    if ab == 32:           # the export's bound: sum |w| * 32768 < 2^31
+                        w = w // max(1, -(-int(np.abs(w).sum(axis=1).max()) // 65535))
+                    lim = 1 << (24 if ab == 32 else 50)
+                    a = rng.integers(-lim, lim, R) if mode == "any" else np.zeros(R, np.int64)
+                    stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, chunk)
+                    stream = np.concatenate([stream, np.full(4 * R // (bits // 8), 99, np.int64)])
+                    cases.append(dict(R=R, n=n, wm=w, xv=x, av=a, ab=ab, wt=f"int{bits}_t", bytes=bits // 8,
+                                      fn=f"mcunn_dot_{kind}_{ab}_g{R}", wlen=len(stream),
+                                      w=", ".join(str(int(v)) for v in stream), x=", ".join(str(int(v)) for v in x),
+                                      a=", ".join(f"{int(v)}LL" for v in a)))
+    return cases
+
+
+@qemu
+def test_v7m_wide_kernels_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
+    cases = _wide_cases(np.random.default_rng(16))
+    text = _build_and_run(tmp_path, environment().from_string(WIDE_SOURCE).render(cases=cases), "dotwide")
+    assert "mcunn_dot_s16_64_g4_v7m" in (tmp_path / "mcunn_fixedpoint.h").read_text()
+    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for m in re.finditer(r"^([FP])([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{4})$", text, re.M):
+        v = int(m.group(3), 16)
+        got.setdefault((m.group(1), int(m.group(2), 16)), []).append((v - (1 << 64) if v >> 63 else v,
+                                                                       int(m.group(4), 16)))
+    assert len(got) == 2 * len(cases)
+    for i, c in enumerate(cases):
+        want = [int(c["av"][r]) + int(np.dot(c["wm"][r], c["xv"][:c["n"]])) for r in range(c["R"])]
+        if c["ab"] == 32:
+            assert all(abs(v) < 1 << 31 for v in want)
+        chunk = 2 if c["bytes"] == 2 else 4
+        used = -(-c["n"] // chunk) * 4 * c["R"]       # bytes: past the whole segment
+        what = f"{c['fn']} n={c['n']} case {i}"
+        assert [v for v, _ in got[("P", i)]] == want, "portable " + what
+        assert [v for v, _ in got[("F", i)]] == want, "v7m " + what
+        assert {u for _, u in got[("F", i)]} == {used} == {u for _, u in got[("P", i)]}, what
+    # 64-bit sums well beyond 32 bits were exercised
+    assert max(abs(int(np.dot(c["wm"][r], c["xv"][:c["n"]]))) for c in cases if c["ab"] == 64
+               for r in range(c["R"])) > 1 << 38
 
 
 CELL_SOURCE = """{% from "ports/cortex_m3/_cell_v7m.j2" import lstm_cell, gru_cell %}
@@ -309,6 +418,51 @@ def test_int8_models_bit_exact_v7m_and_portable(tmp_path: Path, key: str) -> Non
 
 
 @qemu
+@pytest.mark.parametrize("key", MODELS64)
+def test_acc64_models_bit_exact_v7m_and_portable(tmp_path: Path, key: str) -> None:
+    """int16 weights and int8 weights with 64-bit accumulators: the SMLAL kernels, MCUNN_RQ_HI64."""
+    kind, I, H, opts = MODELS64[key]
+    d = _model64(tmp_path, kind, I, H, **opts)
+    assert _acc64(d), "this case must use 64-bit accumulators"
+    v7m = bench_export(d, BOARD)                                   # raises on the first differing bit
+    port = bench_export(d, BOARD, portable=True)
+    assert v7m.vectors_checked == port.vectors_checked == 4
+    assert (v7m.path, port.path) == ("v7m", "portable")
+    assert v7m.instructions_per_step < port.instructions_per_step
+
+
+WIDE = {
+    "lstm_wide": ("lstm", 13, 9, dict(gain=2.0, loud=20.0)),
+    "lstm_wide_cf0_shift32": ("lstm", 6, 8, dict(cell_frac=0, shift=32)),
+    "gru_wide_bidir": ("gru", 7, 5, dict(bidirectional=True)),
+    "gru_wide_shift32": ("gru", 6, 10, dict(shift=32, gain=4.0, loud=40.0)),
+    "rnn_wide": ("rnn_tanh", 9, 11, {}),
+}
+
+
+@qemu
+@pytest.mark.parametrize("key", WIDE)
+def test_int8_wide_layout_bit_exact_v7m_and_portable(tmp_path: Path, key: str) -> None:
+    """int8 weights stored as int16 (--weight-layout wide), int32 accumulators: the MLA kernel of int16."""
+    kind, I, H, opts = WIDE[key]
+    g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=opts.get("gain", 1.0),
+                     bidirectional=kind == "gru" and "bidir" in key, readout="final:0,1" if "bidir" in key else None)
+    q = quantize(g, Q.make_input(g, n=16, seed=4), "int8")
+    if "shift" in opts:
+        q = _set_shift(q, opts["shift"])
+    if "cell_frac" in opts:
+        q = _with_cell_frac(q, opts["cell_frac"])
+    x = Q.make_input(g, n=4) * opts.get("loud", 1.0)
+    d = tmp_path / key
+    write_export(q, d, x, run(q, x), weight_layout="wide")
+    assert re.search(r"mcunn_dot_s16_32_g\d", (d / "model.c").read_text())
+    v7m = bench_export(d, BOARD)
+    port = bench_export(d, BOARD, portable=True)
+    assert (v7m.path, port.path) == ("v7m", "portable") and v7m.vectors_checked == 4
+    assert v7m.instructions_per_step < port.instructions_per_step
+
+
+@qemu
 @pytest.mark.parametrize("kind,gates", [("lstm", 4), ("gru", 3)])
 def test_one_hot_ids_layers_on_m3(tmp_path: Path, kind: str, gates: int) -> None:
     """Token-id input: the input columns are picked, only W_hh streams through the MLA kernel;
@@ -342,7 +496,7 @@ def test_m4_unchanged_by_the_v7m_path(tmp_path: Path) -> None:
 
 def test_v7m_kernel_recorded_per_layer(tmp_path: Path) -> None:
     g = Q.make_graph("lstm", input_size=5, hidden=7, seq_len=5)
-    for prec, force64, want in (("int8", False, "v7m"), ("int8", True, "portable"), ("int16", False, "portable")):
+    for prec, force64, want in (("int8", False, "v7m"), ("int8", True, "v7m"), ("int16", False, "v7m")):
         q = Q.quantize_graph(g, prec, force64=force64)
         x = Q.make_input(g, n=2)
         e = tmp_path / f"{prec}{force64}"
@@ -354,10 +508,11 @@ def test_v7m_kernel_recorded_per_layer(tmp_path: Path) -> None:
         assert kernel_path(m, "qemu-mps2-an386") == "simd"              # Cortex-M4: the DSP kernels
         assert kernel_path(m, "qemu-microbit") == "portable"            # Cortex-M0: neither
     assert v7m_kernel_of(["mcunn_dot_s8_32_g4", "mcunn_dot_s8_32_g4"]) == "v7m"
-    assert v7m_kernel_of(["mcunn_dot_s8_32_g4", "mcunn_dot_s8_64_g4"]) == "mixed"
-    assert v7m_kernel_of(["mcunn_dot_s16_32_g3"]) == "portable"
+    assert v7m_kernel_of(["mcunn_dot_s8_32_g4", "mcunn_dot_s8_64_g4"]) == "v7m"
+    assert v7m_kernel_of(["mcunn_dot_s16_32_g3", "mcunn_dot_s16_64_g3"]) == "v7m"
+    assert v7m_kernel_of([]) == "portable"
     two = {"precision": "int8", "layers": [{"dsp_kernel": "smlad", "v7m_kernel": "v7m"},
-                                           {"dsp_kernel": "smlald", "v7m_kernel": "portable"}]}
+                                           {"dsp_kernel": "portable", "v7m_kernel": "portable"}]}
     assert kernel_path(two, BOARD) == "mixed"
     old = {"precision": "int8", "layers": [{"dsp_kernel": "smlad"}]}      # manifests before v7m_kernel
     assert kernel_path(old, BOARD) == "portable"

@@ -179,9 +179,9 @@ def mve_kernel_of(dots: list[str]) -> str:
     return "+".join(sorted(kinds)) if kinds else "portable"
 
 
-# On ARMv7-M without DSP (Cortex-M3, MCUNN_V7M) the int8 kernels with int32 accumulators run the MLA
-# kernels of templates/ports/cortex_m3; the other kinds run the portable C there.
-V7M_KERNELS = {"s8_32": "v7m", "s16_32": "portable", "s16_64": "portable", "s8_64": "portable"}
+# On ARMv7-M without DSP (Cortex-M3, MCUNN_V7M) every integer kind runs the MLA / SMLAL kernels of
+# templates/ports/cortex_m3; "portable" (float32) and "mixed" are kept for kinds without one.
+V7M_KERNELS = {"s8_32": "v7m", "s16_32": "v7m", "s16_64": "v7m", "s8_64": "v7m"}
 
 
 def v7m_kernel_of(dots: list[str]) -> str:

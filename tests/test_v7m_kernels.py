@@ -463,6 +463,47 @@ def test_int8_wide_layout_bit_exact_v7m_and_portable(tmp_path: Path, key: str) -
 
 
 @qemu
+@pytest.mark.parametrize("kind,precision", [("peephole_lstm", "int8"), ("peephole_lstm", "int16"),
+                                            ("gru_reset_before", "int8"), ("gru_reset_before", "int16")])
+def test_cell_units_bit_exact_v7m_and_portable(tmp_path: Path, kind: str, precision: str) -> None:
+    """The hand-written cells call the group kernels as functions: the v7m ones on the M3."""
+    import math
+    from mcu_nn.cells import cell_of
+    from mcu_nn.ir import DirectionWeights, Graph, Recurrent
+    I, H = 7, 9
+    rng = np.random.default_rng(5)
+    k = 1 / math.sqrt(H)
+    G = cell_of(kind).n_gates * H
+
+    def u(*shape):
+        return rng.uniform(-k, k, shape).astype(np.float32)
+
+    d = DirectionWeights(u(G, I), u(G, H), u(G), u(G))
+    if "peephole" in cell_of(kind).extra_params:
+        d.extra["peephole"] = u(3, H)
+    g = Graph(f"{kind}", "float", I, 6, [Recurrent(kind, I, H, 0, False, [d], "cell")])
+    q = quantize(g, rng.normal(0, 1, (16, 6, I)).astype(np.float32), precision)
+    x = rng.normal(0, 2, (3, 6, I)).astype(np.float32)
+    write_export(q, tmp_path / kind, x, run(q, x))
+    v7m = bench_export(tmp_path / kind, BOARD)
+    port = bench_export(tmp_path / kind, BOARD, portable=True)
+    assert (v7m.path, port.path) == ("v7m", "portable") and v7m.vectors_checked == 3
+    assert v7m.instructions_per_step < port.instructions_per_step
+
+
+@qemu
+def test_stacked_projection_lstm_v7m(tmp_path: Path) -> None:
+    """Two layers, a projection (its dot product stays portable), a linear head."""
+    g = Q.make_graph("lstm", layers=2, input_size=6, hidden=10, proj=4, readout="last", head=("linear:3",),
+                     seq_len=5, gain=1.5)
+    q = quantize(g, Q.make_input(g, n=16, seed=4), "int8")
+    x = Q.make_input(g, n=4)
+    write_export(q, tmp_path / "p", x, run(q, x))
+    v7m = bench_export(tmp_path / "p", BOARD)
+    assert v7m.path == "v7m" and v7m.vectors_checked == 4
+
+
+@qemu
 @pytest.mark.parametrize("kind,gates", [("lstm", 4), ("gru", 3)])
 def test_one_hot_ids_layers_on_m3(tmp_path: Path, kind: str, gates: int) -> None:
     """Token-id input: the input columns are picked, only W_hh streams through the MLA kernel;

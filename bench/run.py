@@ -58,6 +58,7 @@ VARIANTS = [("int8", "packed"), ("int8", "wide"), ("int16", "packed"), ("float32
 STEPS, VECTORS = 8, 4
 DEFAULT_OUT = HERE / "RESULTS.md"
 M4F = "qemu-mps2-an386"
+WITH_PORTABLE = (M4F, "qemu-mps2-an385")    # a column of the same export built with -DMCUNN_PORTABLE
 
 # hand-written cells (issue 9): each cell unit beside the fused kernel of the nn module it extends
 CELL_PAIRS = [("lstm", "peephole_lstm"), ("gru", "gru_reset_before")]
@@ -166,7 +167,7 @@ def board_order(only: Optional[list[str]] = None) -> list[str]:
 
 
 def core_jobs(boards: list[str], shapes: list[tuple]) -> list[Job]:
-    """Per core: every shape x precision (float32 where the core has an FPU); the M4F also
+    """Per core: every shape x precision (float32 where the core has an FPU); the M4F and M3 also
     compiled with -DMCUNN_PORTABLE."""
     jobs = []
     for b in boards:
@@ -175,7 +176,7 @@ def core_jobs(boards: list[str], shapes: list[tuple]) -> list[Job]:
                 if p == "float32" and not has_fpu(b):
                     continue
                 jobs.append(Job(kind, i, h, p, "packed", b))
-                if b == M4F:
+                if b in WITH_PORTABLE:
                     jobs.append(Job(kind, i, h, p, "packed", b, portable=True))
     return jobs
 
@@ -316,7 +317,7 @@ def core_title(board: str) -> str:
     b = BOARDS[board]
     core = b.arch.core.split(" (")[0]
     kernels = "Helium (MVE) and DSP kernels" if "mve" in b.arch.features else \
-        "DSP kernels" if b.arch.dsp else "portable C"
+        "DSP kernels" if b.arch.dsp else "ARMv7-M MLA kernels" if b.arch.v7m else "portable C"
     mem = f", {b.flash.size >> 10} KiB flash / {b.ram.size >> 10} KiB RAM" if b.flash and b.ram else ""
     how = (f"simavr {b.emulator.machine}: **CPU cycles**, exact" if is_avr(board) else
            f"{b.emulator.label} `-icount shift={b.emulator.bench_shift}`: **instructions**, exact")
@@ -330,7 +331,7 @@ def core_table(board: str, shapes: list[tuple], out: dict[Job, Outcome], cmsis: 
             "model+runtime flash B", "RAM B (state+stack)"]
     quant = board == M4F and any(o.result is not None and input_quant(o.result) is not None
                                  for j, o in out.items() if j.board == board)
-    if board == M4F:
+    if board in WITH_PORTABLE:
         head.insert(4, "portable C instr/step (-DMCUNN_PORTABLE)")
     if quant:
         head.insert(4, "input quantisation instr/step")
@@ -350,7 +351,7 @@ def core_table(board: str, shapes: list[tuple], out: dict[Job, Outcome], cmsis: 
                 row = [layer_label(kind, i, h), p, r.path, f"{r.instructions_per_step:,}",
                        f"{r.instructions_per_mac:.2f}", f"{r.macs_per_step:,}", f"{r.flash_bytes:,}",
                        f"{r.ram_bytes:,} ({r.state_bytes}+{r.stack_bytes})"]
-            if board == M4F:
+            if board in WITH_PORTABLE:
                 po = out.get(Job(kind, i, h, p, "packed", board, portable=True))
                 row.insert(4, "–" if po is None else
                            f"{po.result.instructions_per_step:,}" if po.result else po.error)
@@ -558,7 +559,7 @@ less the cost of reading the counter.
 - Compilers: {arm_gcc} (`-O2`, `-mthumb -mcpu=...`); {rv_gcc} (`-O2 -march=rv32imac`); {avr_gcc} (`-O2`,
   weights, tables and requantisation records in flash via PROGMEM).
 - "kernels" = the path that ran (`BenchResult.path`): `mve` Helium, `simd` DSP (SMLAD/SMLALD),
-  `portable` C, `mixed`. float32 rows only on cores with an FPU.
+  `v7m` the ARMv7-M kernels without DSP (MLA/SMLAL, Cortex-M3), `portable` C, `mixed`. float32 rows only on cores with an FPU.
 - "model+runtime flash" = model code + model constants + shared runtime (docs/sizes.md): `.text` +
   `.rodata` of the model's and the runtime's symbols in the linked ELF. "RAM" = state struct + stack
   high-water mark of one step.
@@ -593,6 +594,7 @@ def render(out: dict[Job, Outcome], boards: list[str], shapes: list[tuple], cmsi
     parts.append("## Per core")
     notes = {
         "cortex-m0plus": "ARMv6-M: no 32x32->64 multiply and no saturating instructions (the M3 has both).",
+        "cortex-m3": "The portable column is the same export compiled with `-DMCUNN_PORTABLE` on the same core.",
         "cortex-m4f": "The portable column is the same export compiled with `-DMCUNN_PORTABLE` on the same core.",
         "cortex-m55": "Instructions are not cycles here in particular: QEMU has no M55 timing model, and "
                       "Helium gather loads cost more cycles than instructions.",

@@ -84,7 +84,8 @@ def main() -> int:
     if not a.quick:
         boards += [("qemu-mps2-an385", False, "M3 (portable)"), ("qemu-mps2-an500", False, "M7 simd")]
     head = (["layer", "precision", "weights"] + [f"{b[2]} instr/step" for b in boards]
-            + ["instr/MAC (M4F)", "MACs/step", "model+runtime flash B (M4F)", "RAM B (M4F)", "target"])
+            + ["M4F simd float-input step (step + input quantisation)", "instr/MAC (M4F)", "MACs/step",
+               "model+runtime flash B (M4F)", "RAM B (M4F)", "target"])
     rows = []
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="mcunn-benchset-") as tmp:
@@ -98,6 +99,7 @@ def main() -> int:
                 rows.append([f"{kind.upper()} I={i} H={h}", precision, "int16" if layout == "wide" or precision == "int16"
                              else ("float" if precision == "float32" else "int8")]
                             + [f"{r.instructions_per_step:,}" for r in res]
+                            + [f"{r0.instructions_per_step_f32:,}" if r0.instructions_per_step_f32 else "–"]
                             + [f"{r0.instructions_per_mac:.2f}", f"{r0.macs_per_step:,}", f"{r0.flash_bytes:,}",
                                f"{r0.ram_bytes:,} ({r0.state_bytes}+{r0.stack_bytes})", ok])
                 print(" | ".join(rows[-1]), flush=True)

@@ -98,3 +98,19 @@ def test_lstm_asm_loop_on_cortex_m7_and_m33(tmp_path: Path, board: str) -> None:
     d = _model(tmp_path, 16, 32, cell_frac=15, gain=3.0, loud=20.0)
     r = bench_export(d, board)
     assert r.vectors_checked == 4 and r.path == "simd"
+
+
+@qemu
+@pytest.mark.parametrize("opt", ["-O0", "-Os"])
+def test_asm_builds_and_is_bit_exact_at_other_optimisation_levels(tmp_path: Path, monkeypatch, opt: str) -> None:
+    # r7 is the frame pointer at -O0 (the loop saves it itself); fewer registers are free there
+    import mcu_nn.bench as bench
+    monkeypatch.setattr(bench, "CFLAGS", [opt if f == "-O2" else f for f in bench.CFLAGS])
+    for kind in ("lstm", "gru"):
+        g = Q.make_graph(kind, input_size=8, hidden=12, seq_len=5, gain=3.0)
+        q = quantize(g, Q.make_input(g, n=16, seed=4), "int8")
+        x = Q.make_input(g, n=4) * 10.0
+        d = tmp_path / kind
+        write_export(q, d, x, run(q, x))
+        r = bench_export(d, "qemu-mps2-an386")
+        assert r.vectors_checked == 4 and r.instructions_per_step_f32 > r.instructions_per_step

@@ -4,7 +4,8 @@ interpolation the asm does, in numpy) and in the rendered runtime; whole int8 mo
 the loop on the emulated Cortex-M4F (and M7, M33), bit for bit against the simulator on every
 test vector (bench_export raises on the first differing output): cell_frac 0, 11, 12, 13 and 15,
 shift 32, 33 and 36, saturating inputs, packed and wide weights, loop and unrolled dot segments,
-projection, stacked layers; plus a shape the loop does not take (falls back, same bits)."""
+projection, stacked layers, odd widths (the zero-padded last chunk, segments shorter than a
+chunk); and the asm at -O0 / -Os."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -74,7 +75,14 @@ MODELS = {
     "wide_looped": (40, 38, dict(layout="wide"), True),
     "proj": (8, 12, dict(proj=4), True),
     "two_layers": (8, 8, dict(layers=2, loud=10.0), True),
-    "odd_fallback": (5, 7, {}, False),
+    # odd widths: the zero-padded last chunk (1, 2 or 3 columns read), segments without a whole chunk
+    "odd_5x7": (5, 7, dict(loud=20.0), True),
+    "i2_h6": (2, 6, dict(gain=3.0, loud=20.0), True),
+    "i3_h1": (3, 1, dict(gain=3.0), True),
+    "i1_h3": (1, 3, dict(cell_frac=15, loud=30.0), True),
+    "i6_h32": (6, 32, {}, True),
+    "wide_odd": (5, 7, dict(layout="wide", loud=20.0), True),
+    "wide_i1_h5": (1, 5, dict(layout="wide"), True),
 }
 
 
@@ -87,7 +95,7 @@ def test_lstm_asm_loop_bit_exact_on_cortex_m4(tmp_path: Path, key: str) -> None:
     assert (LOOP_MARK in src) == loop
     r = bench_export(d, "qemu-mps2-an386")                        # raises on the first differing bit
     assert r.vectors_checked == 4 and r.path == "simd"
-    if key in ("cf0_loud", "wide"):
+    if key in ("cf0_loud", "wide", "odd_5x7"):
         v = verify(d, cross=False, log=lambda s: None)            # the portable C, same stream, on the host
         assert v.ok and v.mismatches == 0, v.first_mismatch
 

@@ -4,8 +4,9 @@ either sign and payload, +-inf, +-0, subnormals, halfway cases, 0.5 - 2^-25 whos
 the int16 limits and their neighbours, huge values) and random bit patterns, at scales that
 overflow, underflow, are 0, -0, +inf or negative (the portable fallback), for every length 1..13
 (the 4-value loop and its tail, unaligned outputs): on the host under ASan/UBSan (portable C)
-and on the emulated Cortex-M4F, M7, M33 and M55 (the FPU asm). The model's <name>_step_f32 is
-checked on every test vector by mcu-nn bench (tests/test_bench.py)."""
+and on the emulated Cortex-M4F, M7, M33 and M55 (the FPU asm). A model's <name>_step_f32 on the
+host under ASan/UBSan (non-finite and rounding-edge inputs among its float inputs); on the boards
+mcu-nn bench checks it on every test vector (tests/test_bench.py)."""
 from __future__ import annotations
 
 import re
@@ -154,3 +155,62 @@ def test_quantize_f32_n_fpu_asm_bit_exact(tmp_path: Path, board: str) -> None:
     text = run_bench(elf, board, timeout=120)
     assert "END" in text and "FAULT" not in text
     check(parse(text), x, board)
+
+
+def test_step_f32_on_host_sanitizers(tmp_path: Path) -> None:
+    # the model entry point on the host (portable C under ASan/UBSan): <name>_step_f32 on the
+    # float test inputs gives the simulator's outputs, which came from fixedpoint.quantize_input
+    import shutil
+
+    import qmodels as Q
+    from mcu_nn.codegen import write_export
+    from mcu_nn.quant import quantize
+    from mcu_nn.sim import run
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        pytest.skip("no host C compiler")
+    g = Q.make_graph("lstm", input_size=7, hidden=9, seq_len=5, gain=2.0)
+    q = quantize(g, Q.make_input(g, n=16, seed=4), "int8")
+    x = Q.make_input(g, n=3) * 20.0
+    x[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    x[1, 1, :2] = [np.float32(0.5 - 2 ** -25) / np.float32(1 / q.input_scale), -0.0]
+    want = run(q, x)
+    d = tmp_path / "m"
+    write_export(q, d, x, want)
+    name = next(p.stem for p in d.glob("*.h") if p.name != "mcunn_fixedpoint.h")
+    assert f"{name}_step_f32(" in (d / f"{name}.h").read_text()
+    assert np.asarray(want).shape[:2] == x.shape[:2]          # one output per step
+    n, t, i = x.shape
+    xs = ", ".join("%.9ef" % v if np.isfinite(v) else ("(0.0f / 0.0f)" if np.isnan(v) else
+                                                         ("(1.0f / 0.0f)" if v > 0 else "(-1.0f / 0.0f)"))
+                   for v in x.reshape(-1).astype(np.float32))
+    main = f"""#include <stdio.h>
+#include "{name}.h"
+static const float X[] = {{ {xs} }};
+int main(void)
+{{
+    {name}_state_t s;
+    {name}_out_t y[{name.upper()}_OUTPUT_SIZE];
+    int v, k, j;
+    for (v = 0; v < {n}; ++v) {{
+        {name}_reset(&s);
+        for (k = 0; k < {t}; ++k) {{
+            {name}_step_f32(&s, X + (v * {t} + k) * {i}, y);
+            for (j = 0; j < {name.upper()}_OUTPUT_SIZE; ++j) printf("%d ", y[j]);
+        }}
+        printf("\\n");
+    }}
+    return 0;
+}}
+"""
+    (d / "main.c").write_text(main)
+    exe = d / "main"
+    subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-g",
+                    "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-I", str(d),
+                    str(d / "main.c"), str(d / f"{name}.c"), str(d / "mcunn_fixedpoint.c"), "-o", str(exe), "-lm"],
+                   check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+    for v in range(n):
+        got = np.array([int(s) for s in out[v].split()]).reshape(t, -1)
+        assert np.array_equal(got, np.asarray(want[v]).reshape(t, -1)), f"vector {v}"

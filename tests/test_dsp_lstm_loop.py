@@ -47,8 +47,9 @@ def test_runtime_defines_the_signed_tables():
 
 
 def _model(tmp_path: Path, I: int, H: int, *, layout="packed", shift=None, cell_frac=None, gain=1.0, loud=1.0,
-           proj=0, layers=1, name="m") -> Path:
-    g = Q.make_graph("lstm", input_size=I, hidden=H, seq_len=5, gain=gain, proj=proj, layers=layers)
+           proj=0, layers=1, bidirectional=False, name="m") -> Path:
+    g = Q.make_graph("lstm", input_size=I, hidden=H, seq_len=5, gain=gain, proj=proj, layers=layers,
+                     bidirectional=bidirectional, readout="final:0,1" if bidirectional else None)
     q = quantize(g, Q.make_input(g, n=16, seed=4), "int8")
     if shift is not None:
         q = _set_shift(q, shift)
@@ -83,6 +84,8 @@ MODELS = {
     "i6_h32": (6, 32, {}, True),
     "wide_odd": (5, 7, dict(layout="wide", loud=20.0), True),
     "wide_i1_h5": (1, 5, dict(layout="wide"), True),
+    "bidirectional": (6, 10, dict(bidirectional=True, loud=10.0), True),
+    "two_layers_odd": (3, 5, dict(layers=2, gain=3.0), True),
 }
 
 

@@ -71,6 +71,11 @@ class BenchResult(Shown):
     model_code_bytes: int = 0
     model_constants_bytes: int = 0
     shared_runtime_bytes: int = 0
+    # float inputs (integer streaming models; 0 where not measured): steady-state <name>_step_f32,
+    # the step with its input quantised inside, and one step's input quantised element by element
+    # with <name>_quantize_input (an application's loop)
+    instructions_per_step_f32: int = 0
+    quantize_input_instructions: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,7 +102,8 @@ def _c_array(values: np.ndarray, ctype: str) -> str:
     return "{\n    " + ",\n    ".join(rows or ["0"]) + "\n}"
 
 
-def _vectors_header(manifest: dict, xq: np.ndarray) -> str:
+def _vectors_header(manifest: dict, xq: np.ndarray, xf: Optional[np.ndarray] = None) -> str:
+    """bench_vectors.h; with ``xf`` (the float inputs) also the float-input step's macros."""
     p = manifest["name"]
     n, t = int(xq.shape[0]), int(xq.shape[1])
     fin = int(manifest.get("input_values_per_step", 1))
@@ -113,7 +119,17 @@ def _vectors_header(manifest: dict, xq: np.ndarray) -> str:
             f"#define BENCH_FLOAT {1 if manifest['precision'] == 'float32' else 0}\n"
             f"#define BENCH_STATE_T {p}_state_t\n#define BENCH_IN_T {p}_in_t\n#define BENCH_OUT_T {p}_out_t\n"
             f"#define BENCH_RESET {p}_reset\n#define BENCH_RUN {p}_run\n{step}"
-            f"static const BENCH_IN_T BENCH_ROM bench_x[] = {_c_array(xq, ctype)};\n")
+            f"static const BENCH_IN_T BENCH_ROM bench_x[] = {_c_array(xq, ctype)};\n"
+            + ("" if xf is None else
+               f"#define BENCH_STEP_F32 {p}_step_f32\n#define BENCH_QUANTIZE {p}_quantize_input\n"
+               f"static const float bench_xf[] = {_c_array(xf, 'float')};\n"))
+
+
+def has_step_f32(ex: Export) -> bool:
+    """The export's model header declares <name>_step_f32 (integer streaming models with float
+    inputs, exported by this mcu-nn or a later one)."""
+    header = ex.dir / ex.manifest["header"]
+    return header.is_file() and f"void {ex.manifest['name']}_step_f32(" in header.read_text()
 
 
 def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, portable: bool = False,
@@ -132,7 +148,10 @@ def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, porta
         raise McuNnError(f"{export_dir}: test vectors have {xq.shape[1]} step(s); the bench needs at least 2 "
                          "(steady state excludes the first step) — re-export with a longer --input-shape")
     build_dir.mkdir(parents=True, exist_ok=True)
-    (build_dir / "bench_vectors.h").write_text(_vectors_header(manifest, xq))
+    xf = None
+    if "input" in vec and b.arch.toolchain_prefix != "avr-" and has_step_f32(ex):
+        xf = vec["input"][:xq.shape[0]].astype(np.float32)
+    (build_dir / "bench_vectors.h").write_text(_vectors_header(manifest, xq, xf))
     flags = [*CFLAGS, *b.cflags(), *(["-DMCUNN_PORTABLE"] if portable and (b.arch.dsp or b.arch.v7m) else [])]
     c_files = stage_sources(ex, build_dir / "model")
     inc = ["-I", str(build_dir / "model"), "-I", str(FIRMWARE), "-I", str(ROOT / "common"), "-I", str(build_dir)]
@@ -181,6 +200,8 @@ class _Parsed:
     run: Optional[int]
     stack: int
     state: int
+    fsteps: list[int]             # <name>_step_f32 (float inputs), when the firmware has it
+    qsteps: list[int]             # one step's input through <name>_quantize_input, element by element
 
 
 def _parse(text: str) -> _Parsed:
@@ -193,19 +214,25 @@ def _parse(text: str) -> _Parsed:
     if not cal or not st:
         raise McuNnError("the bench firmware printed no calibration/stack line; rebuild it")
     outputs = {}
-    for m in re.finditer(r"^([RS]) (\d+)((?: [0-9a-f]+)*)$", text, re.M):
+    for m in re.finditer(r"^([RSF]) (\d+)((?: [0-9a-f]+)*)$", text, re.M):
         outputs[(m.group(1), int(m.group(2)))] = [int(v, 16) for v in m.group(3).split()]
     steps = re.search(r"^STEPS((?: \d+)+)$", text, re.M)
     run = re.search(r"^RUN (\d+)$", text, re.M)
+    fsteps = re.search(r"^FSTEPS((?: \d+)+)$", text, re.M)
+    qsteps = re.search(r"^QSTEPS((?: \d+)+)$", text, re.M)
     return _Parsed(int(cal.group(1)), int(cal.group(2)), int(cal.group(3)), outputs,
                    [int(v) for v in steps.group(1).split()] if steps else [],
-                   int(run.group(1)) if run else None, int(st.group(1)), int(st.group(2)))
+                   int(run.group(1)) if run else None, int(st.group(1)), int(st.group(2)),
+                   [int(v) for v in fsteps.group(1).split()] if fsteps else [],
+                   [int(v) for v in qsteps.group(1).split()] if qsteps else [])
 
 
 def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int,
                    drift: Optional[np.ndarray] = None) -> None:
     fp32 = manifest["precision"] == "float32"
     modes = ["R", "S"] if manifest["has_step"] else ["R"]
+    if any(k[0] == "F" for k in p.outputs):
+        modes.append("F")                      # <name>_step_f32 on the float inputs
     for i in range(n):
         want = expected[i].reshape(-1)
         for mode in modes:
@@ -220,7 +247,7 @@ def _check_outputs(p: _Parsed, manifest: dict, expected: np.ndarray, n: int,
                             None if drift is None else drift[i:i + 1])[0]
             if bad.any():
                 j = int(np.argmax(bad))
-                fn = "run" if mode == "R" else "step"
+                fn = {"R": "run", "S": "step", "F": "step_f32"}[mode]
                 raise McuNnError(f"{manifest['name']}_{fn} on the board differs from the simulator: vector {i}, "
                                  f"output {j}: expected {want[j]}, got {got[j]}; the kernels are wrong for this "
                                  "model (please report it)")
@@ -285,10 +312,13 @@ def bench_export(export_dir: Path, board: str = "qemu-mps2-an386", *, portable: 
     else:                                          # bidirectional: whole sequence / steps
         per_step = round(instr(p.run - p.empty) / steps)
     macs = int(manifest["macs_per_step"])
+    steady = lambda ticks: round(sum(instr(t - p.empty) for t in ticks[1:]) / (len(ticks) - 1))  # noqa: E731
+    f32 = {"instructions_per_step_f32": steady(p.fsteps) if len(p.fsteps) > 1 else 0,
+           "quantize_input_instructions": steady(p.qsteps) if len(p.qsteps) > 1 else 0}
     return BenchResult(manifest["name"], manifest["precision"], board, kernel_path(manifest, board, portable),
                        per_step, macs, round(per_step / macs, 3) if macs else 0.0, flash,
                        p.state + p.stack, p.state, p.stack, manifest.get("weight_layout", "packed"), n,
-                       _unit(board), **figures)
+                       _unit(board), **figures, **f32)
 
 
 def kernel_path(manifest: dict, board: str, portable: bool = False) -> str:
@@ -326,6 +356,13 @@ def format_table(results: list[BenchResult]) -> str:
              f"{r.instructions_per_mac:.2f}", f"{r.model_code_bytes:,}", f"{r.model_constants_bytes:,}",
              f"{r.shared_runtime_bytes:,}", f"{r.ram_bytes:,} ({r.state_bytes}+{r.stack_bytes})"]
             for r in results]
+    if any(r.instructions_per_step_f32 for r in results):
+        # float inputs: <name>_step_f32 (step + input quantisation) and <name>_quantize_input per element
+        unit = "cycles" if head[4].startswith("cycles") else "instr"
+        head[5:5] = [f"float-input step {unit}", f"quantize_input {unit}/step"]
+        for r, row in zip(results, rows):
+            row[5:5] = [f"{r.instructions_per_step_f32:,}" if r.instructions_per_step_f32 else "-",
+                        f"{r.quantize_input_instructions:,}" if r.quantize_input_instructions else "-"]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(str(c).rjust(w) if i >= 4 else str(c).ljust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))

@@ -44,6 +44,27 @@ def test_json_has_the_issue_keys_and_consistent_figures(export_dir, capsys):
     assert d["instructions_per_mac"] == pytest.approx(d["instructions_per_step"] / d["macs_per_step"], abs=1e-3)
     assert d["ram_bytes"] == d["state_bytes"] + d["stack_bytes"] and d["stack_bytes"] > 0
     assert 0 < d["flash_bytes"] < 20000 and d["board"] == "qemu-mps2-an386"
+    # float inputs: bq_step_f32 (outputs checked on every vector) = the step + a few instructions a value
+    assert d["instructions_per_step"] < d["instructions_per_step_f32"] < d["instructions_per_step"] + 10 * 8 + 40
+    assert d["quantize_input_instructions"] > 8 * 20          # the C quantiser, element by element
+
+
+@qemu
+def test_step_f32_outputs_are_checked(export_dir, monkeypatch):
+    # a firmware whose bq_step_f32 disagreed with the simulator fails the bench
+    import mcu_nn.bench as bench
+    real = bench.run_bench
+
+    def drop_first(elf, board, timeout=300):
+        lines = real(elf, board, timeout).split("\n")
+        f = next(i for i, ln in enumerate(lines) if ln.startswith("F 0 "))
+        vals = lines[f].split()
+        vals[2] = "%04x" % ((int(vals[2], 16) + 1) & 0xFFFF)
+        lines[f] = " ".join(vals)
+        return "\n".join(lines)
+    monkeypatch.setattr(bench, "run_bench", drop_first)
+    with pytest.raises(McuNnError, match="step_f32 on the board differs"):
+        bench_export(export_dir, "qemu-mps2-an386")
 
 
 @qemu
@@ -51,6 +72,7 @@ def test_table_output_and_deterministic_count(export_dir, capsys):
     assert bench_command(export_dir, "qemu-mps2-an386") == 0
     out = capsys.readouterr().out
     assert "instr/step" in out and "bq" in out and "bit-exact" in out
+    assert "float-input step instr" in out and "quantize_input instr/step" in out
     assert all(w in out for w in ("model code B", "model constants B", "shared runtime B"))
     a = bench_export(export_dir, "qemu-mps2-an386")
     b = bench_export(export_dir, "qemu-mps2-an386")

@@ -66,7 +66,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "instructions_per_step": "int", "macs_per_step": "int", "instructions_per_mac": "number",
         "flash_bytes": "int", "ram_bytes": "int", "board": "str", "name": "str", "precision": "str", "path": "str",
         "state_bytes": "int", "stack_bytes": "int", "weight_layout": "str", "vectors_checked": "int", "unit": "str",
-        "model_code_bytes": "int", "model_constants_bytes": "int", "shared_runtime_bytes": "int"}.items()}},
+        "model_code_bytes": "int", "model_constants_bytes": "int", "shared_runtime_bytes": "int",
+        "instructions_per_step_f32": "int", "quantize_input_instructions": "int"}.items()}},
     "boards": {"boards": "list", **{f"boards[].{k}": t for k, t in {
         "name": "str", "arch": "str", "core": "str", "features": "list[str]", "flash": "list|null",
         "ram": "list|null", "counter": "str", "emulator": "str|null", "flash_method": "str",

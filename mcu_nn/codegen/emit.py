@@ -54,7 +54,19 @@ def _runtime_context() -> dict:
     return dict(version=__version__, runtime_version=RUNTIME_VERSION, table_len=fp.TABLE_LEN,
                 sigmoid_min=int(fp.SIGMOID_TABLE.min()), sigmoid_table=_int_table(fp.SIGMOID_TABLE),
                 tanh_table=_int_table(fp.TANH_TABLE), phi_table=_int_table(fp.PHI_TABLE),
-                exp2_table_len=fp.EXP2_TABLE_LEN, exp2_table=_int_table(fp.EXP2_TABLE))
+                exp2_table_len=fp.EXP2_TABLE_LEN, exp2_table=_int_table(fp.EXP2_TABLE),
+                sigmoid_stable=_int_table(signed_table(fp.SIGMOID_TABLE, True)),
+                tanh_stable=_int_table(signed_table(fp.TANH_TABLE, False)))
+
+
+def signed_table(table: np.ndarray, sigmoid: bool) -> np.ndarray:
+    """f(k / 64) for k = -512..512 from the [0, 8] table (sigmoid(-v) = 32768 - sigmoid(v),
+    tanh(-v) = -tanh(v)): the DSP LSTM loop's tables (1025 entries, f(0) at index 512). Linear
+    interpolation of v at (v >> 6, v & 63) with rounding 32 + (v >> 31) equals sigmoid_q15 /
+    tanh_q15 on every int16 (tests/test_dsp_lstm_loop.py)."""
+    t = np.asarray(table[:513], np.int64)
+    neg = (32768 - t[1:][::-1]) if sigmoid else -t[1:][::-1]
+    return np.concatenate([neg, t])
 
 
 def render_runtime_header() -> str:

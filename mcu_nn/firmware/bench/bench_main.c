@@ -36,6 +36,11 @@ static BENCH_OUT_T y[BENCH_T * BENCH_OUT_SIZE];
 #if !BENCH_BIDIR
 static uint32_t ticks[BENCH_T];
 #endif
+#ifdef BENCH_STEP_F32
+/* float inputs: <name>_step_f32 (quantises inside) and, for comparison, one step's input
+ * quantised element by element with <name>_quantize_input, as an application would */
+static volatile BENCH_IN_T qbuf[BENCH_IN_SIZE];   /* volatile: the stores stay */
+#endif
 #if defined(__AVR__)
 static char line[64];                 /* 2 KiB of SRAM: lines leave in pieces */
 #else
@@ -165,6 +170,13 @@ int main(void)
         put_outputs("S ", i, BENCH_PER_STEP ? y : y + (BENCH_T - 1) * BENCH_OUT_SIZE,
                     BENCH_PER_STEP ? BENCH_T * BENCH_OUT_SIZE : BENCH_OUT_SIZE);
 #endif
+#ifdef BENCH_STEP_F32
+        BENCH_RESET(&state);
+        for (t = 0; t < BENCH_T; ++t)
+            BENCH_STEP_F32(&state, bench_xf + ((size_t)i * BENCH_T + t) * BENCH_IN_SIZE, y + t * BENCH_OUT_SIZE);
+        put_outputs("F ", i, BENCH_PER_STEP ? y : y + (BENCH_T - 1) * BENCH_OUT_SIZE,
+                    BENCH_PER_STEP ? BENCH_T * BENCH_OUT_SIZE : BENCH_OUT_SIZE);
+#endif
     }
 
     /* timing and stack: paint the stack below us, then time every step of vector 0 */
@@ -189,6 +201,37 @@ int main(void)
         ticks[t] = b - a;
     }
     put("STEPS");
+    for (t = 0; t < BENCH_T; ++t) {
+        put(" ");
+        put_u(ticks[t]);
+    }
+    put("\n");
+#endif
+#ifdef BENCH_STEP_F32
+    BENCH_RESET(&state);
+    for (t = 0; t < BENCH_T; ++t) {
+        a = board_counter_now();
+        BENCH_STEP_F32(&state, bench_xf + t * BENCH_IN_SIZE, y);
+        b = board_counter_now();
+        ticks[t] = b - a;
+    }
+    flush();
+    put("FSTEPS");
+    for (t = 0; t < BENCH_T; ++t) {
+        put(" ");
+        put_u(ticks[t]);
+    }
+    put("\n");
+    for (t = 0; t < BENCH_T; ++t) {
+        const float *xf = bench_xf + t * BENCH_IN_SIZE;
+        uint32_t j;
+        a = board_counter_now();
+        for (j = 0; j < BENCH_IN_SIZE; ++j) qbuf[j] = BENCH_QUANTIZE(xf[j]);
+        b = board_counter_now();
+        ticks[t] = b - a;
+    }
+    flush();
+    put("QSTEPS");
     for (t = 0; t < BENCH_T; ++t) {
         put(" ");
         put_u(ticks[t]);

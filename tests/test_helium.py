@@ -153,8 +153,8 @@ def test_mve_group_kernels_bit_exact_on_cortex_m55(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ whole models
 def _model(tmp_path: Path, kind: str, I: int, H: int, *, shift=None, cell_frac=None, gain=1.0, loud=1.0,
-           real=True, bidirectional=False, name="m") -> Path:
-    g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=gain, bidirectional=bidirectional,
+           real=True, bidirectional=False, proj=0, name="m") -> Path:
+    g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=gain, bidirectional=bidirectional, proj=proj,
                      readout="final:0,1" if bidirectional else None)
     q = quantize(g, Q.make_input(g, n=16, seed=4), "int8") if real else Q.quantize_graph(g, "int8")
     if shift is not None:
@@ -180,7 +180,20 @@ MODELS = {
     "gru_shift32_loud": ("gru", 6, 10, dict(shift=32, gain=4.0, loud=40.0)),
     "gru_17x3": ("gru", 17, 3, {}),
     "rnn_tanh": ("rnn_tanh", 9, 11, dict(gain=3.0, loud=20.0)),
+    # the 4-lane cells (ports/cortex_m_mve/_cell_mve.j2): H < 4, H % 4 != 0, every branch of the cell
+    "lstm_h1": ("lstm", 3, 1, {}),
+    "lstm_h5_loud": ("lstm", 4, 5, dict(gain=4.0, loud=40.0)),
+    "lstm_h3_cf12": ("lstm", 5, 3, dict(cell_frac=12)),
+    "lstm_cf11_h6": ("lstm", 5, 6, dict(cell_frac=11, gain=3.0, loud=10.0)),
+    "lstm_bidir_h13": ("lstm", 6, 13, dict(bidirectional=True, loud=10.0)),
+    "lstm_proj": ("lstm", 7, 12, dict(proj=5)),
+    "gru_h1": ("gru", 4, 1, {}),
+    "gru_h5_shift33_loud": ("gru", 5, 5, dict(shift=33, gain=4.0, loud=40.0)),
+    "gru_16x32": ("gru", 16, 32, {}),
+    "gru_shift_lt32": ("gru", 5, 6, dict(real=False)),
 }
+# the step runs the scalar cell: shift < 32 (the portable requantisation), or no LSTM / GRU
+SCALAR_CELL = {"lstm_shift_lt32", "gru_shift_lt32", "rnn_tanh"}
 
 
 @qemu
@@ -190,13 +203,15 @@ def test_int8_models_bit_exact_mve_and_portable(tmp_path: Path, key: str) -> Non
     d = _model(tmp_path, kind, I, H, **opts)
     src = "".join(p.read_text() for p in d.glob("*.c") if p.name != "mcunn_fixedpoint.c")
     assert re.search(r"mcunn_dot_s8_32_g\d", src), "this case must use the int8 int32 kernels"
+    assert ("vqshl.s32" in src) == (key not in SCALAR_CELL), "the 4-lane cell where it applies, only there"
     r = verify(d, cross=False, log=lambda s: None)                 # portable C on the host
     assert r.ok and r.mismatches == 0, r.first_mismatch
     mve = bench_export(d, BOARD)                                   # raises on the first differing bit
     port = bench_export(d, BOARD, portable=True)
     assert mve.vectors_checked == port.vectors_checked == 4
     assert (mve.path, port.path) == ("mve", "portable")
-    assert mve.instructions_per_step < port.instructions_per_step
+    if H >= 4:       # below, one 4-lane cell for 1-3 units costs about what the portable one does
+        assert mve.instructions_per_step < port.instructions_per_step
     layers = [la for la in json.loads((d / "model.json").read_text())["layers"] if "dsp_kernel" in la]
     assert layers and all(la["mve_kernel"] == "mve" for la in layers)
 
@@ -242,3 +257,142 @@ def test_mve_kernel_recorded_per_layer(tmp_path: Path) -> None:
     assert mve_kernel_of(["mcunn_dot_s16_32_g3"]) == "smlad"
     old = {"precision": "int8", "layers": [{"dsp_kernel": "smlad"}]}      # manifests before mve_kernel
     assert kernel_path(old, BOARD) == "simd"
+
+
+# ------------------------------------------------------------------------ the vector cells (4 lanes)
+CELL_SOURCE = """{% from "ports/cortex_m_mve/_cell_mve.j2" import lstm_cell4, gru_cell4 %}
+#include <stdint.h>
+#include "mcunn_fixedpoint.h"
+#include "bench.h"
+#if !MCUNN_MVE
+#error "the Helium kernels are not selected on this core"
+#endif
+static uint32_t rng_ = 2463534242u;
+static uint32_t xs(void) { rng_ ^= rng_ << 13; rng_ ^= rng_ >> 17; rng_ ^= rng_ << 5; return rng_; }
+static const int16_t E16[] = { -32768, -32767, -32766, -16384, -4097, -4096, -64, -63, -1, 0, 1, 63, 64,
+                               4095, 4096, 16383, 32766, 32767 };
+static const int32_t E32[] = { INT32_MIN, INT32_MIN + 1, -(1 << 30), -(1 << 30) + 1, -32769, -32768, -1, 0, 1,
+                               32767, 32768, (1 << 30) - 1, 1 << 30, INT32_MAX - 1, INT32_MAX };
+static int16_t pick16(void)
+{
+    uint32_t r = xs();
+    if ((r & 3) == 0) return E16[(r >> 8) % (sizeof E16 / sizeof E16[0])];
+    if ((r & 3) == 1) return (int16_t)((int32_t)(r >> 16) % 6000 - 3000);   /* the interpolated part */
+    return (int16_t)(r >> 16);
+}
+static int32_t pick32(void)
+{
+    uint32_t r = xs();
+    if ((r & 3) == 0) return E32[(r >> 8) % (sizeof E32 / sizeof E32[0])];
+    if ((r & 3) == 1) return (int32_t)pick16() << (xs() % 18);
+    return (int32_t)xs();
+}
+{% for K in Ks %}{% for tail in (False, True) %}
+static void lstm{{ K }}_{{ tail | int }}(int32_t p_[4][4], int16_t *c, int16_t *hnew, int n_)
+{
+    const int u0_ = 0;
+{{ lstm_cell4(tail, K) }}
+    (void)n_;
+}
+{% endfor %}{% endfor %}
+{% for S in shifts %}{% for tail in (False, True) %}
+static void gru{{ S }}_{{ tail | int }}(int32_t p_[4][4], const int16_t *h, int16_t *hnew, int n_)
+{
+    const int u0_ = 0;
+{{ gru_cell4(tail, S) }}
+    (void)n_;
+}
+{% endfor %}{% endfor %}
+static char line[48];
+static void put(char tag, int k, long bad, long runs)
+{
+    int i = 0, d;
+    line[i++] = tag;
+    for (d = 4; d >= 0; d -= 4) line[i++] = "0123456789abcdef"[(k >> d) & 15];
+    line[i++] = ' ';
+    for (d = 28; d >= 0; d -= 4) line[i++] = "0123456789abcdef"[(bad >> d) & 15];
+    line[i++] = ' ';
+    for (d = 28; d >= 0; d -= 4) line[i++] = "0123456789abcdef"[(runs >> d) & 15];
+    line[i++] = '\\n';
+    line[i] = 0;
+    bench_puts(line);
+}
+int main(void)
+{
+    int32_t p[4][4], q[4][4];          /* the cells use p as scratch: q keeps the inputs */
+    int16_t c[8], cr[8], h[8], hn[8];
+    long it, bad, runs;
+    int l, n, tail;
+{% for K in Ks %}
+    bad = 0; runs = 0;
+    for (it = 0; it < {{ iters }}; ++it) {
+        /* the first 16384 runs: every int16 pre-activation in some lane of every gate, all 4 lanes checked */
+        tail = it >= 16384 && (it & 1); n = tail ? 1 + (int)(xs() % 4) : 4;   /* all lanes, then 1..4 */
+        for (l = 0; l < 4; ++l) {
+            int g;
+            for (g = 0; g < 4; ++g)
+                p[g][l] = it < 16384 ? (int32_t)(int16_t)(4 * (((it * 4 + g * 4097) >> 2) & 16383) + l - 32768) : pick16();
+        }
+        for (l = 0; l < 8; ++l) { c[l] = cr[l] = pick16(); hn[l] = (int16_t)(0x5a5a + l); }
+        for (l = 0; l < 16; ++l) q[l >> 2][l & 3] = p[l >> 2][l & 3];
+        if (tail) lstm{{ K }}_1(p, c, hn, n); else lstm{{ K }}_0(p, c, hn, n);
+        for (l = 0; l < 8; ++l) {
+            if (l < n) {
+                int16_t want = mcunn_lstm_cell((int16_t)q[0][l], (int16_t)q[1][l], (int16_t)q[2][l], (int16_t)q[3][l],
+                                               &cr[l], {{ K }});
+                bad += (hn[l] != want) + (c[l] != cr[l]);
+            } else {
+                bad += (hn[l] != (int16_t)(0x5a5a + l)) + (c[l] != cr[l]);     /* lanes past n untouched */
+            }
+        }
+        ++runs;
+    }
+    put('L', {{ K }}, bad, runs);
+{% endfor %}
+{% for S in shifts %}
+    bad = 0; runs = 0;
+    for (it = 0; it < {{ iters }}; ++it) {
+        tail = it >= 16384 && (it & 1); n = tail ? 1 + (int)(xs() % 4) : 4;   /* all lanes, then 1..4 */
+        for (l = 0; l < 4; ++l) {
+            p[0][l] = it < 16384 ? (int32_t)(int16_t)(4 * (it & 16383) + l - 32768) : pick16();
+            p[1][l] = it < 16384 ? (int32_t)(int16_t)(4 * ((it * 7 + 5) & 16383) + l - 32768) : pick16();
+            p[2][l] = pick32();
+            p[3][l] = pick32();
+        }
+        for (l = 0; l < 8; ++l) { h[l] = pick16(); hn[l] = (int16_t)(0x5a5a + l); }
+        for (l = 0; l < 16; ++l) q[l >> 2][l & 3] = p[l >> 2][l & 3];
+        if (tail) gru{{ S }}_1(p, h, hn, n); else gru{{ S }}_0(p, h, hn, n);
+        for (l = 0; l < 8; ++l) {
+            if (l < n) {
+                int16_t want = mcunn_gru_cell((int16_t)q[0][l], (int16_t)q[1][l], q[2][l] >> {{ S - 32 }},
+                                              q[3][l] >> {{ S - 32 }}, h[l]);
+                bad += hn[l] != want;
+            } else {
+                bad += hn[l] != (int16_t)(0x5a5a + l);
+            }
+        }
+        ++runs;
+    }
+    put('G', {{ S }}, bad, runs);
+{% endfor %}
+    bench_puts("END\\n");
+    return 0;
+}
+"""
+
+
+@qemu
+def test_mve_cells_bit_exact_on_cortex_m55(tmp_path: Path) -> None:
+    """The 4-lane LSTM / GRU cells (templates/ports/cortex_m_mve/_cell_mve.j2) against the portable
+    mcunn_lstm_cell / mcunn_gru_cell on the same firmware: every int16 pre-activation in every gate,
+    then random and edge values (c, h, the GRU's n_x / n_h high words over all of int32), every
+    cell_frac, shift 32 / 33 / 41 / 63, all four lanes and the tail-predicated 1..3 (lanes past n
+    neither loaded nor stored)."""
+    Ks, shifts, iters = list(range(16)), [32, 33, 41, 63], 20000
+    src = environment().from_string(CELL_SOURCE).render(Ks=Ks, shifts=shifts, iters=iters)
+    text = _build_and_run(tmp_path, src, "cellmve")
+    got = {(m.group(1), int(m.group(2), 16)): (int(m.group(3), 16), int(m.group(4), 16))
+           for m in re.finditer(r"^([LG])([0-9a-f]{2}) ([0-9a-f]{8}) ([0-9a-f]{8})$", text, re.M)}
+    assert set(got) == {("L", k) for k in Ks} | {("G", s) for s in shifts}
+    for key, (bad, runs) in got.items():
+        assert runs == iters and bad == 0, f"{key}: {bad} mismatches"

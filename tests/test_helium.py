@@ -29,7 +29,7 @@ from mcu_nn.codegen.emit import environment, mve_kernel_of, pack_group_weights
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
-from test_dsp_int16 import _set_shift, _with_cell_frac
+from test_dsp_int16 import _force64, _set_shift, _with_cell_frac
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 BOARD = "qemu-mps3-an547"
@@ -151,12 +151,109 @@ def test_mve_group_kernels_bit_exact_on_cortex_m55(tmp_path: Path) -> None:
     assert max(abs(int(np.dot(c["wm"][r], c["xv"][:c["n"]]))) for c in cases for r in range(c["R"])) > 1 << 30
 
 
+
+KERNEL64_SOURCE = """#include <stdint.h>
+#include "mcunn_fixedpoint.h"
+#include "bench.h"
+#if !MCUNN_MVE
+#error "the Helium kernels are not selected on this core"
+#endif
+{% for c in cases %}
+static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
+static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
+static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
+{% endfor %}
+static char line[48];
+static void put(char tag, int i, const int64_t *acc, int R, long used)
+{
+    int r, k, d;
+    for (r = 0; r < R; ++r) {
+        uint64_t v = (uint64_t)acc[r];
+        k = 0;
+        line[k++] = tag;
+        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
+        line[k++] = ' ';
+        for (d = 60; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(v >> d) & 15u];
+        line[k++] = ' ';
+        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
+        line[k++] = '\\n';
+        line[k] = 0;
+        bench_puts(line);
+    }
+}
+int main(void)
+{
+    int64_t acc[4];
+    int r;
+{% for c in cases %}
+    {
+        const {{ c.wt }} *end;
+        for (r = 0; r < {{ c.R }}; ++r) acc[r] = A{{ loop.index0 }}[r];
+        end = mcunn_dot_{{ c.kind }}_64_g{{ c.R }}_mve(W{{ loop.index0 }}, X{{ loop.index0 }}, {{ c.n }}, acc);
+        put('M', {{ loop.index0 }}, acc, {{ c.R }}, (long)(end - W{{ loop.index0 }}));
+        for (r = 0; r < {{ c.R }}; ++r) acc[r] = A{{ loop.index0 }}[r];
+        end = mcunn_dot_{{ c.kind }}_64_g{{ c.R }}(W{{ loop.index0 }}, X{{ loop.index0 }}, {{ c.n }}, acc);
+        put('D', {{ loop.index0 }}, acc, {{ c.R }}, (long)(end - W{{ loop.index0 }}));
+        for (r = 0; r < {{ c.R }}; ++r) acc[r] = A{{ loop.index0 }}[r];
+        end = mcunn_dot_{{ c.kind }}_64_g{{ c.R }}_c(W{{ loop.index0 }}, X{{ loop.index0 }}, {{ c.n }}, acc);
+        put('P', {{ loop.index0 }}, acc, {{ c.R }}, (long)(end - W{{ loop.index0 }}));
+    }
+{% endfor %}
+    bench_puts("END\\n");
+    return 0;
+}
+"""
+
+
+@qemu
+def test_mve_64bit_group_kernels_bit_exact_on_cortex_m55(tmp_path: Path) -> None:
+    """mcunn_dot_s16_64_g*_mve / mcunn_dot_s8_64_g*_mve (VMLALDAVA.S16 into 64-bit accumulators)
+    against the kernel name the models call (which must now be the MVE one), the portable twins and
+    exact numpy: every column count 1..17 and odd ones beyond, products at -32768 x -32768 summed
+    far past 2^32, 64-bit starting accumulators, and the returned pointer."""
+    rng = np.random.default_rng(64)
+    cases = []
+    for kind, bits, chunk, wt in (("s16", 16, 2, "int16_t"), ("s8", 8, 4, "int8_t")):
+        for R in (1, 3, 4):
+            for n in list(range(1, 18)) + [23, 31, 63, 64, 65, 127, 601]:
+                for mode in ("min", "edge", "any"):
+                    if mode == "min" and n not in (1, 7, 9, 601):
+                        continue
+                    w = _ints(rng, (R, n), mode, bits)
+                    x = _ints(rng, n + 1, mode, 16)
+                    a = rng.integers(-(1 << 40), 1 << 40, R) if mode == "any" else np.zeros(R, np.int64)
+                    stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, chunk)
+                    stream = np.concatenate([stream, np.full(chunk * R, 99, np.int64)])
+                    cases.append(dict(kind=kind, wt=wt, R=R, n=n, chunk=chunk, wm=w, xv=x, av=a, wlen=len(stream),
+                                      w=", ".join(str(int(v)) for v in stream),
+                                      x=", ".join(str(int(v)) for v in x),
+                                      a=", ".join(f"(int64_t){int(v)}LL" for v in a)))
+    text = _build_and_run(tmp_path, environment().from_string(KERNEL64_SOURCE).render(cases=cases), "dot64mve")
+    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for m in re.finditer(r"^([MDP])([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{4})$", text, re.M):
+        v = int(m.group(3), 16)
+        got.setdefault((m.group(1), int(m.group(2), 16)), []).append((v - (1 << 64) if v >> 63 else v,
+                                                                       int(m.group(4), 16)))
+    assert len(got) == 3 * len(cases)
+    for i, c in enumerate(cases):
+        want = [int(c["av"][r]) + int(np.dot(c["wm"][r].astype(object), c["xv"][:c["n"]].astype(object)))
+                for r in range(c["R"])]
+        used = -(-c["n"] // c["chunk"]) * c["chunk"] * c["R"]
+        what = f"{c['kind']} R={c['R']} n={c['n']} case {i}"
+        for tag in "MDP":
+            assert [v for v, _ in got[(tag, i)]] == want, f"{tag} {what}"
+            assert {u for _, u in got[(tag, i)]} == {used}, f"{tag} {what}"
+    assert max(abs(int(np.dot(c["wm"][r].astype(object), c["xv"][:c["n"]].astype(object))))
+               for c in cases for r in range(c["R"])) > 1 << 38
+
 # ------------------------------------------------------------------------------------ whole models
 def _model(tmp_path: Path, kind: str, I: int, H: int, *, shift=None, cell_frac=None, gain=1.0, loud=1.0,
-           real=True, bidirectional=False, proj=0, name="m") -> Path:
+           real=True, bidirectional=False, proj=0, precision="int8", force64=False, name="m") -> Path:
     g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=gain, bidirectional=bidirectional, proj=proj,
                      readout="final:0,1" if bidirectional else None)
-    q = quantize(g, Q.make_input(g, n=16, seed=4), "int8") if real else Q.quantize_graph(g, "int8")
+    q = quantize(g, Q.make_input(g, n=16, seed=4), precision) if real else Q.quantize_graph(g, precision)
+    if force64:
+        q = _force64(q)
     if shift is not None:
         q = _set_shift(q, shift)
     if cell_frac is not None:
@@ -216,6 +313,38 @@ def test_int8_models_bit_exact_mve_and_portable(tmp_path: Path, key: str) -> Non
     assert layers and all(la["mve_kernel"] == "mve" for la in layers)
 
 
+# 64-bit accumulators (int16 weights, or int8 forced to 64 bits): the VMLALDAVA kernels
+MODELS64 = {
+    "lstm_int16": ("lstm", 11, 13, dict(precision="int16", force64=True)),
+    "lstm_int16_loud_cf15": ("lstm", 6, 9, dict(precision="int16", force64=True, gain=4.0, loud=40.0, cell_frac=15)),
+    "lstm_int16_shift32_proj": ("lstm", 7, 10, dict(precision="int16", force64=True, shift=32, proj=4)),
+    "gru_int16_bidir": ("gru", 9, 6, dict(precision="int16", force64=True, bidirectional=True)),
+    "gru_int16_shift_lt32": ("gru", 5, 7, dict(precision="int16", force64=True, real=False)),
+    "rnn_int16": ("rnn_tanh", 17, 5, dict(precision="int16", force64=True, gain=3.0, loud=20.0)),
+    "lstm_int8_acc64": ("lstm", 13, 21, dict(force64=True)),
+    "gru_int8_acc64_loud": ("gru", 6, 10, dict(force64=True, gain=4.0, loud=40.0)),
+    "lstm_int16_quantiser": ("lstm", 40, 8, dict(precision="int16")),
+}
+
+
+@qemu
+@pytest.mark.parametrize("key", MODELS64)
+def test_64bit_accumulator_models_bit_exact_mve_and_portable(tmp_path: Path, key: str) -> None:
+    kind, I, H, opts = MODELS64[key]
+    d = _model(tmp_path, kind, I, H, **opts)
+    src = "".join(p.read_text() for p in d.glob("*.c") if p.name != "mcunn_fixedpoint.c")
+    assert re.search(r"mcunn_dot_s(8|16)_64_g\d", src), "this case must use the 64-bit kernels"
+    r = verify(d, cross=False, log=lambda s: None)
+    assert r.ok and r.mismatches == 0, r.first_mismatch
+    mve = bench_export(d, BOARD)                                   # raises on the first differing bit
+    port = bench_export(d, BOARD, portable=True)
+    assert mve.vectors_checked == port.vectors_checked == 4
+    layers = [la for la in json.loads((d / "model.json").read_text())["layers"] if "dsp_kernel" in la]
+    assert layers and all(la["mve_kernel"] in ("mve", "mve+smlad") for la in layers)
+    want = "mve" if all(la["mve_kernel"] == "mve" for la in layers) else "simd"
+    assert (mve.path, port.path) == (want, "portable")
+    assert mve.instructions_per_step < port.instructions_per_step
+
 @qemu
 @pytest.mark.parametrize("kind,gates", [("lstm", 4), ("gru", 3)])
 def test_one_hot_ids_layers_on_m55(tmp_path: Path, kind: str, gates: int) -> None:
@@ -243,17 +372,19 @@ def test_one_hot_ids_layers_on_m55(tmp_path: Path, kind: str, gates: int) -> Non
 
 def test_mve_kernel_recorded_per_layer(tmp_path: Path) -> None:
     g = Q.make_graph("lstm", input_size=5, hidden=7, seq_len=5)
-    for force64, want in ((False, "mve"), (True, "smlald")):
+    for force64, want in ((False, "mve"), (True, "mve")):        # 64-bit accumulators: VMLALDAVA
         q = Q.quantize_graph(g, "int8", force64=force64)
         x = Q.make_input(g, n=2)
         e = tmp_path / f"f{force64}"
         write_export(q, e, x, run(q, x))
         m = json.loads((e / "model.json").read_text())
         assert m["layers"][0]["mve_kernel"] == want
-        assert kernel_path(m, BOARD) == ("mve" if want == "mve" else "simd")
+        assert kernel_path(m, BOARD) == "mve"
         assert kernel_path(m, BOARD, portable=True) == "portable"
         assert kernel_path(m, "qemu-mps2-an386") == "simd"              # Cortex-M4: no MVE
-    assert mve_kernel_of(["mcunn_dot_s8_32_g4", "mcunn_dot_s8_64_g4"]) == "mve+smlald"
+    assert mve_kernel_of(["mcunn_dot_s8_32_g4", "mcunn_dot_s8_64_g4"]) == "mve"
+    assert mve_kernel_of(["mcunn_dot_s16_64_g4"]) == "mve"
+    assert mve_kernel_of(["mcunn_dot_s16_32_g3", "mcunn_dot_s16_64_g3"]) == "mve+smlad"     # int16, int32 sums: SMLAD
     assert mve_kernel_of(["mcunn_dot_s16_32_g3"]) == "smlad"
     old = {"precision": "int8", "layers": [{"dsp_kernel": "smlad"}]}      # manifests before mve_kernel
     assert kernel_path(old, BOARD) == "simd"

@@ -313,7 +313,7 @@ def test_int8_models_bit_exact_mve_and_portable(tmp_path: Path, key: str) -> Non
     assert layers and all(la["mve_kernel"] == "mve" for la in layers)
 
 
-# 64-bit accumulators (int16 weights, or int8 forced to 64 bits): the VMLALDAVA kernels
+# 64-bit accumulators (int16 weights, or int8 forced to 64 bits): the VMLALDAVA kernels, the 4-lane cells
 MODELS64 = {
     "lstm_int16": ("lstm", 11, 13, dict(precision="int16", force64=True)),
     "lstm_int16_loud_cf15": ("lstm", 6, 9, dict(precision="int16", force64=True, gain=4.0, loud=40.0, cell_frac=15)),
@@ -334,6 +334,7 @@ def test_64bit_accumulator_models_bit_exact_mve_and_portable(tmp_path: Path, key
     d = _model(tmp_path, kind, I, H, **opts)
     src = "".join(p.read_text() for p in d.glob("*.c") if p.name != "mcunn_fixedpoint.c")
     assert re.search(r"mcunn_dot_s(8|16)_64_g\d", src), "this case must use the 64-bit kernels"
+    assert ("vqshl.s32" in src) == (key not in ("gru_int16_shift_lt32", "rnn_int16")), "the 4-lane cell where it applies"
     r = verify(d, cross=False, log=lambda s: None)
     assert r.ok and r.mismatches == 0, r.first_mismatch
     mve = bench_export(d, BOARD)                                   # raises on the first differing bit

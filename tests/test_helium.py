@@ -10,6 +10,11 @@
    portable C is checked on the host; odd sizes, saturating inputs, cell_frac 0 and 15, shift
    < 32 (the portable requantisation over the MVE kernels), bidirectional, token-id inputs.
 3. The manifest's mve_kernel and the bench label "mve".
+4. The 64-bit-accumulator kernels mcunn_dot_s{16,8}_64_g*_mve (VMLALDAVA) against the SMLALD and
+   portable ones and exact numpy; int16 / int8-acc64 models, the hand-written cells on them.
+5. The 4-lane LSTM / GRU cells (templates/ports/cortex_m_mve/_cell_mve.j2) against the portable
+   cells over every int16 pre-activation, edge values, every cell_frac, shifts 32..63, tails; and
+   every whole model asserts the 4-lane cell is in the step exactly where it applies.
 """
 from __future__ import annotations
 
@@ -528,3 +533,37 @@ def test_mve_cells_bit_exact_on_cortex_m55(tmp_path: Path) -> None:
     assert set(got) == {("L", k) for k in Ks} | {("G", s) for s in shifts}
     for key, (bad, runs) in got.items():
         assert runs == iters and bad == 0, f"{key}: {bad} mismatches"
+
+
+@qemu
+@pytest.mark.parametrize("kind", ["peephole_lstm", "gru_reset_before"])
+@pytest.mark.parametrize("precision", ["int16", "int8"])
+def test_hand_written_cells_on_the_mve_kernels(tmp_path: Path, kind: str, precision: str) -> None:
+    """The hand-written cells (scalar cell) call the group kernels by name, so on the M55 they run the
+    MVE ones too (64-bit accumulators declared): MVE build, portable build and simulator bit for bit."""
+    import math
+    from mcu_nn.cells import cell_of
+    from mcu_nn.ir import DirectionWeights, Graph, Recurrent
+    I, H = 7, 6
+    rng = np.random.default_rng(3)
+    k = 2.0 / math.sqrt(H)
+
+    def u(*shape):
+        return rng.uniform(-k, k, shape).astype(np.float32)
+
+    G = cell_of(kind).n_gates * H
+    d = DirectionWeights(u(G, I), u(G, H), u(G), u(G))
+    if "peephole" in cell_of(kind).extra_params:
+        d.extra["peephole"] = u(3, H)
+    g = Graph(kind, "float", I, 5, [Recurrent(kind, I, H, 0, False, [d], "cell")])
+    q = _force64(quantize(g, rng.normal(0, 1, (16, 5, I)).astype(np.float32), precision))
+    x = rng.normal(0, 3, (4, 5, I)).astype(np.float32)
+    e = tmp_path / "cell"
+    write_export(q, e, x, run(q, x))
+    src = "".join(p.read_text() for p in e.glob("*.c") if p.name != "mcunn_fixedpoint.c")
+    assert re.search(r"mcunn_dot_s(8|16)_64_g\d", src)
+    r = verify(e, cross=False, log=lambda s: None)
+    assert r.ok and r.mismatches == 0, r.first_mismatch
+    mve = bench_export(e, BOARD)
+    port = bench_export(e, BOARD, portable=True)
+    assert (mve.path, port.path) == ("mve", "portable") and mve.vectors_checked == 4

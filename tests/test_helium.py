@@ -427,7 +427,7 @@ static int32_t pick32(void)
 {% for K in Ks %}{% for tail in (False, True) %}
 static void lstm{{ K }}_{{ tail | int }}(int32_t p_[4][4], int16_t *c, int16_t *hnew, int n_)
 {
-    const int u0_ = 0;
+    int16_t *sb_ = c, *hb_ = hnew;
 {{ lstm_cell4(tail, K) }}
     (void)n_;
 }
@@ -435,7 +435,8 @@ static void lstm{{ K }}_{{ tail | int }}(int32_t p_[4][4], int16_t *c, int16_t *
 {% for S in shifts %}{% for tail in (False, True) %}
 static void gru{{ S }}_{{ tail | int }}(int32_t p_[4][4], const int16_t *h, int16_t *hnew, int n_)
 {
-    const int u0_ = 0;
+    const int16_t *sb_ = h;
+    int16_t *hb_ = hnew;
 {{ gru_cell4(tail, S) }}
     (void)n_;
 }

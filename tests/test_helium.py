@@ -352,8 +352,9 @@ def test_64bit_accumulator_models_bit_exact_mve_and_portable(tmp_path: Path, key
     assert mve.instructions_per_step < port.instructions_per_step
 
 @qemu
+@pytest.mark.parametrize("precision", ["int8", "int16"])
 @pytest.mark.parametrize("kind,gates", [("lstm", 4), ("gru", 3)])
-def test_one_hot_ids_layers_on_m55(tmp_path: Path, kind: str, gates: int) -> None:
+def test_one_hot_ids_layers_on_m55(tmp_path: Path, kind: str, gates: int, precision: str) -> None:
     """Token-id input: the input columns are picked, only W_hh streams through the MVE kernel;
     ids outside the vocabulary too."""
     import math
@@ -368,9 +369,13 @@ def test_one_hot_ids_layers_on_m55(tmp_path: Path, kind: str, gates: int) -> Non
     dirs = [DirectionWeights(u(gates * H, V), u(gates * H, H), u(gates * H), u(gates * H))]
     g = Graph(name="ids", input_kind="tokens", input_size=V, seq_len=6,
               ops=[Recurrent(kind, V, H, 0, False, dirs, source="ids", input_ids=True)])
-    q = quantize(g, rng.integers(0, V, (16, 6)), "int8")
+    q = quantize(g, rng.integers(0, V, (16, 6)), precision)
+    if precision == "int16":
+        q = _force64(q)                                  # the VMLALDAVA kernel for W_hh
     x = rng.integers(-1, V + 2, (3, 6))
     write_export(q, tmp_path / "ids", x, run(q, x))
+    src = "".join(p.read_text() for p in (tmp_path / "ids").glob("*.c") if p.name != "mcunn_fixedpoint.c")
+    assert "vqshl.s32" in src                          # the 4-lane cell
     mve = bench_export(tmp_path / "ids", BOARD)
     port = bench_export(tmp_path / "ids", BOARD, portable=True)
     assert (mve.path, port.path) == ("mve", "portable") and mve.vectors_checked == 3

@@ -16,7 +16,7 @@ class Arch:
     core: str                         # "Cortex-M4F": for people
     cpu: str                          # the -mcpu value ("host" for the host board)
     cflags: tuple[str, ...]           # compiler flags selecting the core and float ABI
-    features: frozenset[str]          # "dsp" (fast kernels), "fpu", "mve"
+    features: frozenset[str]          # "dsp" (fast kernels), "fpu", "mve", "v7m" (ARMv7-M, no DSP)
     fpu: Optional[str] = None
     toolchain_prefix: str = ""        # "arm-none-eabi-"; "" is the host compiler
     link_flags: tuple[str, ...] = ()
@@ -40,6 +40,12 @@ class Arch:
         """The fast kernels (templates/ports/cortex_m_dsp) apply; else the portable C."""
         return "dsp" in self.features
 
+    @property
+    def v7m(self) -> bool:
+        """ARMv7-M without the DSP extension (Cortex-M3): the MLA kernels of templates/ports/cortex_m3
+        (MCUNN_V7M) apply; else, without dsp either, the portable C."""
+        return "v7m" in self.features
+
     def tool(self, name: str) -> str:
         return self.toolchain_prefix + name
 
@@ -58,7 +64,7 @@ def _cortex_m(name: str, core: str, cpu: str, float_flags: tuple[str, ...], feat
 ARCHES: dict[str, Arch] = {a.name: a for a in [
     _cortex_m("cortex-m0plus", "Cortex-M0/M0+ (ARMv6-M)", "cortex-m0plus", ("-mfloat-abi=soft",), set(),
               cycle_counter=None),
-    _cortex_m("cortex-m3", "Cortex-M3", "cortex-m3", ("-mfloat-abi=soft",), set()),
+    _cortex_m("cortex-m3", "Cortex-M3", "cortex-m3", ("-mfloat-abi=soft",), {"v7m"}),
     _cortex_m("cortex-m4f", "Cortex-M4F", "cortex-m4", ("-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),
               {"dsp", "fpu"}, "fpv4-sp-d16"),
     _cortex_m("cortex-m7", "Cortex-M7", "cortex-m7", ("-mfloat-abi=hard", "-mfpu=fpv5-d16"),

@@ -56,7 +56,7 @@ class BenchResult(Shown):
     name: str
     precision: str
     board: str
-    path: str                     # "simd" (DSP kernels), "mve" (Helium), "portable" or "mixed" (see kernel_path)
+    path: str                     # "simd" (DSP), "mve" (Helium), "v7m" (Cortex-M3), "portable", "mixed": kernel_path
     instructions_per_step: int
     macs_per_step: int
     instructions_per_mac: float
@@ -133,7 +133,7 @@ def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, porta
                          "(steady state excludes the first step) — re-export with a longer --input-shape")
     build_dir.mkdir(parents=True, exist_ok=True)
     (build_dir / "bench_vectors.h").write_text(_vectors_header(manifest, xq))
-    flags = [*CFLAGS, *b.cflags(), *(["-DMCUNN_PORTABLE"] if portable and b.arch.dsp else [])]
+    flags = [*CFLAGS, *b.cflags(), *(["-DMCUNN_PORTABLE"] if portable and (b.arch.dsp or b.arch.v7m) else [])]
     c_files = stage_sources(ex, build_dir / "model")
     inc = ["-I", str(build_dir / "model"), "-I", str(FIRMWARE), "-I", str(ROOT / "common"), "-I", str(build_dir)]
     for c in c_files:
@@ -296,9 +296,17 @@ def kernel_path(manifest: dict, board: str, portable: bool = False) -> str:
     (manifest layers[i]["dsp_kernel"], decided by the export from the same condition as the C),
     "portable" when none does, else "mixed"; "mve" instead of "simd" on a Helium core when every
     layer's int8 group kernels are the MVE ones (layers[i]["mve_kernel"]). Manifests from before
-    dsp_kernel: simd on a DSP core."""
-    if not ALL_BOARDS[board].arch.dsp or portable or manifest["precision"] == "float32":
+    dsp_kernel: simd on a DSP core. On an ARMv7-M core without DSP (Cortex-M3): "v7m" when every
+    recurrent layer runs the MLA kernels (layers[i]["v7m_kernel"]), "portable" when none does (and
+    for manifests from before v7m_kernel), else "mixed"."""
+    arch = ALL_BOARDS[board].arch
+    if portable or manifest["precision"] == "float32" or not (arch.dsp or arch.v7m):
         return "portable"
+    if not arch.dsp:
+        v7m = [layer.get("v7m_kernel", "portable") for layer in manifest.get("layers", []) if "dsp_kernel" in layer]
+        if v7m and all(k == "v7m" for k in v7m):
+            return "v7m"
+        return "portable" if all(k == "portable" for k in v7m) else "mixed"
     kinds = [layer["dsp_kernel"] for layer in manifest.get("layers", []) if "dsp_kernel" in layer]
     if all(k not in ("portable", "mixed") for k in kinds):
         # Helium cores: "mve" when every recurrent layer runs the MVE kernel (layers[i].mve_kernel)

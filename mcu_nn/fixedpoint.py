@@ -184,12 +184,15 @@ def quantize_input(x: np.ndarray, inv_scale: float) -> np.ndarray:
     """float32 -> int16, as the C ``<name>_quantize_input``: v = x * inv_scale in float32,
     rounded half away from zero (``(int32)(v + (v >= 0 ? 0.5f : -0.5f))`` after clamping
     to [-32768, 32767]); NaN -> 0."""
-    v = np.asarray(x, dtype=np.float32) * np.float32(inv_scale)
-    v = np.where(np.isnan(v), np.float32(0), v).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):     # inf and NaN are defined below, as in C
+        v = np.array(x, dtype=np.float32, ndmin=1) * np.float32(inv_scale)
+    v[np.isnan(v)] = 0
     _count(v, np.float32(INT16_MIN) - np.float32(0.5), np.float32(INT16_MAX) + np.float32(0.5))
-    v = np.clip(v, np.float32(INT16_MIN), np.float32(INT16_MAX)).astype(np.float32)
-    v = (v + np.where(v >= 0, np.float32(0.5), np.float32(-0.5))).astype(np.float32)
-    return np.clip(np.trunc(v), INT16_MIN, INT16_MAX).astype(np.int64)
+    np.clip(v, np.float32(INT16_MIN), np.float32(INT16_MAX), out=v)
+    # + 0.5f or - 0.5f by the sign (-0 gets -0.5f where C adds +0.5f: both truncate to 0), in float32
+    v += np.copysign(np.float32(0.5), v)
+    q = np.trunc(v, out=v).astype(np.int64)         # within [-32768, 32767] after the clamp
+    return q.reshape(np.shape(x))
 
 
 def dequantize(q: np.ndarray, scale: float) -> np.ndarray:

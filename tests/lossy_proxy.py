@@ -5,6 +5,7 @@ board's TCP serial port (an emulator's UART) that, at seeded rates and in both d
 * corrupts bytes (one random bit flipped; a flipped byte may become or stop being a delimiter,
   so it also splits and merges frames),
 * duplicates whole frames,
+* drops or doubles single bytes (``byte_drop``, ``byte_duplicate``: a frame loses or gains a byte),
 
 and counts what it did. The serial protocol must retry every damaged or lost frame and never
 pass one (tests/test_soak.py, scripts/soak.py).
@@ -26,15 +27,19 @@ from typing import Optional
 
 class LossyProxy:
     """Serves one connection at a time to ``target`` until :meth:`close`; ``drop`` and
-    ``duplicate`` are probabilities per frame, ``corrupt`` per byte, each direction with its own
-    seeded generator (so a run is reproducible for a given byte stream)."""
+    ``duplicate`` are probabilities per frame, ``corrupt``, ``byte_drop`` and ``byte_duplicate``
+    per byte, each direction with its own seeded generator (so a run is reproducible for a given
+    byte stream)."""
 
     def __init__(self, target: tuple[str, int], *, drop: float = 0.0, corrupt: float = 0.0,
-                 duplicate: float = 0.0, seed: int = 0) -> None:
+                 duplicate: float = 0.0, byte_drop: float = 0.0, byte_duplicate: float = 0.0,
+                 seed: int = 0) -> None:
         self.target = target
         self.drop, self.corrupt, self.duplicate = drop, corrupt, duplicate
+        self.byte_drop, self.byte_duplicate = byte_drop, byte_duplicate
         self.seed = seed
-        self.stats = {"frames": 0, "dropped": 0, "corrupted": 0, "duplicated": 0, "bytes": 0}
+        self.stats = {"frames": 0, "dropped": 0, "corrupted": 0, "duplicated": 0,
+                      "bytes_dropped": 0, "bytes_duplicated": 0, "bytes": 0}
         self.by_direction = {"to_board": dict(self.stats), "to_host": dict(self.stats)}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -101,10 +106,18 @@ class LossyProxy:
             if not data:
                 break
             out = bytearray()
-            for b in data:                                   # corrupt bytes as they pass
+            for b in data:                                   # damage bytes as they pass
+                if self.byte_drop and rng.random() < self.byte_drop:
+                    self._count(name, "bytes_dropped")
+                    continue
                 if self.corrupt and rng.random() < self.corrupt:
                     b ^= 1 << rng.randrange(8)
                     self._count(name, "corrupted")
+                doubled = bool(self.byte_duplicate) and rng.random() < self.byte_duplicate
+                if doubled:
+                    self._count(name, "bytes_duplicated")
+                    if b:                                    # a doubled delimiter follows the frame below
+                        pending.append(b)
                 pending.append(b)
                 if b == 0 and len(pending) == 1:             # a lone delimiter: pass it
                     out += pending
@@ -120,6 +133,8 @@ class LossyProxy:
                     else:
                         out += pending
                     pending = bytearray()
+                if doubled and b == 0:
+                    out.append(0)
             self._count(name, "bytes", len(data))
             if out:
                 try:

@@ -250,7 +250,7 @@ def test_acc64_on_cortex_m7_m33_and_m3(tmp_path: Path) -> None:
         d = _model(tmp_path, "gru", 6, 10, gain=4.0, loud=40.0, precision=prec, name=prec)
         assert bench_export(d, "qemu-mps2-an500").path == "simd"       # Cortex-M7: the DSP build
         assert bench_export(d, "qemu-mps2-an505").path == "simd"       # Cortex-M33: the DSP build
-        assert bench_export(d, "qemu-mps2-an385").path == "portable"   # Cortex-M3: no DSP
+        assert bench_export(d, "qemu-mps2-an385").path == "v7m"        # Cortex-M3: the SMLAL kernels
 
 
 def test_dsp_kernel_recorded_per_layer(tmp_path: Path) -> None:
@@ -267,7 +267,7 @@ def test_dsp_kernel_recorded_per_layer(tmp_path: Path) -> None:
         got = m["layers"][0]["dsp_kernel"]
         assert got == want or (want is None and got in ("smlad", "smlald", "smlad+smlald")), (prec, force64, got)
         assert kernel_path(m, "qemu-mps2-an386") == ("portable" if got == "portable" else "simd")
-        assert kernel_path(m, "qemu-mps2-an385") == "portable"
+        assert kernel_path(m, "qemu-mps2-an385") == ("portable" if got == "portable" else "v7m")
     assert dsp_kernel_of(["mcunn_dot_s16_32_g4", "mcunn_dot_s16_64_g4"]) == "smlad+smlald"
     assert dsp_kernel_of(["mcunn_dot_s8_32_g3", "mcunn_dot_s8_64_g3"]) == "smlad+smlald"
     two = {"precision": "int8", "layers": [{"dsp_kernel": "smlad"}, {"dsp_kernel": "portable"}]}

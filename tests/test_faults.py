@@ -3,7 +3,6 @@ between the client and the board; a firmware of another export is refused by has
 that never answers times out with a clear message."""
 from __future__ import annotations
 
-import random
 import shutil
 import socket
 import subprocess
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from fixtures.make_standin import make_standin
+from lossy_proxy import LossyProxy
 from mcu_nn.build import build_firmware
 from mcu_nn.device import Emulator
 from mcu_nn.onboard import serial_test
@@ -22,72 +22,6 @@ from mcu_nn.flash import flash
 
 HAVE_QEMU = bool(shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc"))
 quiet = dict(log=lambda s: None, progress=False)
-
-
-class FaultyProxy:
-    """Loopback TCP proxy to ``target`` that damages bytes in both directions with
-    probability ``rate`` each (seeded); serves one connection, stops by itself after 60 s."""
-
-    def __init__(self, target: tuple[str, int], mode: str, rate: float, seed: int = 0) -> None:
-        self.target, self.mode, self.rate = target, mode, rate
-        self.rng = random.Random(seed)
-        self.faults = 0
-        self.srv = socket.create_server(("127.0.0.1", 0))
-        self.url = f"socket://127.0.0.1:{self.srv.getsockname()[1]}"
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _damage(self, data: bytes) -> bytes:
-        out = bytearray()
-        for b in data:
-            if self.rng.random() >= self.rate:
-                out.append(b)
-                continue
-            self.faults += 1
-            if self.mode == "corrupt":
-                out.append(b ^ (1 << self.rng.randrange(8)))
-            elif self.mode == "duplicate":
-                out += bytes([b, b])
-            # "drop": nothing
-        return bytes(out)
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        deadline = time.monotonic() + 60
-        src.settimeout(0.1)
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                data = src.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            try:
-                dst.sendall(self._damage(data))
-            except OSError:
-                break
-        self.stop.set()
-
-    def _serve(self) -> None:
-        self.srv.settimeout(30)
-        try:
-            client, _ = self.srv.accept()
-        except OSError:
-            return
-        board = socket.create_connection(self.target)
-        board.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        t = threading.Thread(target=self._pump, args=(board, client), daemon=True)
-        t.start()
-        self._pump(client, board)
-        t.join(2)
-        client.close()
-        board.close()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.srv.close()
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +49,8 @@ def test_faulty_link_never_gives_a_false_pass(board_port, tmp_path, mode, tamper
         z["expected"][5, 9, 0] ^= 1
         np.savez(tmp_path / "test_vectors.npz", **z)
         d = tmp_path
-    proxy = FaultyProxy(("127.0.0.1", port), mode, rate=0.004, seed=hash((mode, tamper)) & 0xFFFF)
+    rate = {"corrupt": dict(corrupt=0.004), "drop": dict(byte_drop=0.004), "duplicate": dict(byte_duplicate=0.004)}[mode]
+    proxy = LossyProxy(("127.0.0.1", port), **rate, seed=2 * ["corrupt", "drop", "duplicate"].index(mode) + tamper)
     try:
         r = serial_test(d, port=proxy.url, timeout=0.3, retries=8, allow_modified=tamper, **quiet)
     except McuNnError as e:          # a clear failure is acceptable, a false pass is not
@@ -123,7 +58,7 @@ def test_faulty_link_never_gives_a_false_pass(board_port, tmp_path, mode, tamper
         return
     finally:
         proxy.close()
-    assert proxy.faults > 0
+    assert proxy.stats[{"corrupt": "corrupted", "drop": "bytes_dropped", "duplicate": "bytes_duplicated"}[mode]] > 0
     if tamper:
         assert not r.ok and "vector 5" in r.first_mismatch
     else:

@@ -162,6 +162,8 @@ def test_gru_cell(prog):
 def test_quantize_input(prog):
     x = np.concatenate([RNG.normal(0, 4, 100_000), RNG.normal(0, 1e5, 10_000),
                         [np.nan, np.inf, -np.inf, 0.5, -0.5, 1.5, -1.5, 8.0, -8.0, 7.99987793, -0.0]]).astype(np.float32)
+    # and every kind of float32 (subnormals, NaN payloads, huge): random bit patterns
+    x = np.concatenate([x, RNG.integers(0, 1 << 32, 50_000, dtype=np.uint64).astype(np.uint32).view(np.float32)])
     inv = np.float32(1 / 2 ** -12) * np.ones_like(x)
     inv[::3] = np.float32(1 / 0.0123)
     got = c_eval(prog, "quant", x.view(np.int32).astype(np.int64), inv.view(np.int32).astype(np.int64))

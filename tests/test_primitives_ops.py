@@ -219,9 +219,9 @@ def test_hardtanh_exhaustive(prog, lo, hi):
 
 
 # ----------------------------------------------------------------------------- element-wise
-def _int16_mix(n: int) -> np.ndarray:
+def _int16_mix(n: int, rng: np.random.Generator = RNG) -> np.ndarray:
     extremes = np.array([-32768, -32767, -1, 0, 1, 32766, 32767])
-    return np.where(RNG.random(n) < 0.2, RNG.choice(extremes, n), RNG.integers(-32768, 32768, n))
+    return np.where(rng.random(n) < 0.2, rng.choice(extremes, n), rng.integers(-32768, 32768, n))
 
 
 def _mult_mix(n: int) -> np.ndarray:
@@ -410,13 +410,14 @@ def _smax_float(x, v, scale):
 @pytest.mark.parametrize("t,scale", [(1, 2.0 ** -12), (5, 2.0 ** -12), (50, 2.0 ** -10), (200, 0.0123), (64, 1.0)])
 def test_softmax_pool_c_python_float(prog, t, scale):
     """C == Python on the final state and output; the whole sequence == the stream cut anywhere;
-    within 2 LSB (values' scale) of the float softmax-weighted mean (1.63 measured over 5,000 random
-    full-range sequences; each weight is within 1.5e-4 relative, so adversarial data can reach
-    0.5 + 1.5e-4 * (max v - min v))."""
+    within 0.5 + 1.5e-4 * (max v - min v) LSB of the float softmax-weighted mean (each weight is
+    within 1.5e-4 relative). Random full-range sequences mostly stay under 2 LSB (1.63 measured
+    over 5,000), but not always: 2.34 and 3.01 were seen, so 2 LSB is not asserted."""
     mult, shift = _exp_params(scale)
     b, d = 40, 3
-    x = np.concatenate([_int16_mix(20 * t).reshape(20, t), RNG.integers(-200, 200, (20, t))])
-    v = _int16_mix(b * t * d).reshape(b, t, d)
+    rng = np.random.default_rng(t)       # its own generator: the data do not depend on which tests ran before
+    x = np.concatenate([_int16_mix(20 * t, rng).reshape(20, t), rng.integers(-200, 200, (20, t))])
+    v = _int16_mix(b * t * d, rng).reshape(b, t, d)
     x[0] = 32767
     x[1] = np.arange(t) * 9 - 32768                      # the max grows at every step
     m, s, acc, y = _smax_c(prog, x, v, mult, shift)
@@ -426,7 +427,9 @@ def test_softmax_pool_c_python_float(prog, t, scale):
     assert np.array_equal(m, state[0]) and np.array_equal(s, state[1]) and np.array_equal(acc, state[2])
     whole = fp.softmax_pool(x, v, mult, shift)
     assert np.array_equal(y, whole) and np.array_equal(fp.softmax_pool_final(state), whole)
-    assert np.abs(whole - _smax_float(x, v, scale)).max() <= 2.0
+    # the bound that holds for any data: 0.5 + 1.5e-4 of each row's range of values (up to 10.3 LSB)
+    err = np.abs(whole - _smax_float(x, v, scale))
+    assert (err <= 0.5 + 1.5e-4 * (v.max(axis=1) - v.min(axis=1))).all()
 
 
 def test_softmax_pool_longest_sequence(prog):

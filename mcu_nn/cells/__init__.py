@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from typing import Optional
 
 from ..errors import McuNnError
@@ -18,16 +19,19 @@ from .base import Cell, register, registry
 
 __all__ = ["Cell", "register", "cells", "cell_of", "from_aten", "from_torch_module", "GATES"]
 _loaded = False
+_load_lock = threading.RLock()
 
 
 def cells() -> dict[str, Cell]:
     """Every registered cell by kind (``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ...)."""
     global _loaded
     if not _loaded:
-        _loaded = True
-        for m in pkgutil.iter_modules(__path__):
-            if m.name != "base":
-                importlib.import_module(f"{__name__}.{m.name}")
+        with _load_lock:        # threads exporting at once must not see a half-filled registry
+            if not _loaded:
+                for m in pkgutil.iter_modules(__path__):
+                    if m.name != "base":
+                        importlib.import_module(f"{__name__}.{m.name}")
+                _loaded = True
     return registry()
 
 

@@ -179,6 +179,20 @@ def mve_kernel_of(dots: list[str]) -> str:
     return "+".join(sorted(kinds)) if kinds else "portable"
 
 
+# On ARMv7-M without DSP (Cortex-M3, MCUNN_V7M) every integer kind runs the MLA / SMLAL kernels of
+# templates/ports/cortex_m3; "portable" (float32) and "mixed" are kept for kinds without one.
+V7M_KERNELS = {"s8_32": "v7m", "s16_32": "v7m", "s16_64": "v7m", "s8_64": "v7m"}
+
+
+def v7m_kernel_of(dots: list[str]) -> str:
+    """One recurrent layer's kernel on an ARMv7-M core without DSP (manifest layers[i]["v7m_kernel"]):
+    "v7m" when every group dot product is an MLA kernel, "portable" when none is, else "mixed"."""
+    kinds = {V7M_KERNELS[re.match(r"mcunn_dot_(s\d+_\d+)_g\d+$", d).group(1)] for d in dots}
+    if not kinds or kinds == {"portable"}:
+        return "portable"
+    return "mixed" if "portable" in kinds else "v7m"
+
+
 def pack_group_weights(wx: np.ndarray, wh: np.ndarray, rows_per_group: int, chunk: int) -> np.ndarray:
     """The fused, kernel-ordered weight stream of one recurrent direction (see the comment
     above mcunn_dot_*_g* in mcunn_fixedpoint.h): per group of ``rows_per_group`` rows (one
@@ -285,6 +299,7 @@ class _Builder:
                     self.check_requant([(bp, qd.proj.mult)], np.zeros(P, np.int64), what + " projection")
             D["dsp_kernel"] = "portable" if fp_ else dsp_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D["mve_kernel"] = "portable" if fp_ else mve_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
+            D["v7m_kernel"] = "portable" if fp_ else v7m_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D.update(cell.c_arrays(self, D["fn"][len(self.p) + 1:], qd, what))
             self.kernels.append(self.env.get_template(cell.template).render(L=L, D=D, fp=fp_, vt=self.vt))
             dirs.append(D)
@@ -294,6 +309,8 @@ class _Builder:
                                                                   else "smlad+smlald")
         mk = [D["mve_kernel"] for D in dirs]
         L["mve_kernel"] = mk[0] if len(set(mk)) == 1 else "+".join(sorted({p for k in mk for p in k.split("+")}))
+        vk = {D["v7m_kernel"] for D in dirs}
+        L["v7m_kernel"] = vk.pop() if len(vk) == 1 else "mixed"
         return L
 
     def fused(self, op, qd, D: dict, what: str) -> None:
@@ -450,7 +467,8 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
             b.embedding(k, op)
         elif _is_rec(op):
             L = b.recurrent(k, op)
-            b.unit_info[k] = {"dsp_kernel": L["dsp_kernel"], "mve_kernel": L["mve_kernel"]}
+            b.unit_info[k] = {"dsp_kernel": L["dsp_kernel"], "mve_kernel": L["mve_kernel"],
+                              "v7m_kernel": L["v7m_kernel"]}
             max_h = max(max_h, op.hidden_size)
             macs = macs_per_step(op)
         elif isinstance(op, (QLinear, Linear)):

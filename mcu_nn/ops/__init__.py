@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from typing import Any, Optional
 
 _UNITS: dict[type, Any] = {}
 _loaded = False
+_load_lock = threading.RLock()
 
 
 def register(unit: Any) -> Any:
@@ -32,7 +34,9 @@ def unit_of(op: Any) -> Optional[Any]:
     """The unit that handles ``op`` (a float or integer IR op), or None."""
     global _loaded
     if not _loaded:
-        _loaded = True
-        for m in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{m.name}")
+        with _load_lock:        # threads exporting at once must not see a half-filled table
+            if not _loaded:
+                for m in pkgutil.iter_modules(__path__):
+                    importlib.import_module(f"{__name__}.{m.name}")
+                _loaded = True
     return _UNITS.get(type(op))

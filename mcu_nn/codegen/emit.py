@@ -181,7 +181,7 @@ def dsp_kernel_of(dots: list[str]) -> str:
 
 # On an MVE (Helium) core the int8 kernels with int32 accumulators run the vector kernel instead
 # (mcunn_dot_s8_32_g*_mve, MCUNN_MVE); the others stay on the DSP kernels above.
-MVE_KERNELS = {**DSP_KERNELS, "s8_32": "mve"}
+MVE_KERNELS = {**DSP_KERNELS, "s8_32": "mve", "s8_64": "mve", "s16_64": "mve"}
 
 
 def mve_kernel_of(dots: list[str]) -> str:

@@ -17,24 +17,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import kernel_harness as kh
 import qmodels as Q
-from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, bench_export, kernel_path, run_bench
-from mcu_nn.build import linker_script
-from mcu_nn.codegen import render_runtime, write_export
-from mcu_nn.codegen.emit import dsp_kernel_of, pack_group_weights
+from mcu_nn.bench import bench_export, kernel_path
+from mcu_nn.codegen import write_export
+from mcu_nn.codegen.emit import dsp_kernel_of, environment
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
-
-SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 40, 64, 601]
 
 KERNEL_SOURCE = """#include <stdint.h>
 #include "mcunn_fixedpoint.h"
@@ -44,25 +41,7 @@ static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w
 static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
 static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
 {% endfor %}
-static char line[80];
-static void put(char tag, int i, const int64_t *acc, int R, long used)
-{
-    int r, k, d;
-    for (r = 0; r < R; ++r) {
-        uint64_t v = (uint64_t)acc[r];
-        k = 0;
-        line[k++] = tag;
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
-        line[k++] = ' ';
-        for (d = 60; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(v >> d) & 15u];
-        line[k++] = ' ';
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
-        line[k++] = '\\n';
-        line[k] = 0;
-        bench_puts(line);
-    }
-}
-int main(void)
+{{ put }}int main(void)
 {
     int64_t acc[4];
     const void *end;
@@ -81,69 +60,14 @@ int main(void)
 """
 
 
-def _ints(rng: np.random.Generator, shape, mode: str, bits: int) -> np.ndarray:
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if mode == "min":                     # every product at its largest (int16: 2^30; pair sums of 2^31 overflow int32)
-        return np.full(shape, lo, np.int64)
-    if mode == "edge":
-        return rng.choice([lo, lo + 1, lo // 2, -1, 0, 1, hi // 2, hi - 1, hi], shape).astype(np.int64)
-    return rng.integers(lo, hi + 1, shape)
-
-
-def _cases(rng: np.random.Generator) -> list[dict]:
-    cases = []
-    for kind, wt, bits, chunk in (("s16", "int16_t", 16, 2), ("s8", "int8_t", 8, 4)):
-        for R in (1, 3, 4):
-            for n in SIZES:
-                for mode in ("min", "edge", "any"):
-                    if mode == "min" and n not in (1, 8, 601):
-                        continue
-                    w = _ints(rng, (R, n), mode, bits)
-                    x = _ints(rng, n + 1, mode, 16)     # one more: the kernels must not read past n
-                    a = rng.integers(-(1 << 50), 1 << 50, R) if mode == "any" else np.zeros(R, np.int64)
-                    # the stream of one segment of one group: chunks of R rows (int8: columns 0, 2, 1, 3)
-                    stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, chunk)
-                    cases.append(dict(kind=kind, wt=wt, chunk=chunk, R=R, n=n, wm=w, xv=x, av=a, stream=stream,
-                                      wlen=max(len(stream), 4), w=", ".join(str(int(v)) for v in stream) or "0",
-                                      x=", ".join(str(int(v)) for v in x),
-                                      a=", ".join(f"INT64_C({int(v)})" for v in a)))
-    return cases
-
-
-def _build_and_run(tmp_path: Path, source: str, name: str) -> str:
-    (tmp_path / f"{name}.c").write_text(source)
-    for fname, text in render_runtime().items():
-        (tmp_path / fname).write_text(text)
-    b = BOARDS["qemu-mps2-an386"]
-    elf, ld = tmp_path / f"{name}.elf", tmp_path / f"{name}.ld"
-    ld.write_text(linker_script(b))
-    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, *b.arch_flags, "-I", str(tmp_path), "-I", str(FIRMWARE),
-                    "-nostartfiles", "--specs=nosys.specs", "-T", str(ld), str(STARTUP),
-                    str(FIRMWARE / "semihost.c"), str(tmp_path / f"{name}.c"),
-                    str(tmp_path / "mcunn_fixedpoint.c"), "-o", str(elf)], check=True)
-    text = run_bench(elf, "qemu-mps2-an386", timeout=120)
-    assert "END" in text and "FAULT" not in text
-    return text
-
-
 @qemu
 def test_smlald_group_kernels_bit_exact_on_cortex_m4(tmp_path: Path) -> None:
-    from mcu_nn.codegen.emit import environment
-    cases = _cases(np.random.default_rng(14))
-    text = _build_and_run(tmp_path, environment().from_string(KERNEL_SOURCE).render(cases=cases), "dot64")
-    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for m in re.finditer(r"^([DP])([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{4})$", text, re.M):
-        v = int(m.group(3), 16)
-        got.setdefault((m.group(1), int(m.group(2), 16)), []).append((v - (1 << 64) if v >> 63 else v,
-                                                                       int(m.group(4), 16)))
-    assert len(got) == 2 * len(cases)
-    for i, c in enumerate(cases):
-        want = [int(c["av"][r]) + int(np.dot(c["wm"][r], c["xv"][:c["n"]])) for r in range(c["R"])]
-        used = -(-c["n"] // c["chunk"]) * c["chunk"] * c["R"]   # the pointer returned: past the whole segment
-        what = f"{c['kind']} R={c['R']} n={c['n']} case {i}"
-        assert [v for v, _ in got[("P", i)]] == want, "portable " + what
-        assert [v for v, _ in got[("D", i)]] == want, "SMLALD " + what
-        assert {u for _, u in got[("D", i)]} == {used} == {u for _, u in got[("P", i)]}, what
+    # "min" at 1, 8, 601: every int16 pair at -32768 * -32768, whose two-product sum 2^31 overflows int32
+    cases = kh.group_cases(np.random.default_rng(14), (("s16", 64), ("s8", 64)),
+                           sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 40, 64, 601], extreme_sizes=(1, 8, 601))
+    src = environment().from_string(KERNEL_SOURCE).render(cases=cases, put=kh.put_c(64))
+    text = kh.build_and_run(tmp_path, src, "dot64", "qemu-mps2-an386")
+    kh.check(cases, kh.printed(text, "DP", 64), "DP")             # D: SMLALD, P: the portable twin
     # the sums really need 64 bits somewhere (else the test would not test the high words)
     assert any(abs(v) >= 1 << 31 for c in cases for v in c["av"] + c["wm"] @ c["xv"][:c["n"]])
 

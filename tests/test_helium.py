@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import kernel_harness as kh
 import qmodels as Q
-from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, bench_export, kernel_path, run_bench
-from mcu_nn.build import linker_script
-from mcu_nn.codegen import render_runtime, write_export
-from mcu_nn.codegen.emit import environment, mve_kernel_of, pack_group_weights
+from mcu_nn.bench import bench_export, kernel_path
+from mcu_nn.codegen import write_export
+from mcu_nn.codegen.emit import environment, mve_kernel_of
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
@@ -38,8 +37,6 @@ from test_dsp_int16 import _force64, _set_shift, _with_cell_frac
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 BOARD = "qemu-mps3-an547"
-
-SIZES = list(range(1, 18)) + [23, 31, 40, 63, 64, 65, 127, 511, 601]
 
 KERNEL_SOURCE = """#include <stdint.h>
 #include "mcunn_fixedpoint.h"
@@ -52,25 +49,7 @@ static const int8_t W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} 
 static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
 static const int32_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
 {% endfor %}
-static char line[40];
-static void put(char tag, int i, const int32_t *acc, int R, long used)
-{
-    int r, k, d;
-    for (r = 0; r < R; ++r) {
-        uint32_t v = (uint32_t)acc[r];
-        k = 0;
-        line[k++] = tag;
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
-        line[k++] = ' ';
-        for (d = 28; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(v >> d) & 15u];
-        line[k++] = ' ';
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
-        line[k++] = '\\n';
-        line[k] = 0;
-        bench_puts(line);
-    }
-}
-int main(void)
+{{ put }}int main(void)
 {
     int32_t acc[4];
     const int8_t *end;
@@ -89,72 +68,13 @@ int main(void)
 """
 
 
-def _ints(rng: np.random.Generator, shape, mode: str, bits: int) -> np.ndarray:
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if mode == "min":                     # every product at its largest, 2^22
-        return np.full(shape, lo, np.int64)
-    if mode == "edge":
-        return rng.choice([lo, lo + 1, lo // 2, -1, 0, 1, hi // 2, hi - 1, hi], shape).astype(np.int64)
-    return rng.integers(lo, hi + 1, shape)
-
-
-def _cases(rng: np.random.Generator) -> list[dict]:
-    cases = []
-    for R in (1, 3, 4):
-        for n in SIZES:
-            for mode in ("min", "edge", "any"):
-                if mode == "min" and n not in (1, 7, 8, 9, 511):   # 511 * 2^22 < 2^31: the int32 bound
-                    continue
-                w = _ints(rng, (R, n), mode, 8)
-                x = _ints(rng, n + 1, mode, 16)     # one more: the kernels must not read past n
-                a = rng.integers(-(1 << 24), 1 << 24, R) if mode == "any" else np.zeros(R, np.int64)
-                stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, 4)
-                # and the next segment's chunks after it: the pointer must stop at the segment's end
-                stream = np.concatenate([stream, np.full(4 * R, 99, np.int64)])
-                cases.append(dict(R=R, n=n, wm=w, xv=x, av=a, wlen=len(stream),
-                                  w=", ".join(str(int(v)) for v in stream),
-                                  x=", ".join(str(int(v)) for v in x),
-                                  a=", ".join(str(int(v)) for v in a)))
-    return cases
-
-
-def _build_and_run(tmp_path: Path, source: str, name: str) -> str:
-    (tmp_path / f"{name}.c").write_text(source)
-    for fname, text in render_runtime().items():
-        (tmp_path / fname).write_text(text)
-    b = BOARDS[BOARD]
-    elf, ld = tmp_path / f"{name}.elf", tmp_path / f"{name}.ld"
-    ld.write_text(linker_script(b))
-    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, "-I", str(tmp_path), "-I", str(FIRMWARE),
-                    *b.cflags(), "-nostartfiles", "--specs=nosys.specs", "-T", str(ld), str(STARTUP),
-                    str(FIRMWARE / "semihost.c"), str(tmp_path / f"{name}.c"),
-                    str(tmp_path / "mcunn_fixedpoint.c"), "-o", str(elf)], check=True)
-    text = run_bench(elf, BOARD, timeout=120)
-    assert "END" in text and "FAULT" not in text
-    return text
-
-
 @qemu
 def test_mve_group_kernels_bit_exact_on_cortex_m55(tmp_path: Path) -> None:
-    cases = _cases(np.random.default_rng(55))
-    text = _build_and_run(tmp_path, environment().from_string(KERNEL_SOURCE).render(cases=cases), "dotmve")
-    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for m in re.finditer(r"^([MP])([0-9a-f]{4}) ([0-9a-f]{8}) ([0-9a-f]{4})$", text, re.M):
-        v = int(m.group(3), 16)
-        got.setdefault((m.group(1), int(m.group(2), 16)), []).append((v - (1 << 32) if v >> 31 else v,
-                                                                       int(m.group(4), 16)))
-    assert len(got) == 2 * len(cases)
-    for i, c in enumerate(cases):
-        want = [int(c["av"][r]) + int(np.dot(c["wm"][r], c["xv"][:c["n"]])) for r in range(c["R"])]
-        assert all(abs(v) < 1 << 31 for v in want)
-        used = -(-c["n"] // 4) * 4 * c["R"]            # the pointer returned: past the whole segment
-        what = f"R={c['R']} n={c['n']} case {i}"
-        assert [v for v, _ in got[("P", i)]] == want, "portable " + what
-        assert [v for v, _ in got[("M", i)]] == want, "MVE " + what
-        assert {u for _, u in got[("M", i)]} == {used} == {u for _, u in got[("P", i)]}, what
-    # the edge cases do reach beyond 2^30 (near the int32 bound the export allows)
-    assert max(abs(int(np.dot(c["wm"][r], c["xv"][:c["n"]]))) for c in cases for r in range(c["R"])) > 1 << 30
-
+    cases = kh.group_cases(np.random.default_rng(55))        # "min" at 1, 7, 8, 9, 511: 511 * 2^22 < 2^31
+    src = environment().from_string(KERNEL_SOURCE).render(cases=cases, put=kh.put_c(32))
+    text = kh.build_and_run(tmp_path, src, "dotmve", BOARD)
+    kh.check(cases, kh.printed(text, "MP", 32), "MP")           # M: the MVE kernel, P: its portable twin
+    assert kh.largest_sum(cases, 32) > 1 << 30                  # near the int32 bound the export allows
 
 
 KERNEL64_SOURCE = """#include <stdint.h>
@@ -168,25 +88,7 @@ static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w
 static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
 static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
 {% endfor %}
-static char line[48];
-static void put(char tag, int i, const int64_t *acc, int R, long used)
-{
-    int r, k, d;
-    for (r = 0; r < R; ++r) {
-        uint64_t v = (uint64_t)acc[r];
-        k = 0;
-        line[k++] = tag;
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
-        line[k++] = ' ';
-        for (d = 60; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(v >> d) & 15u];
-        line[k++] = ' ';
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
-        line[k++] = '\\n';
-        line[k] = 0;
-        bench_puts(line);
-    }
-}
-int main(void)
+{{ put }}int main(void)
 {
     int64_t acc[4];
     int r;
@@ -216,40 +118,13 @@ def test_mve_64bit_group_kernels_bit_exact_on_cortex_m55(tmp_path: Path) -> None
     against the kernel name the models call (which must now be the MVE one), the portable twins and
     exact numpy: every column count 1..17 and odd ones beyond, products at -32768 x -32768 summed
     far past 2^32, 64-bit starting accumulators, and the returned pointer."""
-    rng = np.random.default_rng(64)
-    cases = []
-    for kind, bits, chunk, wt in (("s16", 16, 2, "int16_t"), ("s8", 8, 4, "int8_t")):
-        for R in (1, 3, 4):
-            for n in list(range(1, 18)) + [23, 31, 63, 64, 65, 127, 601]:
-                for mode in ("min", "edge", "any"):
-                    if mode == "min" and n not in (1, 7, 9, 601):
-                        continue
-                    w = _ints(rng, (R, n), mode, bits)
-                    x = _ints(rng, n + 1, mode, 16)
-                    a = rng.integers(-(1 << 40), 1 << 40, R) if mode == "any" else np.zeros(R, np.int64)
-                    stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, chunk)
-                    stream = np.concatenate([stream, np.full(chunk * R, 99, np.int64)])
-                    cases.append(dict(kind=kind, wt=wt, R=R, n=n, chunk=chunk, wm=w, xv=x, av=a, wlen=len(stream),
-                                      w=", ".join(str(int(v)) for v in stream),
-                                      x=", ".join(str(int(v)) for v in x),
-                                      a=", ".join(f"(int64_t){int(v)}LL" for v in a)))
-    text = _build_and_run(tmp_path, environment().from_string(KERNEL64_SOURCE).render(cases=cases), "dot64mve")
-    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for m in re.finditer(r"^([MDP])([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{4})$", text, re.M):
-        v = int(m.group(3), 16)
-        got.setdefault((m.group(1), int(m.group(2), 16)), []).append((v - (1 << 64) if v >> 63 else v,
-                                                                       int(m.group(4), 16)))
-    assert len(got) == 3 * len(cases)
-    for i, c in enumerate(cases):
-        want = [int(c["av"][r]) + int(np.dot(c["wm"][r].astype(object), c["xv"][:c["n"]].astype(object)))
-                for r in range(c["R"])]
-        used = -(-c["n"] // c["chunk"]) * c["chunk"] * c["R"]
-        what = f"{c['kind']} R={c['R']} n={c['n']} case {i}"
-        for tag in "MDP":
-            assert [v for v, _ in got[(tag, i)]] == want, f"{tag} {what}"
-            assert {u for _, u in got[(tag, i)]} == {used}, f"{tag} {what}"
-    assert max(abs(int(np.dot(c["wm"][r].astype(object), c["xv"][:c["n"]].astype(object))))
-               for c in cases for r in range(c["R"])) > 1 << 38
+    cases = kh.group_cases(np.random.default_rng(64), (("s16", 64), ("s8", 64)),
+                           sizes=list(range(1, 18)) + [23, 31, 63, 64, 65, 127, 601],
+                           extreme_sizes=(1, 7, 9, 601), start_bits={64: 40})
+    src = environment().from_string(KERNEL64_SOURCE).render(cases=cases, put=kh.put_c(64))
+    text = kh.build_and_run(tmp_path, src, "dot64mve", BOARD)
+    kh.check(cases, kh.printed(text, "MDP", 64), "MDP")   # M: MVE, D: the name the models call, P: portable
+    assert kh.largest_sum(cases, 64) > 1 << 38
 
 # ------------------------------------------------------------------------------------ whole models
 def _model(tmp_path: Path, kind: str, I: int, H: int, *, shift=None, cell_frac=None, gain=1.0, loud=1.0,
@@ -535,7 +410,7 @@ def test_mve_cells_bit_exact_on_cortex_m55(tmp_path: Path) -> None:
     neither loaded nor stored)."""
     Ks, shifts, iters = list(range(16)), [32, 33, 41, 63], 20000
     src = environment().from_string(CELL_SOURCE).render(Ks=Ks, shifts=shifts, iters=iters)
-    text = _build_and_run(tmp_path, src, "cellmve")
+    text = kh.build_and_run(tmp_path, src, "cellmve", BOARD)
     got = {(m.group(1), int(m.group(2), 16)): (int(m.group(3), 16), int(m.group(4), 16))
            for m in re.finditer(r"^([LG])([0-9a-f]{2}) ([0-9a-f]{8}) ([0-9a-f]{8})$", text, re.M)}
     assert set(got) == {("L", k) for k in Ks} | {("G", s) for s in shifts}

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import kernel_harness as kh
 import qmodels as Q
 from mcu_nn import fixedpoint as fx
-from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, bench_export, kernel_path, run_bench
-from mcu_nn.build import linker_script
-from mcu_nn.codegen import render_runtime, write_export
-from mcu_nn.codegen.emit import environment, pack_group_weights, v7m_kernel_of
+from mcu_nn.bench import bench_export, kernel_path
+from mcu_nn.codegen import write_export
+from mcu_nn.codegen.emit import environment, v7m_kernel_of
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
@@ -40,8 +39,6 @@ from test_dsp_int16 import MODELS as MODELS64, _acc64, _model as _model64, _set_
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 BOARD = "qemu-mps2-an385"
-
-SIZES = list(range(1, 18)) + [23, 31, 40, 63, 64, 65, 127, 511, 601]
 
 KERNEL_SOURCE = """{% from "ports/cortex_m3/_dot_v7m.j2" import dot %}
 #include <stdint.h>
@@ -55,25 +52,7 @@ static const int8_t W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} 
 static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
 static const int32_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
 {% endfor %}
-static char line[40];
-static void put(char tag, int i, const int32_t *acc, int R, long used)
-{
-    int r, k, d;
-    for (r = 0; r < R; ++r) {
-        uint32_t v = (uint32_t)acc[r];
-        k = 0;
-        line[k++] = tag;
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
-        line[k++] = ' ';
-        for (d = 28; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(v >> d) & 15u];
-        line[k++] = ' ';
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
-        line[k++] = '\\n';
-        line[k] = 0;
-        bench_puts(line);
-    }
-}
-{% for c in cases %}
+{{ put }}{% for c in cases %}
 /* the call-site form: the accumulators start at the first chunk (no starting value) */
 static void site{{ loop.index0 }}(void)
 {
@@ -102,76 +81,15 @@ int main(void)
 """
 
 
-def _ints(rng: np.random.Generator, shape, mode: str, bits: int) -> np.ndarray:
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if mode == "min":                     # every product at its largest, 2^22
-        return np.full(shape, lo, np.int64)
-    if mode == "max":                     # every product at -128 * 32767: sums towards -2^31
-        return np.full(shape, lo if bits == 8 else hi, np.int64)
-    if mode == "edge":
-        return rng.choice([lo, lo + 1, lo // 2, -1, 0, 1, hi // 2, hi - 1, hi], shape).astype(np.int64)
-    return rng.integers(lo, hi + 1, shape)
-
-
-def _cases(rng: np.random.Generator) -> list[dict]:
-    cases = []
-    for R in (1, 3, 4):
-        for n in SIZES:
-            for mode in ("min", "max", "edge", "any"):
-                if mode in ("min", "max") and n not in (1, 3, 4, 5, 8, 9, 511):   # 511 * 2^22 < 2^31
-                    continue
-                w = _ints(rng, (R, n), mode, 8)
-                x = _ints(rng, n + 1, mode, 16)     # one more: the kernels must not read past n
-                a = rng.integers(-(1 << 24), 1 << 24, R) if mode == "any" else np.zeros(R, np.int64)
-                stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, 4)
-                # and the next segment's chunks after it: the pointer must stop at the segment's end
-                stream = np.concatenate([stream, np.full(4 * R, 99, np.int64)])
-                cases.append(dict(R=R, n=n, wm=w, xv=x, av=a, wlen=len(stream),
-                                  w=", ".join(str(int(v)) for v in stream),
-                                  x=", ".join(str(int(v)) for v in x),
-                                  a=", ".join(str(int(v)) for v in a)))
-    return cases
-
-
-def _build_and_run(tmp_path: Path, source: str, name: str) -> str:
-    (tmp_path / f"{name}.c").write_text(source)
-    for fname, text in render_runtime().items():
-        (tmp_path / fname).write_text(text)
-    b = BOARDS[BOARD]
-    elf, ld = tmp_path / f"{name}.elf", tmp_path / f"{name}.ld"
-    ld.write_text(linker_script(b))
-    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, "-I", str(tmp_path), "-I", str(FIRMWARE),
-                    *b.cflags(), "-nostartfiles", "--specs=nosys.specs", "-T", str(ld), str(STARTUP),
-                    str(FIRMWARE / "semihost.c"), str(tmp_path / f"{name}.c"),
-                    str(tmp_path / "mcunn_fixedpoint.c"), "-o", str(elf)], check=True)
-    text = run_bench(elf, BOARD, timeout=120)
-    assert "END" in text and "FAULT" not in text
-    return text
-
-
 @qemu
 def test_v7m_group_kernels_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
-    cases = _cases(np.random.default_rng(3))
-    text = _build_and_run(tmp_path, environment().from_string(KERNEL_SOURCE).render(cases=cases), "dotv7m")
-    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for m in re.finditer(r"^([FPS])([0-9a-f]{4}) ([0-9a-f]{8}) ([0-9a-f]{4})$", text, re.M):
-        v = int(m.group(3), 16)
-        got.setdefault((m.group(1), int(m.group(2), 16)), []).append((v - (1 << 32) if v >> 31 else v,
-                                                                       int(m.group(4), 16)))
-    assert len(got) == 3 * len(cases)
-    for i, c in enumerate(cases):
-        dots = [int(np.dot(c["wm"][r], c["xv"][:c["n"]])) for r in range(c["R"])]
-        want = [int(c["av"][r]) + dots[r] for r in range(c["R"])]
-        assert all(abs(v) < 1 << 31 for v in want + dots)
-        used = -(-c["n"] // 4) * 4 * c["R"]            # the pointer returned: past the whole segment
-        what = f"R={c['R']} n={c['n']} case {i}"
-        assert [v for v, _ in got[("P", i)]] == want, "portable " + what
-        assert [v for v, _ in got[("F", i)]] == want, "v7m function " + what
-        assert [v for v, _ in got[("S", i)]] == dots, "v7m call site " + what
-        assert {u for _, u in got[("F", i)]} == {used} == {u for _, u in got[("P", i)]} == \
-            {u for _, u in got[("S", i)]}, what
-    # the edge cases do reach beyond 2^30 (near the int32 bound the export allows)
-    assert max(abs(int(np.dot(c["wm"][r], c["xv"][:c["n"]]))) for c in cases for r in range(c["R"])) > 1 << 30
+    cases = kh.group_cases(np.random.default_rng(3), modes=("min", "max", "edge", "any"),
+                          extreme_sizes=(1, 3, 4, 5, 8, 9, 511))             # 511 * 2^22 < 2^31
+    src = environment().from_string(KERNEL_SOURCE).render(cases=cases, put=kh.put_c(32))
+    text = kh.build_and_run(tmp_path, src, "dotv7m", BOARD)
+    # F: the function, P: its portable twin (from the starting accumulators), S: the call-site asm (from 0)
+    kh.check(cases, kh.printed(text, "FPS", 32), "FPS", fresh="S")
+    assert kh.largest_sum(cases, 32) > 1 << 30      # near the int32 bound the export allows
 
 
 WIDE_SOURCE = """#include <stdint.h>
@@ -185,25 +103,7 @@ static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w
 static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
 static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
 {% endfor %}
-static char line[48];
-static void put(char tag, int i, const int64_t *acc, int R, long used)
-{
-    int r, k, d;
-    for (r = 0; r < R; ++r) {
-        uint64_t v = (uint64_t)acc[r];
-        k = 0;
-        line[k++] = tag;
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
-        line[k++] = ' ';
-        for (d = 60; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(unsigned)(v >> d) & 15u];
-        line[k++] = ' ';
-        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
-        line[k++] = '\\n';
-        line[k] = 0;
-        bench_puts(line);
-    }
-}
-int main(void)
+{{ put }}int main(void)
 {
     int64_t acc[4];
     int32_t a32[4];
@@ -221,7 +121,7 @@ int main(void)
         end = {{ fn }}(W{{ i }}, X{{ i }}, {{ c.n }}, a32);
         for (r = 0; r < {{ c.R }}; ++r) acc[r] = a32[r];
 {% endif %}
-        put('{{ tag }}', {{ i }}, acc, {{ c.R }}, (long)((const char *)end - (const char *)W{{ i }}));
+        put('{{ tag }}', {{ i }}, acc, {{ c.R }}, (long)(end - W{{ i }}));
 {% endfor %}
     }
 {% endfor %}
@@ -231,54 +131,15 @@ int main(void)
 """
 
 
-def _wide_cases(rng: np.random.Generator) -> list[dict]:
-    cases = []
-    for kind, ab in (("s16", 32), ("s16", 64), ("s8", 64)):
-        bits, chunk = (16, 2) if kind == "s16" else (8, 4)
-        for R in (1, 3, 4):
-            for n in SIZES:
-                for mode in ("min", "max", "edge", "any"):
-                    if mode in ("min", "max") and n not in (1, 2, 3, 4, 5, 8, 9, 511, 601):
-                        continue
-                    w = _ints(rng, (R, n), mode, bits)
-                    x = _ints(rng, n + 1, mode, 16)
-                    if ab == 32:           # the export's bound: sum |w| * 32768 < 2^31
-                        w = w // max(1, -(-int(np.abs(w).sum(axis=1).max()) // 65535))
-                    lim = 1 << (24 if ab == 32 else 50)
-                    a = rng.integers(-lim, lim, R) if mode == "any" else np.zeros(R, np.int64)
-                    stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, chunk)
-                    stream = np.concatenate([stream, np.full(4 * R // (bits // 8), 99, np.int64)])
-                    cases.append(dict(R=R, n=n, wm=w, xv=x, av=a, ab=ab, wt=f"int{bits}_t", bytes=bits // 8,
-                                      fn=f"mcunn_dot_{kind}_{ab}_g{R}", wlen=len(stream),
-                                      w=", ".join(str(int(v)) for v in stream), x=", ".join(str(int(v)) for v in x),
-                                      a=", ".join(f"{int(v)}LL" for v in a)))
-    return cases
-
-
 @qemu
 def test_v7m_wide_kernels_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
-    cases = _wide_cases(np.random.default_rng(16))
-    text = _build_and_run(tmp_path, environment().from_string(WIDE_SOURCE).render(cases=cases), "dotwide")
+    cases = kh.group_cases(np.random.default_rng(16), (("s16", 32), ("s16", 64), ("s8", 64)),
+                          modes=("min", "max", "edge", "any"), extreme_sizes=(1, 2, 3, 4, 5, 8, 9, 511, 601))
+    src = environment().from_string(WIDE_SOURCE).render(cases=cases, put=kh.put_c(64))
+    text = kh.build_and_run(tmp_path, src, "dotwide", BOARD)
     assert "mcunn_dot_s16_64_g4_v7m" in (tmp_path / "mcunn_fixedpoint.h").read_text()
-    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for m in re.finditer(r"^([FP])([0-9a-f]{4}) ([0-9a-f]{16}) ([0-9a-f]{4})$", text, re.M):
-        v = int(m.group(3), 16)
-        got.setdefault((m.group(1), int(m.group(2), 16)), []).append((v - (1 << 64) if v >> 63 else v,
-                                                                       int(m.group(4), 16)))
-    assert len(got) == 2 * len(cases)
-    for i, c in enumerate(cases):
-        want = [int(c["av"][r]) + int(np.dot(c["wm"][r], c["xv"][:c["n"]])) for r in range(c["R"])]
-        if c["ab"] == 32:
-            assert all(abs(v) < 1 << 31 for v in want)
-        chunk = 2 if c["bytes"] == 2 else 4
-        used = -(-c["n"] // chunk) * 4 * c["R"]       # bytes: past the whole segment
-        what = f"{c['fn']} n={c['n']} case {i}"
-        assert [v for v, _ in got[("P", i)]] == want, "portable " + what
-        assert [v for v, _ in got[("F", i)]] == want, "v7m " + what
-        assert {u for _, u in got[("F", i)]} == {used} == {u for _, u in got[("P", i)]}, what
-    # 64-bit sums well beyond 32 bits were exercised
-    assert max(abs(int(np.dot(c["wm"][r], c["xv"][:c["n"]]))) for c in cases if c["ab"] == 64
-               for r in range(c["R"])) > 1 << 38
+    kh.check(cases, kh.printed(text, "FP", 64), "FP")
+    assert kh.largest_sum(cases, 64) > 1 << 38      # 64-bit sums well beyond 32 bits
 
 
 CELL_SOURCE = """{% from "ports/cortex_m3/_cell_v7m.j2" import lstm_cell, gru_cell %}
@@ -348,7 +209,7 @@ def test_v7m_cells_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
     c0[len(e):2 * len(e)] = e
     src = environment().from_string(CELL_SOURCE).render(n=n, pre=_c(pre), c0=", ".join(str(int(v)) for v in c0),
                                                         gru=_c(gru))
-    text = _build_and_run(tmp_path, src, "cells")
+    text = kh.build_and_run(tmp_path, src, "cells", BOARD)
     got: dict[str, list[int]] = {}
     for m in re.finditer(r"^([HCG]\d+)((?: [0-9a-f]{4})+)$", text, re.M):
         got.setdefault(m.group(1), []).extend(int(v, 16) for v in m.group(2).split())

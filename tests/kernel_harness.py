@@ -1,0 +1,150 @@
+"""What the group-kernel tests on emulated cores share (test_dsp_int16 on the M4, test_helium on the
+M55, test_v7m_kernels on the M3): the cases (weights, activations and starting accumulators at the
+edges, packed as the export packs them, with a guard chunk after the segment), a C ``put`` that
+prints each accumulator and the returned pointer as one hex line, building a test program with
+the runtime for a board and running it under QEMU, and checking every kernel's lines against exact
+integer sums.
+
+A test program prints, per case i and kernel tag T, R lines ``T<i:4 hex> <acc hex> <used:4 hex>``
+(acc as 8 hex digits for int32 accumulators, 16 for int64; used = weights the kernel moved the
+pointer by) and then ``END``.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, run_bench
+from mcu_nn.build import linker_script
+from mcu_nn.codegen import render_runtime
+from mcu_nn.codegen.emit import pack_group_weights
+
+SIZES = list(range(1, 18)) + [23, 31, 40, 63, 64, 65, 127, 511, 601]
+
+
+def put_c(acc_bits: int) -> str:
+    """C: ``static void put(char tag, int i, const int<acc_bits>_t *acc, int R, long used)``."""
+    digits = acc_bits // 4
+    return f"""static char line[{digits + 16}];
+static void put(char tag, int i, const int{acc_bits}_t *acc, int R, long used)
+{{
+    int r, k, d;
+    for (r = 0; r < R; ++r) {{
+        uint{acc_bits}_t v = (uint{acc_bits}_t)acc[r];
+        k = 0;
+        line[k++] = tag;
+        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(i >> d) & 15];
+        line[k++] = ' ';
+        for (d = {acc_bits - 4}; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(unsigned)(v >> d) & 15u];
+        line[k++] = ' ';
+        for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(used >> d) & 15];
+        line[k++] = '\\n';
+        line[k] = 0;
+        bench_puts(line);
+    }}
+}}
+"""
+
+
+def ints(rng: np.random.Generator, shape, mode: str, bits: int) -> np.ndarray:
+    """Signed ``bits``-bit integers: "min" all at the minimum (int8 x int16: every product at its
+    largest, 2^22), "max" the minimum for int8 and the maximum for int16 (sums towards -2^31),
+    "edge" drawn from the edges, "any" uniform."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if mode == "min":
+        return np.full(shape, lo, np.int64)
+    if mode == "max":
+        return np.full(shape, lo if bits == 8 else hi, np.int64)
+    if mode == "edge":
+        return rng.choice([lo, lo + 1, lo // 2, -1, 0, 1, hi // 2, hi - 1, hi], shape).astype(np.int64)
+    return rng.integers(lo, hi + 1, shape)
+
+
+def group_cases(rng: np.random.Generator, kinds: tuple[tuple[str, int], ...] = (("s8", 32),), *,
+                sizes: list[int] = SIZES, modes: tuple[str, ...] = ("min", "edge", "any"),
+                extreme_sizes: tuple[int, ...] = (1, 7, 8, 9, 511), start_bits: dict | None = None) -> list[dict]:
+    """Cases for the group kernels ``mcunn_dot_<kind>_<acc>_g<R>`` (kinds: (weight kind "s8"/"s16",
+    accumulator bits 32/64)), R = 1, 3, 4 rows, every size, every mode ("min"/"max" only at
+    ``extreme_sizes``, whose sums must stay inside the accumulator the export proves). int16
+    weights with int32 accumulators are scaled to the export's bound (sum |w| * 32768 < 2^31).
+    The stream is one segment of one group, packed as the export packs it, then one chunk of 99s:
+    a kernel must stop its pointer at the segment's end. ``start_bits``: {acc bits: magnitude
+    bits of the random starting accumulators} ("any" mode; else they start at 0)."""
+    start_bits = start_bits or {32: 24, 64: 50}
+    cases = []
+    for kind, ab in kinds:
+        bits, chunk = (16, 2) if kind == "s16" else (8, 4)
+        for R in (1, 3, 4):
+            for n in sizes:
+                for mode in modes:
+                    if mode in ("min", "max") and n not in extreme_sizes:
+                        continue
+                    w = ints(rng, (R, n), mode, bits)
+                    x = ints(rng, n + 1, mode, 16)     # one more: the kernels must not read past n
+                    if kind == "s16" and ab == 32:
+                        w = w // max(1, -(-int(np.abs(w).sum(axis=1).max()) // 65535))
+                    lim = 1 << start_bits[ab]
+                    a = rng.integers(-lim, lim, R) if mode == "any" else np.zeros(R, np.int64)
+                    stream = pack_group_weights(w, np.zeros((R, 0), np.int64), R, chunk)
+                    stream = np.concatenate([stream, np.full(chunk * R, 99, np.int64)])
+                    cases.append(dict(kind=kind, ab=ab, wt=f"int{bits}_t", chunk=chunk, R=R, n=n, wm=w, xv=x, av=a,
+                                      fn=f"mcunn_dot_{kind}_{ab}_g{R}", wlen=len(stream),
+                                      w=", ".join(str(int(v)) for v in stream),
+                                      x=", ".join(str(int(v)) for v in x),
+                                      a=", ".join(f"INT{ab}_C({int(v)})" for v in a)))
+    return cases
+
+
+def build_and_run(tmp_path: Path, source: str, name: str, board: str) -> str:
+    """Compile ``source`` with the runtime, start-up and semihosting for ``board``; its output."""
+    (tmp_path / f"{name}.c").write_text(source)
+    for fname, text in render_runtime().items():
+        (tmp_path / fname).write_text(text)
+    b = BOARDS[board]
+    elf, ld = tmp_path / f"{name}.elf", tmp_path / f"{name}.ld"
+    ld.write_text(linker_script(b))
+    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, "-I", str(tmp_path), "-I", str(FIRMWARE),
+                    *b.cflags(), "-nostartfiles", "--specs=nosys.specs", "-T", str(ld), str(STARTUP),
+                    str(FIRMWARE / "semihost.c"), str(tmp_path / f"{name}.c"),
+                    str(tmp_path / "mcunn_fixedpoint.c"), "-o", str(elf)], check=True)
+    text = run_bench(elf, board, timeout=120)
+    assert "END" in text and "FAULT" not in text
+    return text
+
+
+def printed(text: str, tags: str, acc_bits: int) -> dict[tuple[str, int], list[tuple[int, int]]]:
+    """{(tag, case): [(accumulator, used), ...]} from the program's lines."""
+    got: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    pattern = rf"^([{tags}])([0-9a-f]{{4}}) ([0-9a-f]{{{acc_bits // 4}}}) ([0-9a-f]{{4}})$"
+    for m in re.finditer(pattern, text, re.M):
+        v = int(m.group(3), 16)
+        got.setdefault((m.group(1), int(m.group(2), 16)), []).append(
+            (v - (1 << acc_bits) if v >> (acc_bits - 1) else v, int(m.group(4), 16)))
+    return got
+
+
+def check(cases: list[dict], got: dict, tags: str, fresh: str = "") -> None:
+    """Every kernel (tag) gave the starting accumulator + the exact sum (tags in ``fresh``: the
+    exact sum alone, a call-site form that starts from nothing) and moved the pointer past the
+    whole segment; every case printed by every tag."""
+    assert len(got) == len(tags) * len(cases), f"{len(got)} results for {len(cases)} cases x {tags}"
+    for i, c in enumerate(cases):
+        dots = [int(np.dot(c["wm"][r].astype(object), c["xv"][:c["n"]].astype(object))) for r in range(c["R"])]
+        want = [int(c["av"][r]) + dots[r] for r in range(c["R"])]
+        if c["ab"] == 32:
+            assert all(abs(v) < 1 << 31 for v in want + dots), "a case beyond the int32 bound"
+        used = -(-c["n"] // c["chunk"]) * c["chunk"] * c["R"]
+        for tag in tags:
+            what = f"{tag}: {c['fn']} n={c['n']} case {i}"
+            assert [v for v, _ in got[(tag, i)]] == (dots if tag in fresh else want), what
+            assert {u for _, u in got[(tag, i)]} == {used}, what + " (pointer)"
+
+
+def largest_sum(cases: list[dict], acc_bits: int) -> int:
+    """max |exact sum| over the cases with ``acc_bits`` accumulators: the tests show they reach
+    the range they claim to test."""
+    return max(abs(int(np.dot(c["wm"][r].astype(object), c["xv"][:c["n"]].astype(object))))
+               for c in cases if c["ab"] == acc_bits for r in range(c["R"]))

@@ -1,9 +1,10 @@
-"""What the group-kernel tests on emulated cores share (test_dsp_int16 on the M4, test_helium on the
-M55, test_v7m_kernels on the M3): the cases (weights, activations and starting accumulators at the
+"""What the kernel tests on emulated cores share (test_dsp_int16 on the M4, test_helium on the
+M55, test_v7m_kernels on the M3, test_dsp_lstm_loop): for the group kernels, the cases (weights, activations and starting accumulators at the
 edges, packed as the export packs them, with a guard chunk after the segment), a C ``put`` that
 prints each accumulator and the returned pointer as one hex line, building a test program with
 the runtime for a board and running it under QEMU, and checking every kernel's lines against exact
-integer sums.
+integer sums; for whole models, one seeded model exported with the shift, cell fraction,
+accumulator width and input loudness a test asks for.
 
 A test program prints, per case i and kernel tag T, R lines ``T<i:4 hex> <acc hex> <used:4 hex>``
 (acc as 8 hex digits for int32 accumulators, 16 for int64; used = weights the kernel moved the
@@ -11,16 +12,22 @@ pointer by) and then ``END``.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+import qmodels as Q
 from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, run_bench
 from mcu_nn.build import linker_script
-from mcu_nn.codegen import render_runtime
+from mcu_nn.codegen import render_runtime, write_export
 from mcu_nn.codegen.emit import pack_group_weights
+from mcu_nn.quant import quantize
+from mcu_nn.ir import QModel
+from mcu_nn.sim import run
 
 SIZES = list(range(1, 18)) + [23, 31, 40, 63, 64, 65, 127, 511, 601]
 
@@ -148,3 +155,66 @@ def largest_sum(cases: list[dict], acc_bits: int) -> int:
     the range they claim to test."""
     return max(abs(int(np.dot(c["wm"][r].astype(object), c["xv"][:c["n"]].astype(object))))
                for c in cases if c["ab"] == acc_bits for r in range(c["R"]))
+
+
+# ------------------------------------------------------------------------------------ whole models
+def set_shift(q: QModel, new: int) -> QModel:
+    """The same model requantised with another common shift (mult and bias rescaled)."""
+    ops = []
+    for op in q.ops:
+        if hasattr(op, "directions") and hasattr(op, "cell_frac"):
+            dirs = []
+            for d in op.directions:
+                k = int(d.shift) - new
+                assert k >= 0
+                m = lambda mat: dataclasses.replace(mat, mult=np.round(np.asarray(mat.mult, np.float64) / 2 ** k)  # noqa: E731
+                                                    .astype(np.int64))
+                dirs.append(dataclasses.replace(d, wx=m(d.wx), wh=m(d.wh), shift=new,
+                                                bias=np.asarray(d.bias, np.int64) >> k,
+                                                bias_h=None if d.bias_h is None else np.asarray(d.bias_h, np.int64) >> k))
+            op = dataclasses.replace(op, directions=dirs)
+        ops.append(op)
+    return dataclasses.replace(q, ops=ops)
+
+
+def with_cell_frac(q: QModel, cf: int) -> QModel:
+    """The same model with another LSTM cell-state fraction."""
+    return dataclasses.replace(q, ops=[dataclasses.replace(op, cell_frac=cf) if hasattr(op, "cell_frac") else op
+                                       for op in q.ops])
+
+
+def force_acc64(q: QModel) -> QModel:
+    """The same model with 64-bit accumulators declared for every recurrent matrix."""
+    ops = []
+    for op in q.ops:
+        if hasattr(op, "directions") and hasattr(op, "cell_frac"):
+            op = dataclasses.replace(op, directions=[dataclasses.replace(
+                d, wx=dataclasses.replace(d.wx, acc_bits=64), wh=dataclasses.replace(d.wh, acc_bits=64))
+                for d in op.directions])
+        ops.append(op)
+    return dataclasses.replace(q, ops=ops)
+
+
+def export_model(tmp_path: Path, kind: str, I: int, H: int, *, precision: str = "int8", real: bool = True,
+                 force64: bool = False, shift: Optional[int] = None, cell_frac: Optional[int] = None,
+                 gain: float = 1.0, loud: float = 1.0, bidirectional: bool = False, proj: int = 0, layers: int = 1,
+                 layout: str = "packed", name: str = "m") -> Path:
+    """One seeded recurrent model exported with its test vectors: quantised by mcu-nn's quantiser
+    from calibration data (``real``) or by the test quantiser (shift < 32), with 64-bit
+    accumulators declared (``force64``), another shift or cell fraction; ``loud`` scales the test
+    inputs far outside the calibration range (saturation)."""
+    g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=gain, bidirectional=bidirectional, proj=proj,
+                     layers=layers, readout="final:0,1" if bidirectional else None)
+    if real:
+        q = quantize(g, Q.make_input(g, n=16, seed=4), precision)
+        q = force_acc64(q) if force64 else q
+    else:
+        q = Q.quantize_graph(g, precision, force64=force64)
+    if shift is not None:
+        q = set_shift(q, shift)
+    if cell_frac is not None:
+        q = with_cell_frac(q, cell_frac)
+    x = Q.make_input(g, n=4) * loud
+    d = tmp_path / name
+    write_export(q, d, x, run(q, x), weight_layout=layout)
+    return d

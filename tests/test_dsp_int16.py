@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -27,7 +26,6 @@ import qmodels as Q
 from mcu_nn.bench import bench_export, kernel_path
 from mcu_nn.codegen import write_export
 from mcu_nn.codegen.emit import dsp_kernel_of, environment
-from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
 
@@ -73,56 +71,9 @@ def test_smlald_group_kernels_bit_exact_on_cortex_m4(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ whole models
-def _set_shift(q, new: int):
-    """The same model requantised with another common shift (mult and bias rescaled)."""
-    ops = []
-    for op in q.ops:
-        if hasattr(op, "directions") and hasattr(op, "cell_frac"):
-            dirs = []
-            for d in op.directions:
-                k = int(d.shift) - new
-                assert k >= 0
-                m = lambda mat: dataclasses.replace(mat, mult=np.round(np.asarray(mat.mult, np.float64) / 2 ** k)  # noqa: E731
-                                                    .astype(np.int64))
-                dirs.append(dataclasses.replace(d, wx=m(d.wx), wh=m(d.wh), shift=new,
-                                                bias=np.asarray(d.bias, np.int64) >> k,
-                                                bias_h=None if d.bias_h is None else np.asarray(d.bias_h, np.int64) >> k))
-            op = dataclasses.replace(op, directions=dirs)
-        ops.append(op)
-    return dataclasses.replace(q, ops=ops)
-
-
-def _with_cell_frac(q, cf: int):
-    return dataclasses.replace(q, ops=[dataclasses.replace(op, cell_frac=cf) if hasattr(op, "cell_frac") else op
-                                       for op in q.ops])
-
-
-def _force64(q):
-    """The same model with 64-bit accumulators declared for every recurrent matrix."""
-    ops = []
-    for op in q.ops:
-        if hasattr(op, "directions") and hasattr(op, "cell_frac"):
-            op = dataclasses.replace(op, directions=[dataclasses.replace(
-                d, wx=dataclasses.replace(d.wx, acc_bits=64), wh=dataclasses.replace(d.wh, acc_bits=64))
-                for d in op.directions])
-        ops.append(op)
-    return dataclasses.replace(q, ops=ops)
-
-
-def _model(tmp_path: Path, kind: str, I: int, H: int, *, shift=None, cell_frac=None, gain=1.0, loud=1.0,
-           real=True, bidirectional=False, precision="int16", name="m") -> Path:
-    g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=gain, bidirectional=bidirectional,
-                     readout="final:0,1" if bidirectional else None)
-    q = (_force64(quantize(g, Q.make_input(g, n=16, seed=4), precision)) if real
-         else Q.quantize_graph(g, precision, force64=True))
-    if shift is not None:
-        q = _set_shift(q, shift)
-    if cell_frac is not None:
-        q = _with_cell_frac(q, cell_frac)
-    x = Q.make_input(g, n=4) * loud                  # loud: inputs far outside calibration saturate
-    d = tmp_path / name
-    write_export(q, d, x, run(q, x))
-    return d
+def _model(tmp_path: Path, kind: str, I: int, H: int, *, precision: str = "int16", **kw) -> Path:
+    """A model of this file: int16 (or int8) with 64-bit accumulators declared."""
+    return kh.export_model(tmp_path, kind, I, H, precision=precision, force64=True, **kw)
 
 
 MODELS = {

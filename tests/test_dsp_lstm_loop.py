@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kernel_harness as kh
 import qmodels as Q
 from runtime_program import RUNTIME_TEXT
-from test_dsp_int16 import _set_shift, _with_cell_frac
 
 from mcu_nn import fixedpoint as fp
 from mcu_nn.bench import bench_export
@@ -46,19 +46,8 @@ def test_runtime_defines_the_signed_tables():
         assert np.array_equal(values, signed_table(table, sig))
 
 
-def _model(tmp_path: Path, I: int, H: int, *, layout="packed", shift=None, cell_frac=None, gain=1.0, loud=1.0,
-           proj=0, layers=1, bidirectional=False, name="m") -> Path:
-    g = Q.make_graph("lstm", input_size=I, hidden=H, seq_len=5, gain=gain, proj=proj, layers=layers,
-                     bidirectional=bidirectional, readout="final:0,1" if bidirectional else None)
-    q = quantize(g, Q.make_input(g, n=16, seed=4), "int8")
-    if shift is not None:
-        q = _set_shift(q, shift)
-    if cell_frac is not None:
-        q = _with_cell_frac(q, cell_frac)
-    x = Q.make_input(g, n=4) * loud                  # loud: inputs far outside calibration saturate
-    d = tmp_path / name
-    write_export(q, d, x, run(q, x), weight_layout=layout)
-    return d
+def _model(tmp_path: Path, I: int, H: int, **kw) -> Path:
+    return kh.export_model(tmp_path, "lstm", I, H, **kw)
 
 
 MODELS = {

@@ -33,7 +33,6 @@ from mcu_nn.codegen.emit import environment, mve_kernel_of
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
-from test_dsp_int16 import _force64, _set_shift, _with_cell_frac
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 BOARD = "qemu-mps3-an547"
@@ -127,21 +126,7 @@ def test_mve_64bit_group_kernels_bit_exact_on_cortex_m55(tmp_path: Path) -> None
     assert kh.largest_sum(cases, 64) > 1 << 38
 
 # ------------------------------------------------------------------------------------ whole models
-def _model(tmp_path: Path, kind: str, I: int, H: int, *, shift=None, cell_frac=None, gain=1.0, loud=1.0,
-           real=True, bidirectional=False, proj=0, precision="int8", force64=False, name="m") -> Path:
-    g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=gain, bidirectional=bidirectional, proj=proj,
-                     readout="final:0,1" if bidirectional else None)
-    q = quantize(g, Q.make_input(g, n=16, seed=4), precision) if real else Q.quantize_graph(g, precision)
-    if force64:
-        q = _force64(q)
-    if shift is not None:
-        q = _set_shift(q, shift)
-    if cell_frac is not None:
-        q = _with_cell_frac(q, cell_frac)
-    x = Q.make_input(g, n=4) * loud                  # loud: inputs far outside calibration saturate
-    d = tmp_path / name
-    write_export(q, d, x, run(q, x))
-    return d
+_model = kh.export_model
 
 
 MODELS = {
@@ -246,7 +231,7 @@ def test_one_hot_ids_layers_on_m55(tmp_path: Path, kind: str, gates: int, precis
               ops=[Recurrent(kind, V, H, 0, False, dirs, source="ids", input_ids=True)])
     q = quantize(g, rng.integers(0, V, (16, 6)), precision)
     if precision == "int16":
-        q = _force64(q)                                  # the VMLALDAVA kernel for W_hh
+        q = kh.force_acc64(q)                                  # the VMLALDAVA kernel for W_hh
     x = rng.integers(-1, V + 2, (3, 6))
     write_export(q, tmp_path / "ids", x, run(q, x))
     src = "".join(p.read_text() for p in (tmp_path / "ids").glob("*.c") if p.name != "mcunn_fixedpoint.c")
@@ -439,7 +424,7 @@ def test_hand_written_cells_on_the_mve_kernels(tmp_path: Path, kind: str, precis
     if "peephole" in cell_of(kind).extra_params:
         d.extra["peephole"] = u(3, H)
     g = Graph(kind, "float", I, 5, [Recurrent(kind, I, H, 0, False, [d], "cell")])
-    q = _force64(quantize(g, rng.normal(0, 1, (16, 5, I)).astype(np.float32), precision))
+    q = kh.force_acc64(quantize(g, rng.normal(0, 1, (16, 5, I)).astype(np.float32), precision))
     x = rng.normal(0, 3, (4, 5, I)).astype(np.float32)
     e = tmp_path / "cell"
     write_export(q, e, x, run(q, x))

@@ -35,7 +35,7 @@ from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
 from test_dsp_cells import EDGE16, _c, _inputs
-from test_dsp_int16 import MODELS as MODELS64, _acc64, _model as _model64, _set_shift, _with_cell_frac
+from test_dsp_int16 import MODELS as MODELS64, _acc64, _model as _model64
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 BOARD = "qemu-mps2-an385"
@@ -223,19 +223,7 @@ def test_v7m_cells_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ whole models
-def _model(tmp_path: Path, kind: str, I: int, H: int, *, shift=None, cell_frac=None, gain=1.0, loud=1.0,
-           real=True, bidirectional=False, name="m") -> Path:
-    g = Q.make_graph(kind, input_size=I, hidden=H, seq_len=5, gain=gain, bidirectional=bidirectional,
-                     readout="final:0,1" if bidirectional else None)
-    q = quantize(g, Q.make_input(g, n=16, seed=4), "int8") if real else Q.quantize_graph(g, "int8")
-    if shift is not None:
-        q = _set_shift(q, shift)
-    if cell_frac is not None:
-        q = _with_cell_frac(q, cell_frac)
-    x = Q.make_input(g, n=4) * loud                  # loud: inputs far outside calibration saturate
-    d = tmp_path / name
-    write_export(q, d, x, run(q, x))
-    return d
+_model = kh.export_model
 
 
 MODELS = {
@@ -310,9 +298,9 @@ def test_int8_wide_layout_bit_exact_v7m_and_portable(tmp_path: Path, key: str) -
                      bidirectional=kind == "gru" and "bidir" in key, readout="final:0,1" if "bidir" in key else None)
     q = quantize(g, Q.make_input(g, n=16, seed=4), "int8")
     if "shift" in opts:
-        q = _set_shift(q, opts["shift"])
+        q = kh.set_shift(q, opts["shift"])
     if "cell_frac" in opts:
-        q = _with_cell_frac(q, opts["cell_frac"])
+        q = kh.with_cell_frac(q, opts["cell_frac"])
     x = Q.make_input(g, n=4) * opts.get("loud", 1.0)
     d = tmp_path / key
     write_export(q, d, x, run(q, x), weight_layout="wide")

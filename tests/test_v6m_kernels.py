@@ -9,7 +9,9 @@
 2. The requantisation's high word without a 64-bit multiply (mcunn_requant2_hi_v6m,
    mcunn_requant1_hi_v6m) against Python integers: ax, ah, mx, mh at +-2^31 and every 16-bit
    half boundary, biases to +-2^61; and mcunn_gru_cell_v6m (r * n_h from 16-bit halves) against
-   fixedpoint.py with n_x, n_h over the whole int32 range (the shift-32 path).
+   fixedpoint.py with n_x, n_h over the whole int32 range (the shift-32 path); mcunn_lstm_cell_v6m
+   (branch-free activations) against fixedpoint.lstm_cell for every cell_frac 0..15, saturated
+   pre-activations and extreme c.
 3. Whole int8 models (the cases of test_v7m_kernels: odd sizes, saturating inputs, cell_frac 0 / 15,
    shift 32 / < 32, bidirectional, RNN, token ids): `mcu-nn bench` compares every output of every
    test vector with the simulator for the v6m build and for the portable build on the M0.
@@ -30,7 +32,7 @@ from mcu_nn.bench import bench_export, kernel_path
 from mcu_nn.codegen import write_export
 from mcu_nn.codegen.emit import environment, pack_group_weights, v6m_kernel_of
 from mcu_nn.sim import run
-from test_dsp_cells import _c, _inputs
+from test_dsp_cells import EDGE16, _c, _inputs
 from test_v7m_kernels import MODELS, _ints, _model
 import test_v7m_kernels as V7
 
@@ -163,6 +165,8 @@ RQ_SOURCE = """#include <stdint.h>
 static const mcunn_rq_t Q[{{ n }}] = { {{ q }} };
 static const int32_t A[{{ n }}][2] = { {{ a }} };
 static const int32_t G[{{ ng }}][5] = { {{ gru }} };
+static const int32_t P[{{ ng }}][4] = { {{ pre }} };
+static const int16_t C0[{{ ng }}] = { {{ c0 }} };
 static char line[40];
 static void put(char tag, int i, int32_t v)
 {
@@ -186,6 +190,14 @@ int main(void)
     }
     for (i = 0; i < {{ ng }}; ++i)
         put('G', i, mcunn_gru_cell_v6m((int16_t)G[i][0], (int16_t)G[i][1], G[i][2], G[i][3], (int16_t)G[i][4]));
+{% for K in range(16) %}
+    for (i = 0; i < {{ ng }}; ++i) {
+        int16_t c = C0[i];
+        int32_t h = mcunn_lstm_cell_v6m(P[i][0], P[i][1], P[i][2], P[i][3], &c, {{ K }});
+        put('H', {{ K }} * 256 + i, h);
+        put('C', {{ K }} * 256 + i, c);
+    }
+{% endfor %}
     bench_puts("END\\n");
     return 0;
 }
@@ -219,14 +231,23 @@ def test_v6m_requant_and_gru_cell_bit_exact_on_cortex_m0(tmp_path: Path) -> None
         rows.append((b, mx, mh, ax, ah))
     q = ", ".join(f"{{{b}LL, {_i32(mx)}, {_i32(mh)}}}" for b, mx, mh, _, _ in rows)
     a = ", ".join(f"{{{_i32(ax)}, {_i32(ah)}}}" for *_, ax, ah in rows)
-    _, _, gru = _inputs(np.random.default_rng(8))
-    src = environment().from_string(RQ_SOURCE).render(n=len(rows), q=q, a=a, ng=len(gru), gru=_c(gru))
+    pre, c0, gru = _inputs(np.random.default_rng(8))
+    e = np.array(EDGE16, np.int64)                  # every edge pre-activation against every edge c
+    pre[:len(e), 0], pre[:len(e), 1], pre[:len(e), 2], pre[:len(e), 3] = e, e[::-1], e, e[::-1]
+    c0[len(e):2 * len(e)] = e
+    assert len(gru) <= 256
+    src = environment().from_string(RQ_SOURCE).render(n=len(rows), q=q, a=a, ng=len(gru), gru=_c(gru), pre=_c(pre),
+                                                      c0=", ".join(str(int(v)) for v in c0))
     got = _parse(_build_and_run(tmp_path, src, "rqv6m"))
     for i, (b, mx, mh, ax, ah) in enumerate(rows):
         assert got[("R", i)][0][0] == (b + ax * mx + ah * mh) >> 32, f"requant2 row {i}: {rows[i]}"
         assert got[("S", i)][0][0] == (b + ax * mx) >> 32, f"requant1 row {i}: {rows[i]}"
     want = fx.gru_cell(gru[:, 0], gru[:, 1], gru[:, 2], gru[:, 3], gru[:, 4])
     assert [got[("G", i)][0][0] for i in range(len(gru))] == [int(v) for v in want]
+    for K in range(16):
+        c_new, h = fx.lstm_cell(pre[:, 0], pre[:, 1], pre[:, 2], pre[:, 3], c0, K)
+        assert [got[("H", K * 256 + i)][0][0] for i in range(len(pre))] == [int(v) for v in h], f"h, cell_frac {K}"
+        assert [got[("C", K * 256 + i)][0][0] for i in range(len(pre))] == [int(v) for v in c_new], f"c, cell_frac {K}"
 
 
 # ------------------------------------------------------------------------------------ whole models

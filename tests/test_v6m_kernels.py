@@ -7,7 +7,9 @@
    product at -128 * -32768, sums near the int32 bound the export proves, non-zero starting
    accumulators, the returned weight pointer.
 2. The requantisation's high word without a 64-bit multiply (mcunn_requant2_hi_v6m,
-   mcunn_requant1_hi_v6m) against Python integers: ax, ah, mx, mh at +-2^31 and every 16-bit
+   mcunn_requant1_hi_v6m, and mcunn_requant2_shr_v6m: the approximate high word from 3 MULS a
+   product with the exact fallback near a rounding boundary, shifts 34, 36, 41, 53) against Python
+   integers: ax, ah, mx, mh at +-2^31 and every 16-bit
    half boundary, biases to +-2^61; and mcunn_gru_cell_v6m (r * n_h from 16-bit halves) against
    fixedpoint.py with n_x, n_h over the whole int32 range (the shift-32 path); mcunn_lstm_cell_v6m
    (branch-free activations) against fixedpoint.lstm_cell for every cell_frac 0..15, saturated
@@ -187,6 +189,9 @@ int main(void)
     for (i = 0; i < {{ n }}; ++i) {
         put('R', i, mcunn_requant2_hi_v6m(&Q[i], A[i][0], A[i][1]));
         put('S', i, mcunn_requant1_hi_v6m(&Q[i].bias, A[i][0], Q[i].mx));
+{% for sh in shifts %}
+        put('{{ "TUVW"[loop.index0] }}', i, mcunn_requant2_shr_v6m(&Q[i], A[i][0], A[i][1], {{ sh }}));
+{% endfor %}
     }
     for (i = 0; i < {{ ng }}; ++i)
         put('G', i, mcunn_gru_cell_v6m((int16_t)G[i][0], (int16_t)G[i][1], G[i][2], G[i][3], (int16_t)G[i][4]));
@@ -202,6 +207,9 @@ int main(void)
     return 0;
 }
 """
+
+
+SHIFTS = (2, 4, 9, 21)
 
 
 def _i32(v: int) -> str:
@@ -236,12 +244,14 @@ def test_v6m_requant_and_gru_cell_bit_exact_on_cortex_m0(tmp_path: Path) -> None
     pre[:len(e), 0], pre[:len(e), 1], pre[:len(e), 2], pre[:len(e), 3] = e, e[::-1], e, e[::-1]
     c0[len(e):2 * len(e)] = e
     assert len(gru) <= 256
-    src = environment().from_string(RQ_SOURCE).render(n=len(rows), q=q, a=a, ng=len(gru), gru=_c(gru), pre=_c(pre),
+    src = environment().from_string(RQ_SOURCE).render(n=len(rows), q=q, a=a, shifts=SHIFTS, ng=len(gru), gru=_c(gru), pre=_c(pre),
                                                       c0=", ".join(str(int(v)) for v in c0))
     got = _parse(_build_and_run(tmp_path, src, "rqv6m"))
     for i, (b, mx, mh, ax, ah) in enumerate(rows):
         assert got[("R", i)][0][0] == (b + ax * mx + ah * mh) >> 32, f"requant2 row {i}: {rows[i]}"
         assert got[("S", i)][0][0] == (b + ax * mx) >> 32, f"requant1 row {i}: {rows[i]}"
+        for tag, sh in zip("TUVW", SHIFTS):   # the approximate high word and its exact fallback
+            assert got[(tag, i)][0][0] == (b + ax * mx + ah * mh) >> (32 + sh), f"shift {32 + sh} row {i}: {rows[i]}"
     want = fx.gru_cell(gru[:, 0], gru[:, 1], gru[:, 2], gru[:, 3], gru[:, 4])
     assert [got[("G", i)][0][0] for i in range(len(gru))] == [int(v) for v in want]
     for K in range(16):

@@ -358,3 +358,20 @@ def test_v6m_kernel_recorded_per_layer(tmp_path: Path) -> None:
     assert kernel_path(two, BOARD) == "mixed"
     old = {"precision": "int8", "layers": [{"dsp_kernel": "smlad"}]}      # manifests before v6m_kernel
     assert kernel_path(old, BOARD) == "portable"
+
+
+@qemu
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_int8_wide_layout_on_m0(tmp_path: Path, kind: str) -> None:
+    """int8 weights stored as int16 (int32 accumulators): the portable int16 dot kernels inside the
+    v6m branch (its requantisation and cells), bit-exact; labelled "portable" (the dot kernels)."""
+    from mcu_nn.quant import quantize
+    g = Q.make_graph(kind, input_size=13, hidden=9, seq_len=5, gain=2.0)
+    q = quantize(g, Q.make_input(g, n=16, seed=4), "int8")
+    x = Q.make_input(g, n=4) * 20.0
+    write_export(q, tmp_path / "w", x, run(q, x), weight_layout="wide")
+    assert re.search(r"mcunn_dot_s16_32_g\d", (tmp_path / "w" / "model.c").read_text())
+    r = bench_export(tmp_path / "w", BOARD)
+    port = bench_export(tmp_path / "w", BOARD, portable=True)
+    assert r.vectors_checked == port.vectors_checked == 4 and r.path == "portable"
+    assert r.instructions_per_step < port.instructions_per_step

@@ -58,7 +58,7 @@ VARIANTS = [("int8", "packed"), ("int8", "wide"), ("int16", "packed"), ("float32
 STEPS, VECTORS = 8, 4
 DEFAULT_OUT = HERE / "RESULTS.md"
 M4F = "qemu-mps2-an386"
-WITH_PORTABLE = (M4F, "qemu-mps2-an385")    # a column of the same export built with -DMCUNN_PORTABLE
+WITH_PORTABLE = (M4F, "qemu-mps2-an385", "qemu-microbit")    # a column of the same export built with -DMCUNN_PORTABLE
 
 # hand-written cells (issue 9): each cell unit beside the fused kernel of the nn module it extends
 CELL_PAIRS = [("lstm", "peephole_lstm"), ("gru", "gru_reset_before")]
@@ -164,8 +164,8 @@ def board_order(only: Optional[list[str]] = None) -> list[str]:
 
 
 def core_jobs(boards: list[str], shapes: list[tuple]) -> list[Job]:
-    """Per core: every shape x precision (float32 where the core has an FPU); the M4F and M3 also
-    compiled with -DMCUNN_PORTABLE."""
+    """Per core: every shape x precision (float32 where the core has an FPU); the M4F, M3 and M0
+    also compiled with -DMCUNN_PORTABLE."""
     jobs = []
     for b in boards:
         for kind, i, h in shapes:
@@ -311,7 +311,8 @@ def core_title(board: str) -> str:
     b = BOARDS[board]
     core = b.arch.core.split(" (")[0]
     kernels = "Helium (MVE) and DSP kernels" if "mve" in b.arch.features else \
-        "DSP kernels" if b.arch.dsp else "ARMv7-M MLA kernels" if b.arch.v7m else "portable C"
+        "DSP kernels" if b.arch.dsp else "ARMv7-M MLA kernels" if b.arch.v7m else \
+        "ARMv6-M LDRSB/MULS kernels" if b.arch.v6m else "portable C"
     mem = f", {b.flash.size >> 10} KiB flash / {b.ram.size >> 10} KiB RAM" if b.flash and b.ram else ""
     how = (f"simavr {b.emulator.machine}: **CPU cycles**, exact" if is_avr(board) else
            f"{b.emulator.label} `-icount shift={b.emulator.bench_shift}`: **instructions**, exact")
@@ -551,7 +552,8 @@ less the cost of reading the counter.
 - Compilers: {arm_gcc} (`-O2`, `-mthumb -mcpu=...`); {rv_gcc} (`-O2 -march=rv32imac`); {avr_gcc} (`-O2`,
   weights, tables and requantisation records in flash via PROGMEM).
 - "kernels" = the path that ran (`BenchResult.path`): `mve` Helium, `simd` DSP (SMLAD/SMLALD),
-  `v7m` the ARMv7-M kernels without DSP (MLA/SMLAL, Cortex-M3), `portable` C, `mixed`. float32 rows only on cores with an FPU.
+  `v7m` the ARMv7-M kernels without DSP (MLA/SMLAL, Cortex-M3),
+  `v6m` the ARMv6-M kernels (LDRSB/MULS asm, requantisation from MULS partial products, Cortex-M0/M0+), `portable` C, `mixed`. float32 rows only on cores with an FPU.
 - "model+runtime flash" = model code + model constants + shared runtime (docs/sizes.md): `.text` +
   `.rodata` of the model's and the runtime's symbols in the linked ELF. "RAM" = state struct + stack
   high-water mark of one step.
@@ -585,7 +587,8 @@ def render(out: dict[Job, Outcome], boards: list[str], shapes: list[tuple], cmsi
                  "table below.\n\n" + glance_table(boards, shapes, out))
     parts.append("## Per core")
     notes = {
-        "cortex-m0plus": "ARMv6-M: no 32x32->64 multiply and no saturating instructions (the M3 has both).",
+        "cortex-m0plus": "ARMv6-M: no 32x32->64 multiply and no saturating instructions (the M3 has both). "
+                         "The portable column is the same export compiled with `-DMCUNN_PORTABLE` on the same core.",
         "cortex-m3": "The portable column is the same export compiled with `-DMCUNN_PORTABLE` on the same core.",
         "cortex-m4f": "The portable column is the same export compiled with `-DMCUNN_PORTABLE` on the same core.",
         "cortex-m55": "Instructions are not cycles here in particular: QEMU has no M55 timing model, and "

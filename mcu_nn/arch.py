@@ -16,7 +16,7 @@ class Arch:
     core: str                         # "Cortex-M4F": for people
     cpu: str                          # the -mcpu value ("host" for the host board)
     cflags: tuple[str, ...]           # compiler flags selecting the core and float ABI
-    features: frozenset[str]          # "dsp" (fast kernels), "fpu", "mve", "v7m" (ARMv7-M, no DSP)
+    features: frozenset[str]          # "dsp" (fast kernels), "fpu", "mve", "v7m" (ARMv7-M, no DSP), "v6m" (ARMv6-M)
     fpu: Optional[str] = None
     toolchain_prefix: str = ""        # "arm-none-eabi-"; "" is the host compiler
     link_flags: tuple[str, ...] = ()
@@ -46,6 +46,12 @@ class Arch:
         (MCUNN_V7M) apply; else, without dsp either, the portable C."""
         return "v7m" in self.features
 
+    @property
+    def v6m(self) -> bool:
+        """ARMv6-M (Cortex-M0/M0+): the LDRSB + MULS kernels of templates/ports/cortex_m0 (MCUNN_V6M)
+        apply; else the portable C."""
+        return "v6m" in self.features
+
     def tool(self, name: str) -> str:
         return self.toolchain_prefix + name
 
@@ -62,7 +68,7 @@ def _cortex_m(name: str, core: str, cpu: str, float_flags: tuple[str, ...], feat
 
 
 ARCHES: dict[str, Arch] = {a.name: a for a in [
-    _cortex_m("cortex-m0plus", "Cortex-M0/M0+ (ARMv6-M)", "cortex-m0plus", ("-mfloat-abi=soft",), set(),
+    _cortex_m("cortex-m0plus", "Cortex-M0/M0+ (ARMv6-M)", "cortex-m0plus", ("-mfloat-abi=soft",), {"v6m"},
               cycle_counter=None),
     _cortex_m("cortex-m3", "Cortex-M3", "cortex-m3", ("-mfloat-abi=soft",), {"v7m"}),
     _cortex_m("cortex-m4f", "Cortex-M4F", "cortex-m4", ("-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"),

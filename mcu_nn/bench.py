@@ -56,7 +56,7 @@ class BenchResult(Shown):
     name: str
     precision: str
     board: str
-    path: str                     # "simd" (DSP), "mve" (Helium), "v7m" (Cortex-M3), "portable", "mixed": kernel_path
+    path: str                     # "simd" (DSP), "mve" (Helium), "v7m" (Cortex-M3), "v6m" (Cortex-M0), "portable", "mixed": kernel_path
     instructions_per_step: int
     macs_per_step: int
     instructions_per_mac: float
@@ -152,7 +152,7 @@ def build_bench(export_dir: Path | Export, board: str, build_dir: Path, *, porta
     if "input" in vec and b.arch.toolchain_prefix != "avr-" and has_step_f32(ex):
         xf = vec["input"][:xq.shape[0]].astype(np.float32)
     (build_dir / "bench_vectors.h").write_text(_vectors_header(manifest, xq, xf))
-    flags = [*CFLAGS, *b.cflags(), *(["-DMCUNN_PORTABLE"] if portable and (b.arch.dsp or b.arch.v7m) else [])]
+    flags = [*CFLAGS, *b.cflags(), *(["-DMCUNN_PORTABLE"] if portable and (b.arch.dsp or b.arch.v7m or b.arch.v6m) else [])]
     c_files = stage_sources(ex, build_dir / "model")
     inc = ["-I", str(build_dir / "model"), "-I", str(FIRMWARE), "-I", str(ROOT / "common"), "-I", str(build_dir)]
     for c in c_files:
@@ -328,15 +328,17 @@ def kernel_path(manifest: dict, board: str, portable: bool = False) -> str:
     layer's int8 group kernels are the MVE ones (layers[i]["mve_kernel"]). Manifests from before
     dsp_kernel: simd on a DSP core. On an ARMv7-M core without DSP (Cortex-M3): "v7m" when every
     recurrent layer runs the MLA kernels (layers[i]["v7m_kernel"]), "portable" when none does (and
-    for manifests from before v7m_kernel), else "mixed"."""
+    for manifests from before v7m_kernel), else "mixed"; on an ARMv6-M core (Cortex-M0/M0+) the
+    same with "v6m" (layers[i]["v6m_kernel"]: the LDRSB + MULS kernels)."""
     arch = ALL_BOARDS[board].arch
-    if portable or manifest["precision"] == "float32" or not (arch.dsp or arch.v7m):
+    if portable or manifest["precision"] == "float32" or not (arch.dsp or arch.v7m or arch.v6m):
         return "portable"
     if not arch.dsp:
-        v7m = [layer.get("v7m_kernel", "portable") for layer in manifest.get("layers", []) if "dsp_kernel" in layer]
-        if v7m and all(k == "v7m" for k in v7m):
-            return "v7m"
-        return "portable" if all(k == "portable" for k in v7m) else "mixed"
+        key = "v7m" if arch.v7m else "v6m"
+        ks = [layer.get(f"{key}_kernel", "portable") for layer in manifest.get("layers", []) if "dsp_kernel" in layer]
+        if ks and all(k == key for k in ks):
+            return key
+        return "portable" if all(k == "portable" for k in ks) else "mixed"
     kinds = [layer["dsp_kernel"] for layer in manifest.get("layers", []) if "dsp_kernel" in layer]
     if all(k not in ("portable", "mixed") for k in kinds):
         # Helium cores: "mve" when every recurrent layer runs the MVE kernel (layers[i].mve_kernel)

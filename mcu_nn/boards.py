@@ -103,8 +103,9 @@ class Board:
     def cflags(self) -> list[str]:
         """Compiler flags of this board: the core's, the portable kernels where the core has no
         DSP extension (the row decides, not the compiler's guess; ARMv7-M cores without it run
-        the MCUNN_V7M kernels), the board's defines."""
-        return [*self.arch.cflags, *([] if self.arch.dsp or self.arch.v7m or not self.cross else ["-DMCUNN_PORTABLE"]),
+        the MCUNN_V7M kernels, ARMv6-M ones the MCUNN_V6M kernels), the board's defines."""
+        return [*self.arch.cflags, *([] if self.arch.dsp or self.arch.v7m or self.arch.v6m or not self.cross
+                                     else ["-DMCUNN_PORTABLE"]),
                 *(f"-D{k}={v}" for k, v in self.defines)]
 
     def counter_units(self, ticks: float, *, shift: Optional[int] = None) -> tuple[float, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,10 @@ def _end_to_end(export_dir, board: str) -> None:
     assert t.device.board == board and t.cycle_unit == "instructions" and t.mean_cycles_per_step > 100
     br = bench_export(export_dir, board, vectors=2)
     assert br.vectors_checked == 2 and br.instructions_per_step > 100
-    assert br.path == (("mve" if "mve" in b.arch.features else "simd") if b.arch.dsp else "portable")
+    # ARMv6-M: "v6m" where every recurrent layer runs the LDRSB + MULS kernels (int8, int32 sums)
+    layers = [la for la in json.loads((Path(export_dir) / "model.json").read_text())["layers"] if "dsp_kernel" in la]
+    v6m = b.arch.v6m and bool(layers) and all(la.get("v6m_kernel") == "v6m" for la in layers)
+    assert br.path == (("mve" if "mve" in b.arch.features else "simd") if b.arch.dsp else "v6m" if v6m else "portable")
     # the serial server's count (coarser shift, step over the link) and the bench's agree closely
     assert abs(t.mean_cycles_per_step - br.instructions_per_step) < 0.2 * br.instructions_per_step
 
@@ -98,7 +102,8 @@ def test_float32_on_the_cores_with_an_fpu(tmp_path):
 def test_rows_come_from_the_board_folders():
     assert set(NEW) <= set(BOARDS)
     assert BOARDS["qemu-microbit"].arch.name == "cortex-m0plus" and not BOARDS["qemu-microbit"].arch.dsp
-    assert "-DMCUNN_PORTABLE" in BOARDS["qemu-microbit"].cflags()
+    # ARMv6-M: the row's "v6m" feature selects the MCUNN_V6M kernels, so no -DMCUNN_PORTABLE
+    assert BOARDS["qemu-microbit"].arch.v6m and "-DMCUNN_PORTABLE" not in BOARDS["qemu-microbit"].cflags()
     assert BOARDS["qemu-mps3-an547"].arch.dsp and "mve" in BOARDS["qemu-mps3-an547"].arch.features
     assert BOARDS["qemu-microbit"].ram.size == 16 << 10 and BOARDS["qemu-microbit"].payload_max == 256
     assert BOARDS["qemu-mps2-an505"].firmware_dir == "mps2" and BOARDS["qemu-mps2-an505"].defines

@@ -396,7 +396,7 @@ def test_v7m_kernel_recorded_per_layer(tmp_path: Path) -> None:
         assert kernel_path(m, BOARD) == want
         assert kernel_path(m, BOARD, portable=True) == "portable"
         assert kernel_path(m, "qemu-mps2-an386") == "simd"              # Cortex-M4: the DSP kernels
-        assert kernel_path(m, "qemu-microbit") == "portable"            # Cortex-M0: neither
+        assert kernel_path(m, "qemu-microbit") == ("v6m" if (prec, force64) == ("int8", False) else "portable")  # Cortex-M0
     assert v7m_kernel_of(["mcunn_dot_s8_32_g4", "mcunn_dot_s8_32_g4"]) == "v7m"
     assert v7m_kernel_of(["mcunn_dot_s8_32_g4", "mcunn_dot_s8_64_g4"]) == "v7m"
     assert v7m_kernel_of(["mcunn_dot_s16_32_g3", "mcunn_dot_s16_64_g3"]) == "v7m"

@@ -205,6 +205,20 @@ def v7m_kernel_of(dots: list[str]) -> str:
     return "mixed" if "portable" in kinds else "v7m"
 
 
+# On ARMv6-M (Cortex-M0/M0+, MCUNN_V6M) the int8 kinds with int32 accumulators run the LDRSB + MULS
+# asm kernels of templates/ports/cortex_m0; the other integer kinds stay portable C.
+V6M_KERNELS = {"s8_32": "v6m", "s16_32": "portable", "s16_64": "portable", "s8_64": "portable"}
+
+
+def v6m_kernel_of(dots: list[str]) -> str:
+    """One recurrent layer's kernel on an ARMv6-M core (manifest layers[i]["v6m_kernel"]): "v6m"
+    when every group dot product is an asm LDRSB + MULS kernel, "portable" when none is, else "mixed"."""
+    kinds = {V6M_KERNELS[re.match(r"mcunn_dot_(s\d+_\d+)_g\d+$", d).group(1)] for d in dots}
+    if not kinds or kinds == {"portable"}:
+        return "portable"
+    return "mixed" if "portable" in kinds else "v6m"
+
+
 def pack_group_weights(wx: np.ndarray, wh: np.ndarray, rows_per_group: int, chunk: int) -> np.ndarray:
     """The fused, kernel-ordered weight stream of one recurrent direction (see the comment
     above mcunn_dot_*_g* in mcunn_fixedpoint.h): per group of ``rows_per_group`` rows (one
@@ -312,6 +326,7 @@ class _Builder:
             D["dsp_kernel"] = "portable" if fp_ else dsp_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D["mve_kernel"] = "portable" if fp_ else mve_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D["v7m_kernel"] = "portable" if fp_ else v7m_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
+            D["v6m_kernel"] = "portable" if fp_ else v6m_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D.update(cell.c_arrays(self, D["fn"][len(self.p) + 1:], qd, what))
             self.kernels.append(self.env.get_template(cell.template).render(L=L, D=D, fp=fp_, vt=self.vt))
             dirs.append(D)
@@ -323,6 +338,8 @@ class _Builder:
         L["mve_kernel"] = mk[0] if len(set(mk)) == 1 else "+".join(sorted({p for k in mk for p in k.split("+")}))
         vk = {D["v7m_kernel"] for D in dirs}
         L["v7m_kernel"] = vk.pop() if len(vk) == 1 else "mixed"
+        vk = {D["v6m_kernel"] for D in dirs}
+        L["v6m_kernel"] = vk.pop() if len(vk) == 1 else "mixed"
         return L
 
     def fused(self, op, qd, D: dict, what: str) -> None:
@@ -480,7 +497,7 @@ def emit(q: QModel, prefix: Optional[str] = None, weight_layout: str = "packed")
         elif _is_rec(op):
             L = b.recurrent(k, op)
             b.unit_info[k] = {"dsp_kernel": L["dsp_kernel"], "mve_kernel": L["mve_kernel"],
-                              "v7m_kernel": L["v7m_kernel"]}
+                              "v7m_kernel": L["v7m_kernel"], "v6m_kernel": L["v6m_kernel"]}
             max_h = max(max_h, op.hidden_size)
             macs = macs_per_step(op)
         elif isinstance(op, (QLinear, Linear)):

@@ -192,31 +192,30 @@ def mve_kernel_of(dots: list[str]) -> str:
 
 
 # On ARMv7-M without DSP (Cortex-M3, MCUNN_V7M) every integer kind runs the MLA / SMLAL kernels of
-# templates/ports/cortex_m3; "portable" (float32) and "mixed" are kept for kinds without one.
+# templates/ports/cortex_m3; on ARMv6-M (Cortex-M0/M0+, MCUNN_V6M) the int8 kinds with int32
+# accumulators run the LDRSB + MULS asm kernels of templates/ports/cortex_m0, the others portable C.
 V7M_KERNELS = {"s8_32": "v7m", "s16_32": "v7m", "s16_64": "v7m", "s8_64": "v7m"}
-
-
-def v7m_kernel_of(dots: list[str]) -> str:
-    """One recurrent layer's kernel on an ARMv7-M core without DSP (manifest layers[i]["v7m_kernel"]):
-    "v7m" when every group dot product is an MLA kernel, "portable" when none is, else "mixed"."""
-    kinds = {V7M_KERNELS[re.match(r"mcunn_dot_(s\d+_\d+)_g\d+$", d).group(1)] for d in dots}
-    if not kinds or kinds == {"portable"}:
-        return "portable"
-    return "mixed" if "portable" in kinds else "v7m"
-
-
-# On ARMv6-M (Cortex-M0/M0+, MCUNN_V6M) the int8 kinds with int32 accumulators run the LDRSB + MULS
-# asm kernels of templates/ports/cortex_m0; the other integer kinds stay portable C.
 V6M_KERNELS = {"s8_32": "v6m", "s16_32": "portable", "s16_64": "portable", "s8_64": "portable"}
 
 
-def v6m_kernel_of(dots: list[str]) -> str:
-    """One recurrent layer's kernel on an ARMv6-M core (manifest layers[i]["v6m_kernel"]): "v6m"
-    when every group dot product is an asm LDRSB + MULS kernel, "portable" when none is, else "mixed"."""
-    kinds = {V6M_KERNELS[re.match(r"mcunn_dot_(s\d+_\d+)_g\d+$", d).group(1)] for d in dots}
+def port_kernel_of(dots: list[str], kernels: dict[str, str]) -> str:
+    """One recurrent layer's kernel on a core whose port has one kind of kernel (``kernels``: e.g.
+    V7M_KERNELS; manifest layers[i]["v7m_kernel"] / ["v6m_kernel"]): the port's name when every
+    group dot product is one of its kernels, "portable" when none is, else "mixed"."""
+    kinds = {kernels[re.match(r"mcunn_dot_(s\d+_\d+)_g\d+$", d).group(1)] for d in dots}
     if not kinds or kinds == {"portable"}:
         return "portable"
-    return "mixed" if "portable" in kinds else "v6m"
+    return "mixed" if "portable" in kinds and len(kinds) > 1 else kinds.pop()
+
+
+def v7m_kernel_of(dots: list[str]) -> str:
+    """layers[i]["v7m_kernel"] (Cortex-M3): "v7m", "portable" or "mixed"."""
+    return port_kernel_of(dots, V7M_KERNELS)
+
+
+def v6m_kernel_of(dots: list[str]) -> str:
+    """layers[i]["v6m_kernel"] (Cortex-M0/M0+): "v6m", "portable" or "mixed"."""
+    return port_kernel_of(dots, V6M_KERNELS)
 
 
 def pack_group_weights(wx: np.ndarray, wh: np.ndarray, rows_per_group: int, chunk: int) -> np.ndarray:

@@ -84,6 +84,20 @@ static void put_u(uint32_t v)
     put(t + n);
 }
 
+#if !BENCH_BIDIR
+/* one line: TAG and the ticks of every step */
+static void put_ticks(const char *tag)
+{
+    uint32_t t;
+    put(tag);
+    for (t = 0; t < BENCH_T; ++t) {
+        put(" ");
+        put_u(ticks[t]);
+    }
+    put("\n");
+}
+#endif
+
 static void put_outputs(const char *tag, uint32_t i, const BENCH_OUT_T *v, size_t n)
 {
     size_t j;
@@ -200,12 +214,7 @@ int main(void)
         b = board_counter_now();
         ticks[t] = b - a;
     }
-    put("STEPS");
-    for (t = 0; t < BENCH_T; ++t) {
-        put(" ");
-        put_u(ticks[t]);
-    }
-    put("\n");
+    put_ticks("STEPS");
 #endif
 #ifdef BENCH_STEP_F32
     BENCH_RESET(&state);
@@ -216,12 +225,7 @@ int main(void)
         ticks[t] = b - a;
     }
     flush();
-    put("FSTEPS");
-    for (t = 0; t < BENCH_T; ++t) {
-        put(" ");
-        put_u(ticks[t]);
-    }
-    put("\n");
+    put_ticks("FSTEPS");
     for (t = 0; t < BENCH_T; ++t) {
         const float *xf = bench_xf + t * BENCH_IN_SIZE;
         uint32_t j;
@@ -231,12 +235,7 @@ int main(void)
         ticks[t] = b - a;
     }
     flush();
-    put("QSTEPS");
-    for (t = 0; t < BENCH_T; ++t) {
-        put(" ");
-        put_u(ticks[t]);
-    }
-    put("\n");
+    put_ticks("QSTEPS");
 #endif
     flush();
     for (p = low; p < sp - 1 && *p == PAINT; ++p) {

@@ -94,8 +94,9 @@ def _board(board: str) -> Board:
 
 def _c_array(values: np.ndarray, ctype: str) -> str:
     flat = values.reshape(-1)
-    if ctype == "float":
-        items = ["%.9ef" % float(v) for v in flat.astype(np.float32)]
+    if ctype == "float":      # NaN and inf have no C literal: constant expressions (C99 6.6, IEEE 754)
+        items = ["(0.0f/0.0f)" if np.isnan(v) else ("(1.0f/0.0f)" if v > 0 else "(-1.0f/0.0f)") if np.isinf(v)
+                 else "%.9ef" % float(v) for v in flat.astype(np.float32)]
     else:
         items = [str(int(v)) for v in flat]
     rows = [", ".join(items[i:i + 16]) for i in range(0, len(items), 16)]

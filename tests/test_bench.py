@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 import qmodels as Q
@@ -47,6 +49,20 @@ def test_json_has_the_issue_keys_and_consistent_figures(export_dir, capsys):
     # float inputs: bq_step_f32 (outputs checked on every vector) = the step + a few instructions a value
     assert d["instructions_per_step"] < d["instructions_per_step_f32"] < d["instructions_per_step"] + 10 * 8 + 40
     assert d["quantize_input_instructions"] > 8 * 20          # the C quantiser, element by element
+
+
+@qemu
+def test_float_inputs_with_nan_and_inf_build_and_match(tmp_path):
+    # NaN and inf have no C literal: the bench's float vectors still compile, and <name>_step_f32
+    # quantises them as the simulator did (NaN -> 0, inf -> saturated)
+    g = Q.make_graph("lstm", input_size=5, hidden=6, seq_len=4, gain=1.0, name="nf")
+    q = quantize(g, Q.make_input(g, n=8, seed=2), "int8")
+    x = Q.make_input(g, n=2)
+    x[0, 1, :4] = [np.nan, np.inf, -np.inf, -0.0]
+    d = tmp_path / "nf"
+    write_export(q, d, x, run(q, x))
+    r = bench_export(d, "qemu-mps2-an386")
+    assert r.instructions_per_step_f32 > r.instructions_per_step > 0
 
 
 @qemu

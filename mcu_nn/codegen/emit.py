@@ -326,6 +326,9 @@ class _Builder:
             D["mve_kernel"] = "portable" if fp_ else mve_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D["v7m_kernel"] = "portable" if fp_ else v7m_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
             D["v6m_kernel"] = "portable" if fp_ else v6m_kernel_of(([] if L["ids"] else [D["dotx"]]) + [D["doth"]])
+            if (D["v6m_kernel"] == "portable" and not fp_ and op.kind in ("lstm", "gru") and D["acc32"]
+                    and D["shift"] >= 32 and (op.kind == "gru" or 0 <= L["cell_frac"] <= 15)):
+                D["v6m_kernel"] = "mixed"     # the v6m branch (requantisation, cell) around portable dot kernels
             D.update(cell.c_arrays(self, D["fn"][len(self.p) + 1:], qd, what))
             self.kernels.append(self.env.get_template(cell.template).render(L=L, D=D, fp=fp_, vt=self.vt))
             dirs.append(D)

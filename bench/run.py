@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from mcu_nn.arch import ARCHES  # noqa: E402
 from mcu_nn.bench import BOARDS, BenchResult, bench_export  # noqa: E402
 from mcu_nn.cells import cell_of, cells  # noqa: E402
+from mcu_nn.errors import McuNnError  # noqa: E402
 from mcu_nn.codegen import write_export  # noqa: E402
 from mcu_nn.ir import DirectionWeights, Graph, Recurrent  # noqa: E402
 from mcu_nn.quant import quantize  # noqa: E402
@@ -53,8 +54,6 @@ from mcu_nn.sim.float_sim import run_float  # noqa: E402
 
 SHAPES = [("lstm", 16, 32), ("lstm", 40, 64), ("gru", 16, 32), ("gru", 40, 64)]
 PRECISIONS = ("int8", "int16", "float32")
-# the int8 "wide" layout (int8 weights stored as int16, twice the recurrent weights' flash)
-VARIANTS = [("int8", "packed"), ("int8", "wide"), ("int16", "packed"), ("float32", "packed")]
 STEPS, VECTORS = 8, 4
 DEFAULT_OUT = HERE / "RESULTS.md"
 M4F = "qemu-mps2-an386"
@@ -68,7 +67,6 @@ CELL_SHAPES = [(16, 32), (40, 64)]
 # published ones. Keys of results.json: {"cmsis_nn_commit": str, "results": {board: {"arm_lstm_unidirectional_s16 16x32":
 # {"instructions_per_step": N, "flash_bytes": N, "ram_bytes": N}, "s8 40x64": {...}}}}.
 CMSIS_JSON = HERE / "cmsis_nn" / "results.json"
-CMSIS_KERNELS = {"s16": "arm_lstm_unidirectional_s16", "s8": "arm_lstm_unidirectional_s8"}
 PUBLISHED_CMSIS = {   # (board, kernel, I, H) -> (instructions per step, source)
     (M4F, "s16", 16, 32): (37070, "published: issue 4, same emulated Cortex-M4, -O2"),
     (M4F, "s16", 40, 64): (106500, "published: issue 4, same emulated Cortex-M4, -O2"),
@@ -76,8 +74,6 @@ PUBLISHED_CMSIS = {   # (board, kernel, I, H) -> (instructions per step, source)
     ("qemu-mps3-an547", "s16", 16, 32): (22500, "published: issue 14, approximate (~)"),
 }
 
-# The cost of quantising the float input on the chip, per step, if mcu_nn.bench reports it
-# (a BenchResult field of one of these names: instructions added to a step); else a gap.
 SIM_GOAL = 100_000
 
 
@@ -217,7 +213,7 @@ def classify(message: str) -> tuple[str, bool]:
 def measure(jobs: list[Job], workers: int, tmp: Path, bench=bench_export, exporter=export) -> dict[Job, Outcome]:
     """Export each model once, then bench every job on ``workers`` threads; prints a line per
     job as it finishes."""
-    exports: dict[tuple, Path] = {}
+    exports: dict[tuple, Path | Exception] = {}     # a failed export is remembered, not retried per job
     lock = threading.Lock()         # one export at a time (CPU-bound Python; the cell registry loads lazily)
     cells()                         # ... so load it before the threads start
     outcomes: dict[Job, Outcome] = {}
@@ -227,11 +223,17 @@ def measure(jobs: list[Job], workers: int, tmp: Path, bench=bench_export, export
         try:
             with lock:
                 if job.model not in exports:
-                    exports[job.model] = exporter(*job.model, tmp)
-            return Outcome(bench(exports[job.model], job.board, portable=job.portable),
-                           seconds=time.perf_counter() - t0)
+                    try:
+                        exports[job.model] = exporter(*job.model, tmp)
+                    except Exception as e:  # noqa: BLE001
+                        exports[job.model] = e
+            made = exports[job.model]
+            if isinstance(made, Exception):
+                raise made
+            return Outcome(bench(made, job.board, portable=job.portable), seconds=time.perf_counter() - t0)
         except Exception as e:  # noqa: BLE001 (any failure is one cell, not the run)
-            text, fits = classify(f"{type(e).__name__}: {e}" if not str(e) else str(e))
+            # mcu-nn's own errors are one line for people; anything else keeps its type (a bug)
+            text, fits = classify(str(e) if isinstance(e, McuNnError) else f"{type(e).__name__}: {e}")
             return Outcome(None, text, fits, time.perf_counter() - t0)
 
     # the slow emulations first (AVR, soft-float and portable cores), so the pool ends together
@@ -557,9 +559,9 @@ less the cost of reading the counter.
 - "model+runtime flash" = model code + model constants + shared runtime (docs/sizes.md): `.text` +
   `.rodata` of the model's and the runtime's symbols in the linked ELF. "RAM" = state struct + stack
   high-water mark of one step.
-- CMSIS-NN: our int8 rows (int8 weights, int16 state) are compared with `arm_lstm_unidirectional_s16`
-  (int8 weights, int16 activations: the same arithmetic) where a figure exists, else with `_s8`
-  (int8 activations), named in each cell. "reproduced" = `bench/cmsis_nn` on the same emulated core
+- CMSIS-NN: our int8 rows (int8 weights, int16 state) are compared with both of its LSTM kernels
+  where there is a figure, each named in its cell: `arm_lstm_unidirectional_s16` (int8 weights, int16
+  activations: the same arithmetic) and `_s8` (int8 activations: less work, the faster on every core). "reproduced" = `bench/cmsis_nn` on the same emulated core
   ({cmsis_source}); "published" = figures quoted in the issues (issue 4: the same emulated Cortex-M4,
   `-O2`; issue 14). Speed-up = CMSIS-NN instr/step / ours. CMSIS-NN has no GRU and no int16-weight LSTM.
 """
@@ -639,6 +641,8 @@ def parse_shape(s: str) -> tuple[str, int, int]:
     m = re.fullmatch(r"(\w+):(\d+)x(\d+)", s)
     if not m:
         raise argparse.ArgumentTypeError(f"{s!r}: expected KIND:IxH, e.g. lstm:16x32")
+    if m.group(1) not in cells():
+        raise argparse.ArgumentTypeError(f"{s!r}: unknown cell kind {m.group(1)!r}; known: {', '.join(sorted(cells()))}")
     return m.group(1), int(m.group(2)), int(m.group(3))
 
 
@@ -659,7 +663,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         ap.error(f"unknown board(s) {', '.join(unknown)}; emulated boards: {', '.join(BOARDS)}")
     boards = board_order([M4F] if a.quick else a.board)
     shapes = a.shape or SHAPES
-    full = not (a.quick or a.cells or a.cores or a.board or a.shape)
+    # the whole file: only the plain command writes bench/RESULTS.md (and names itself in it)
+    full = not (a.quick or a.cells or a.cores or a.board or a.shape or a.no_sim)
     if a.cells:
         jobs = cell_jobs(a.shape)
     elif a.cores:
@@ -687,7 +692,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif a.cores:
         text = glance_table(boards, shapes, out)
     else:
-        command = "python bench/run.py" + ("" if full else " " + " ".join(sys.argv[1:] if argv is None else argv))
+        args = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python bench/run.py", *args]) if args else "python bench/run.py"
         text = render(out, boards, shapes, cmsis, commit, sim, env, seconds, command, a.jobs)
     print("\n" + text)
     if out_path:

@@ -211,8 +211,10 @@ def check_mve(cmsis: Path, board: str) -> dict:
     arm_nn_math_types.h), by preprocessing a probe with the same flags."""
     b = BOARDS[board]
     probe = '#include "arm_nn_math_types.h"\n#ifdef ARM_MATH_MVEI\nMVEI\n#endif\n#ifdef ARM_MATH_DSP\nDSP\n#endif\n'
-    r = subprocess.run([b.arch.tool("gcc"), *CFLAGS, *b.cflags(), "-I", str(cmsis / "Include"),
-                        "-E", "-P", "-x", "c", "-"], input=probe, capture_output=True, text=True, check=True)
+    r = subprocess.run([require(b.arch.tool("gcc")), *CFLAGS, *b.cflags(), "-I", str(cmsis / "Include"),
+                        "-E", "-P", "-x", "c", "-"], input=probe, capture_output=True, text=True)
+    if r.returncode:
+        raise McuNnError(f"{board}: CMSIS-NN's arm_nn_math_types.h does not preprocess: {r.stderr.strip()[:300]}")
     words = r.stdout.split()
     return {"ARM_MATH_MVEI": "MVEI" in words, "ARM_MATH_DSP": "DSP" in words}
 
@@ -259,7 +261,10 @@ def measure(cmsis: Path, board: str, kernel: str, i_dim: int, h_dim: int, work: 
     y = np.array(run_out, np.uint16).view(np.int16).astype(np.float64)
     y = ((y - q["zp_h"]) * q["s_h"]).reshape(STEPS, h_dim)
     err = float(np.abs(y - float_lstm(layer, layer["x"])).max())
-    seq = [int(v) for v in re.search(r"^SEQ (\d+) (\d+)$", text, re.M).groups()]
+    m = re.search(r"^SEQ (\d+) (\d+)$", text, re.M)
+    if not m:
+        raise McuNnError(f"{kernel} on {board}: the harness printed no SEQ line")
+    seq = [int(v) for v in m.groups()]
     steady = [instr(t - p.empty) for t in p.steps[1:]]
     figures = _model_flash([model_o, *objs], elf, tuple(o.stem for o in objs))
     return {"instructions_per_step": round(sum(steady) / len(steady)),
@@ -307,6 +312,14 @@ def table(results: dict) -> str:
 
 
 def main() -> int:
+    try:
+        return _main()
+    except McuNnError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cmsis-nn", type=Path, required=True, metavar="DIR", help="a CMSIS-NN source tree")
     ap.add_argument("--commit", help="its commit, when DIR is not a git checkout")
@@ -321,7 +334,10 @@ def main() -> int:
     results, cores = {}, {}
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="mcunn-cmsis-") as tmp:
-        work = a.keep.resolve() if a.keep else Path(tmp)
+        # --keep: one folder per CMSIS-NN commit, so objects of another tree are never reused
+        commit = cmsis_commit(cmsis, a.commit)
+        work = (a.keep.resolve() / (commit[:12] if re.fullmatch(r"[0-9a-f]{7,40}", commit) else "unknown-commit")
+                if a.keep else Path(tmp))
         for board in boards:
             macros = check_mve(cmsis, board)
             cores[board] = {"core": BOARDS[board].arch.core, "cflags": " ".join(BOARDS[board].cflags()),

@@ -337,6 +337,7 @@ def test_cell_units_bit_exact_v7m_and_portable(tmp_path: Path, kind: str, precis
     v7m = bench_export(tmp_path / kind, BOARD)
     port = bench_export(tmp_path / kind, BOARD, portable=True)
     assert (v7m.path, port.path) == ("v7m", "portable") and v7m.vectors_checked == 3
+    assert v7m.instructions_per_step < port.instructions_per_step      # the MLA code ran
     assert v7m.instructions_per_step < port.instructions_per_step
 
 
@@ -349,7 +350,9 @@ def test_stacked_projection_lstm_v7m(tmp_path: Path) -> None:
     x = Q.make_input(g, n=4)
     write_export(q, tmp_path / "p", x, run(q, x))
     v7m = bench_export(tmp_path / "p", BOARD)
-    assert v7m.path == "v7m" and v7m.vectors_checked == 4
+    port = bench_export(tmp_path / "p", BOARD, portable=True)
+    assert v7m.path == "v7m" and v7m.vectors_checked == port.vectors_checked == 4
+    assert v7m.instructions_per_step < port.instructions_per_step      # the MLA code ran
 
 
 @qemu
@@ -375,6 +378,7 @@ def test_one_hot_ids_layers_on_m3(tmp_path: Path, kind: str, gates: int) -> None
     v7m = bench_export(tmp_path / "ids", BOARD)
     port = bench_export(tmp_path / "ids", BOARD, portable=True)
     assert (v7m.path, port.path) == ("v7m", "portable") and v7m.vectors_checked == 3
+    assert v7m.instructions_per_step < port.instructions_per_step      # the MLA code ran
 
 
 @qemu

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import kernel_harness as kh
 from runtime_program import build_runtime_program
 
 from mcu_nn import fixedpoint as fp
-from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, run_bench
-from mcu_nn.build import linker_script
-from mcu_nn.codegen import render_runtime
 
 LENGTHS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13]
 SCALES = [1.0, 4096.0, float(np.float32(1 / 0.0123)), 0.5, 3.0e38, 1e-30, 0.0, -0.0, float("inf"), -2.0]
@@ -141,19 +139,10 @@ def test_quantize_f32_n_host_sanitizers(tmp_path: Path) -> None:
 @pytest.mark.parametrize("board", ["qemu-mps2-an386", "qemu-mps2-an500", "qemu-mps2-an505", "qemu-mps3-an547"])
 def test_quantize_f32_n_fpu_asm_bit_exact(tmp_path: Path, board: str) -> None:
     x = edge_floats()
-    (tmp_path / "quant.c").write_text(program(x, "bench_puts(line)", '#include "bench.h"'))
-    for fname, text in render_runtime().items():
-        (tmp_path / fname).write_text(text)
-    b = BOARDS[board]
-    elf, ld = tmp_path / "quant.elf", tmp_path / "quant.ld"
-    ld.write_text(linker_script(b))
-    subprocess.run(["arm-none-eabi-gcc", *CFLAGS, *b.arch_flags, "-I", str(tmp_path), "-I", str(FIRMWARE),
-                    "-nostartfiles", "--specs=nosys.specs", "-T", str(ld), str(STARTUP), str(FIRMWARE / "semihost.c"),
-                    str(tmp_path / "quant.c"), str(tmp_path / "mcunn_fixedpoint.c"), "-o", str(elf)], check=True)
-    dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], check=True, capture_output=True, text=True).stdout
+    text = kh.build_and_run(tmp_path, program(x, "bench_puts(line)", '#include "bench.h"'), "quant", board)
+    dis = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / "quant.elf")], check=True,
+                         capture_output=True, text=True).stdout
     assert "vcvt.s16.f32" in dis and "vmla.f32" in dis, "the FPU path was not compiled"
-    text = run_bench(elf, board, timeout=120)
-    assert "END" in text and "FAULT" not in text
     check(parse(text), x, board)
 
 

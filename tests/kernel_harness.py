@@ -13,6 +13,7 @@ pointer by) and then ``END``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -222,3 +223,26 @@ def export_model(tmp_path: Path, kind: str, I: int, H: int, *, precision: str = 
     d = tmp_path / name
     write_export(q, d, x, run(q, x), weight_layout=layout)
     return d
+
+
+def export_ids_model(tmp_path: Path, kind: str, *, precision: str = "int8", force64: bool = False,
+                     name: str = "ids") -> tuple[Path, QModel]:
+    """A recurrent layer over token ids (vocabulary 11, H = 13; the input columns are picked, only
+    W_hh streams through the dot kernels), exported with ids outside the vocabulary among its test
+    inputs; the directory and the quantised model."""
+    from mcu_nn.cells import cell_of
+    from mcu_nn.ir import DirectionWeights, Graph, Recurrent
+    V, H = 11, 13
+    rows = cell_of(kind).n_gates * H
+    rng = np.random.default_rng(1)
+    k = 1 / math.sqrt(H)
+    u = lambda *shape: rng.uniform(-k, k, shape).astype(np.float32)  # noqa: E731
+    dirs = [DirectionWeights(u(rows, V), u(rows, H), u(rows), u(rows))]
+    g = Graph(name="ids", input_kind="tokens", input_size=V, seq_len=6,
+              ops=[Recurrent(kind, V, H, 0, False, dirs, source="ids", input_ids=True)])
+    q = quantize(g, rng.integers(0, V, (16, 6)), precision)
+    q = force_acc64(q) if force64 else q
+    x = rng.integers(-1, V + 2, (3, 6))
+    d = tmp_path / name
+    write_export(q, d, x, run(q, x))
+    return d, q

@@ -57,6 +57,20 @@ static void put(char tag, int i, const int{acc_bits}_t *acc, int R, long used)
 """
 
 
+def kernel_program(main: str, acc_bits: int, guard: str = "", imports: str = "") -> str:
+    """A Jinja template of a kernel test program over ``cases`` (group_cases): ``imports`` (Jinja
+    macro imports), the includes, ``#error`` unless ``guard`` (a preprocessor condition: the port
+    is selected), per case the weight stream W<i>, the activations X<i> and the starting
+    accumulators A<i> (int<acc_bits>_t), put() (put_c), then ``main``."""
+    check = f'#if !({guard})\n#error "the kernels under test are not selected on this core"\n#endif\n' if guard else ""
+    return (imports + '#include <stdint.h>\n#include "mcunn_fixedpoint.h"\n#include "bench.h"\n' + check
+            + "{% for c in cases %}\n"
+            + "static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };\n"
+            + "static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };\n"
+            + f"static const int{acc_bits}_t A{{{{ loop.index0 }}}}[{{{{ c.R }}}}] = {{ {{{{ c.a }}}} }};\n"
+            + "{% endfor %}\n" + put_c(acc_bits) + main)
+
+
 def ints(rng: np.random.Generator, shape, mode: str, bits: int) -> np.ndarray:
     """Signed ``bits``-bit integers: "min" all at the minimum (int8 x int16: every product at its
     largest, 2^22), "max" the minimum for int8 and the maximum for int16 (sums towards -2^31),

@@ -31,15 +31,7 @@ from mcu_nn.verify import verify
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 
-KERNEL_SOURCE = """#include <stdint.h>
-#include "mcunn_fixedpoint.h"
-#include "bench.h"
-{% for c in cases %}
-static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
-static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
-static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
-{% endfor %}
-{{ put }}int main(void)
+KERNEL_SOURCE = kh.kernel_program("""int main(void)
 {
     int64_t acc[4];
     const void *end;
@@ -55,7 +47,7 @@ static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
     bench_puts("END\\n");
     return 0;
 }
-"""
+""", 64)
 
 
 @qemu
@@ -63,7 +55,7 @@ def test_smlald_group_kernels_bit_exact_on_cortex_m4(tmp_path: Path) -> None:
     # "min" at 1, 8, 601: every int16 pair at -32768 * -32768, whose two-product sum 2^31 overflows int32
     cases = kh.group_cases(np.random.default_rng(14), (("s16", 64), ("s8", 64)),
                            sizes=[1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 40, 64, 601], extreme_sizes=(1, 8, 601))
-    src = environment().from_string(KERNEL_SOURCE).render(cases=cases, put=kh.put_c(64))
+    src = environment().from_string(KERNEL_SOURCE).render(cases=cases)
     text = kh.build_and_run(tmp_path, src, "dot64", "qemu-mps2-an386")
     kh.check(cases, kh.printed(text, "DP", 64), "DP")             # D: SMLALD, P: the portable twin
     # the sums really need 64 bits somewhere (else the test would not test the high words)

@@ -37,18 +37,7 @@ from mcu_nn.verify import verify
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 BOARD = "qemu-mps3-an547"
 
-KERNEL_SOURCE = """#include <stdint.h>
-#include "mcunn_fixedpoint.h"
-#include "bench.h"
-#if !MCUNN_MVE
-#error "the Helium kernels are not selected on this core"
-#endif
-{% for c in cases %}
-static const int8_t W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
-static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
-static const int32_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
-{% endfor %}
-{{ put }}int main(void)
+KERNEL_SOURCE = kh.kernel_program("""int main(void)
 {
     int32_t acc[4];
     const int8_t *end;
@@ -64,30 +53,19 @@ static const int32_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
     bench_puts("END\\n");
     return 0;
 }
-"""
+""", 32, guard='MCUNN_MVE')
 
 
 @qemu
 def test_mve_group_kernels_bit_exact_on_cortex_m55(tmp_path: Path) -> None:
     cases = kh.group_cases(np.random.default_rng(55))        # "min" at 1, 7, 8, 9, 511: 511 * 2^22 < 2^31
-    src = environment().from_string(KERNEL_SOURCE).render(cases=cases, put=kh.put_c(32))
+    src = environment().from_string(KERNEL_SOURCE).render(cases=cases)
     text = kh.build_and_run(tmp_path, src, "dotmve", BOARD)
     kh.check(cases, kh.printed(text, "MP", 32), "MP")           # M: the MVE kernel, P: its portable twin
     assert kh.largest_sum(cases, 32) > 1 << 30                  # near the int32 bound the export allows
 
 
-KERNEL64_SOURCE = """#include <stdint.h>
-#include "mcunn_fixedpoint.h"
-#include "bench.h"
-#if !MCUNN_MVE
-#error "the Helium kernels are not selected on this core"
-#endif
-{% for c in cases %}
-static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
-static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
-static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
-{% endfor %}
-{{ put }}int main(void)
+KERNEL64_SOURCE = kh.kernel_program("""int main(void)
 {
     int64_t acc[4];
     int r;
@@ -108,7 +86,7 @@ static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
     bench_puts("END\\n");
     return 0;
 }
-"""
+""", 64, guard='MCUNN_MVE')
 
 
 @qemu
@@ -120,7 +98,7 @@ def test_mve_64bit_group_kernels_bit_exact_on_cortex_m55(tmp_path: Path) -> None
     cases = kh.group_cases(np.random.default_rng(64), (("s16", 64), ("s8", 64)),
                            sizes=list(range(1, 18)) + [23, 31, 63, 64, 65, 127, 601],
                            extreme_sizes=(1, 7, 9, 601), start_bits={64: 40})
-    src = environment().from_string(KERNEL64_SOURCE).render(cases=cases, put=kh.put_c(64))
+    src = environment().from_string(KERNEL64_SOURCE).render(cases=cases)
     text = kh.build_and_run(tmp_path, src, "dot64mve", BOARD)
     kh.check(cases, kh.printed(text, "MDP", 64), "MDP")   # M: MVE, D: the name the models call, P: portable
     assert kh.largest_sum(cases, 64) > 1 << 38

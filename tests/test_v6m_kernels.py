@@ -43,18 +43,7 @@ BOARD = "qemu-microbit"
 
 SIZES = list(range(1, 18)) + [23, 31, 40, 63, 64, 65, 127, 511]
 
-KERNEL_SOURCE = """#include <stdint.h>
-#include "mcunn_fixedpoint.h"
-#include "bench.h"
-#if !MCUNN_V6M || MCUNN_DSP
-#error "the ARMv6-M kernels are not selected on this core"
-#endif
-{% for c in cases %}
-static const int8_t W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
-static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
-static const int32_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
-{% endfor %}
-{{ put }}int main(void)
+KERNEL_SOURCE = kh.kernel_program("""int main(void)
 {
     int32_t acc[8];
     const int8_t *end;
@@ -75,7 +64,7 @@ static const int32_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
     bench_puts("END\\n");
     return 0;
 }
-"""
+""", 32, guard='MCUNN_V6M && !MCUNN_DSP')
 
 
 def _cases(rng: np.random.Generator) -> list[dict]:
@@ -97,7 +86,7 @@ def test_v6m_group_kernels_bit_exact_on_cortex_m0(tmp_path: Path, opt: str) -> N
     cases = _cases(np.random.default_rng(3))
     if opt != "-O2":                         # the asm at other optimisation levels: a subset
         cases = [c for c in cases if c["n"] <= 17 or c["n"] == 64]
-    src = environment().from_string(KERNEL_SOURCE).render(cases=cases, put=kh.put_c(32))
+    src = environment().from_string(KERNEL_SOURCE).render(cases=cases)
     text = kh.build_and_run(tmp_path, src, "dotv6m", BOARD, opt)
     got = kh.printed(text, "FPU", 32)
     kh.check(cases, got, "FP")                       # F: the v6m function, P: its portable twin

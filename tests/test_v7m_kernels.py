@@ -40,19 +40,7 @@ from test_dsp_int16 import MODELS as MODELS64, _acc64, _model as _model64
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
 BOARD = "qemu-mps2-an385"
 
-KERNEL_SOURCE = """{% from "ports/cortex_m3/_dot_v7m.j2" import dot %}
-#include <stdint.h>
-#include "mcunn_fixedpoint.h"
-#include "bench.h"
-#if !MCUNN_V7M || MCUNN_DSP
-#error "the ARMv7-M kernels are not selected on this core"
-#endif
-{% for c in cases %}
-static const int8_t W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
-static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
-static const int32_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
-{% endfor %}
-{{ put }}{% for c in cases %}
+KERNEL_SOURCE = kh.kernel_program("""{% for c in cases %}
 /* the call-site form: the accumulators start at the first chunk (no starting value) */
 static void site{{ loop.index0 }}(void)
 {
@@ -78,32 +66,22 @@ int main(void)
     bench_puts("END\\n");
     return 0;
 }
-"""
+""", 32, guard="MCUNN_V7M && !MCUNN_DSP",
+                                  imports='{% from "ports/cortex_m3/_dot_v7m.j2" import dot %}\n')
 
 
 @qemu
 def test_v7m_group_kernels_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
     cases = kh.group_cases(np.random.default_rng(3), modes=("min", "max", "edge", "any"),
                           extreme_sizes=(1, 3, 4, 5, 8, 9, 511))             # 511 * 2^22 < 2^31
-    src = environment().from_string(KERNEL_SOURCE).render(cases=cases, put=kh.put_c(32))
+    src = environment().from_string(KERNEL_SOURCE).render(cases=cases)
     text = kh.build_and_run(tmp_path, src, "dotv7m", BOARD)
     # F: the function, P: its portable twin (from the starting accumulators), S: the call-site asm (from 0)
     kh.check(cases, kh.printed(text, "FPS", 32), "FPS", fresh="S")
     assert kh.largest_sum(cases, 32) > 1 << 30      # near the int32 bound the export allows
 
 
-WIDE_SOURCE = """#include <stdint.h>
-#include "mcunn_fixedpoint.h"
-#include "bench.h"
-#if !MCUNN_V7M || MCUNN_DSP
-#error "the ARMv7-M kernels are not selected on this core"
-#endif
-{% for c in cases %}
-static const {{ c.wt }} W{{ loop.index0 }}[{{ c.wlen }}] MCUNN_ALIGN4 = { {{ c.w }} };
-static const int16_t X{{ loop.index0 }}[{{ c.n + 1 }}] = { {{ c.x }} };
-static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
-{% endfor %}
-{{ put }}int main(void)
+WIDE_SOURCE = kh.kernel_program("""int main(void)
 {
     int64_t acc[4];
     int32_t a32[4];
@@ -128,14 +106,14 @@ static const int64_t A{{ loop.index0 }}[{{ c.R }}] = { {{ c.a }} };
     bench_puts("END\\n");
     return 0;
 }
-"""
+""", 64, guard='MCUNN_V7M && !MCUNN_DSP')
 
 
 @qemu
 def test_v7m_wide_kernels_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
     cases = kh.group_cases(np.random.default_rng(16), (("s16", 32), ("s16", 64), ("s8", 64)),
                           modes=("min", "max", "edge", "any"), extreme_sizes=(1, 2, 3, 4, 5, 8, 9, 511, 601))
-    src = environment().from_string(WIDE_SOURCE).render(cases=cases, put=kh.put_c(64))
+    src = environment().from_string(WIDE_SOURCE).render(cases=cases)
     text = kh.build_and_run(tmp_path, src, "dotwide", BOARD)
     assert "mcunn_dot_s16_64_g4_v7m" in (tmp_path / "mcunn_fixedpoint.h").read_text()
     kh.check(cases, kh.printed(text, "FP", 64), "FP")

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 import qmodels as Q
+from mcu_nn import fixedpoint as fp
 from mcu_nn.bench import BOARDS, CFLAGS, FIRMWARE, STARTUP, run_bench
 from mcu_nn.build import linker_script
 from mcu_nn.codegen import render_runtime, write_export
@@ -260,3 +261,108 @@ def export_ids_model(tmp_path: Path, kind: str, *, precision: str = "int8", forc
     d = tmp_path / name
     write_export(q, d, x, run(q, x))
     return d, q
+
+
+# ------------------------------------------------------------------------------------ cells
+EDGE16 = [-32768, -32767, -16384, -4097, -4096, -64, -63, -1, 0, 1, 63, 64, 4095, 4096, 16384, 32766, 32767]
+N_CELLS = 160
+_CELL_PROGRAM = """#include <stdint.h>
+#include "mcunn_fixedpoint.h"
+#include "bench.h"
+__GUARD__static const int32_t P[{{ n }}][4] = { {{ pre }} };
+static const int16_t C0[{{ n }}] = { {{ c0 }} };
+static const int32_t G[{{ n }}][5] = { {{ gru }} };
+static int16_t out[{{ n }}];
+static char line[16 * 5 + 8];
+static void dump(const char *tag)
+{
+    int i, j, k;
+    for (i = 0; i < {{ n }}; i += 16) {
+        k = 0;
+        for (j = 0; tag[j]; ++j) line[k++] = tag[j];
+        for (j = i; j < i + 16 && j < {{ n }}; ++j) {
+            uint32_t v = (uint16_t)out[j];
+            int d;
+            line[k++] = ' ';
+            for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(v >> d) & 15u];
+        }
+        line[k++] = '\\n';
+        line[k] = 0;
+        bench_puts(line);
+    }
+}
+{% for K in range(16) %}
+static void lstm_k{{ K }}(void)
+{
+    int u;
+    static int16_t c[{{ n }}];
+    for (u = 0; u < {{ n }}; ++u) c[u] = C0[u];
+    for (u = 0; u < {{ n }}; ++u) {
+{{ lstm_cell('out[u]', 'P[u][0]', 'P[u][1]', 'P[u][2]', 'P[u][3]', '&c[u]', K) }}    }
+    dump("H{{ K }}");
+    for (u = 0; u < {{ n }}; ++u) out[u] = c[u];
+    dump("C{{ K }}");
+}
+{% endfor %}
+int main(void)
+{
+    int u;
+{% for K in range(16) %}
+    lstm_k{{ K }}();
+{% endfor %}
+__GRU__    bench_puts("END\\n");
+    return 0;
+}
+"""
+
+
+def cell_program(macros: str, gru: str, guard: str = "") -> str:
+    """A Jinja template (render with n, pre, c0, gru: see cell_inputs and c_rows) of a program that
+    runs a port's LSTM cell macro on every case for cell_frac 0..15 (lines H<K>, C<K>), then
+    ``gru`` (C using its gru_cell macro and dump("G..")); ``macros``: the template the lstm_cell and
+    gru_cell macros come from; ``guard``: a preprocessor condition the port needs."""
+    check = f'#if !({guard})\n#error "the cells under test are not selected on this core"\n#endif\n' if guard else ""
+    return (f'{{% from "{macros}" import lstm_cell, gru_cell %}}\n'
+            + _CELL_PROGRAM.replace("__GUARD__", check).replace("__GRU__", gru))
+
+
+def cell_results(text: str):
+    """The program's dumped lines as a function: tag -> int16 values."""
+    got: dict[str, list[int]] = {}
+    for m in re.finditer(r"^([HCG]\d+)((?: [0-9a-f]{4})+)$", text, re.M):
+        got.setdefault(m.group(1), []).extend(int(v, 16) for v in m.group(2).split())
+    return lambda k: np.array(got[k], np.uint16).view(np.int16).astype(np.int64)
+
+
+def check_lstm_cells(as16, pre: np.ndarray, c0: np.ndarray) -> None:
+    """Every cell_frac's h and c against fixedpoint.lstm_cell."""
+    for K in range(16):
+        c_new, h = fp.lstm_cell(pre[:, 0], pre[:, 1], pre[:, 2], pre[:, 3], c0, K)
+        np.testing.assert_array_equal(as16(f"H{K}"), h, err_msg=f"LSTM h, cell_frac {K}")
+        np.testing.assert_array_equal(as16(f"C{K}"), c_new, err_msg=f"LSTM c, cell_frac {K}")
+
+
+def cell_inputs(rng: np.random.Generator, n: int = N_CELLS):
+    """(pre (n, 4), c0 (n,), gru (n, 5): r, z, n_x, n_h, h) for the cell programs: int16 edges,
+    the interpolated region and any int16; the GRU's n_x / n_h over the whole int32 range."""
+    def i16(k):   # a mix of edges, small (interpolated region) and any int16
+        v = np.concatenate([rng.choice(EDGE16, k // 4), rng.integers(-40000, 40000, k // 4),
+                            rng.integers(-5000, 5000, k - 2 * (k // 4))])
+        return fp.sat16(rng.permutation(v))
+
+    def i32():
+        edge32 = np.array([fp.INT32_MIN, fp.INT32_MAX, -(1 << 30), (1 << 30) - 1, 0, -1, 1 << 20, -(1 << 20)])
+        return np.concatenate([rng.choice(edge32, n // 4), rng.integers(fp.INT32_MIN, fp.INT32_MAX, n // 4, endpoint=True),
+                               rng.integers(-(1 << 17), 1 << 17, n - 2 * (n // 4))])
+    pre = np.stack([i16(n) for _ in range(4)], axis=1)
+    c0 = i16(n)
+    nx, nh = i32(), i32()
+    gru = np.stack([i16(n), i16(n), rng.permutation(nx), rng.permutation(nh), i16(n)], axis=1)
+    return pre, c0, gru
+
+
+def c_rows(rows) -> str:
+    """Rows as C initialisers ({a, b, ...}, ...; INT32_MIN by name)."""
+    return ", ".join("{" + ", ".join(f"{int(v)}" if v > fp.INT32_MIN else "INT32_MIN" for v in r) + "}" for r in rows)
+
+

@@ -35,7 +35,6 @@ from mcu_nn.bench import bench_export, kernel_path
 from mcu_nn.codegen import write_export
 from mcu_nn.codegen.emit import environment, pack_group_weights, v6m_kernel_of
 from mcu_nn.sim import run
-from test_dsp_cells import EDGE16, _c, _inputs
 from test_v7m_kernels import MODELS
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
@@ -183,12 +182,12 @@ def test_v6m_requant_and_cells_bit_exact_on_cortex_m0(tmp_path: Path, opt: str) 
         rows.append((b, mx, mh, ax, ah))
     q = ", ".join(f"{{{b}LL, {_i32(mx)}, {_i32(mh)}}}" for b, mx, mh, _, _ in rows)
     a = ", ".join(f"{{{_i32(ax)}, {_i32(ah)}}}" for *_, ax, ah in rows)
-    pre, c0, gru = _inputs(np.random.default_rng(8))
-    e = np.array(EDGE16, np.int64)                  # every edge pre-activation against every edge c
+    pre, c0, gru = kh.cell_inputs(np.random.default_rng(8))
+    e = np.array(kh.EDGE16, np.int64)               # every edge pre-activation against every edge c
     pre[:len(e), 0], pre[:len(e), 1], pre[:len(e), 2], pre[:len(e), 3] = e, e[::-1], e, e[::-1]
     c0[len(e):2 * len(e)] = e
     assert len(gru) <= 256
-    src = environment().from_string(RQ_SOURCE).render(n=len(rows), q=q, a=a, shifts=SHIFTS, ng=len(gru), gru=_c(gru), pre=_c(pre),
+    src = environment().from_string(RQ_SOURCE).render(n=len(rows), q=q, a=a, shifts=SHIFTS, ng=len(gru), gru=kh.c_rows(gru), pre=kh.c_rows(pre),
                                                       c0=", ".join(str(int(v)) for v in c0))
     got = kh.printed(kh.build_and_run(tmp_path, src, "rqv6m", BOARD, opt), "A-Z", 32)
     for i, (b, mx, mh, ax, ah) in enumerate(rows):

@@ -34,7 +34,6 @@ from mcu_nn.codegen.emit import environment, v7m_kernel_of
 from mcu_nn.quant import quantize
 from mcu_nn.sim import run
 from mcu_nn.verify import verify
-from test_dsp_cells import EDGE16, _c, _inputs
 from test_dsp_int16 import MODELS as MODELS64, _acc64, _model as _model64
 
 qemu = pytest.mark.qemu                  # skipped without the emulator (tests/conftest.py)
@@ -120,82 +119,24 @@ def test_v7m_wide_kernels_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
     assert kh.largest_sum(cases, 64) > 1 << 38      # 64-bit sums well beyond 32 bits
 
 
-CELL_SOURCE = """{% from "ports/cortex_m3/_cell_v7m.j2" import lstm_cell, gru_cell %}
-#include <stdint.h>
-#include "mcunn_fixedpoint.h"
-#include "bench.h"
-#if !MCUNN_V7M
-#error "the ARMv7-M kernels are not selected on this core"
-#endif
-static const int32_t P[{{ n }}][4] = { {{ pre }} };
-static const int16_t C0[{{ n }}] = { {{ c0 }} };
-static const int32_t G[{{ n }}][5] = { {{ gru }} };
-static int16_t out[{{ n }}];
-static char line[16 * 5 + 8];
-static void dump(const char *tag)
-{
-    int i, j, k;
-    for (i = 0; i < {{ n }}; i += 16) {
-        k = 0;
-        for (j = 0; tag[j]; ++j) line[k++] = tag[j];
-        for (j = i; j < i + 16 && j < {{ n }}; ++j) {
-            uint32_t v = (uint16_t)out[j];
-            int d;
-            line[k++] = ' ';
-            for (d = 12; d >= 0; d -= 4) line[k++] = "0123456789abcdef"[(v >> d) & 15u];
-        }
-        line[k++] = '\\n';
-        line[k] = 0;
-        bench_puts(line);
-    }
-}
-{% for K in range(16) %}
-static void lstm_k{{ K }}(void)
-{
-    int u;
-    static int16_t c[{{ n }}];
-    for (u = 0; u < {{ n }}; ++u) c[u] = C0[u];
-    for (u = 0; u < {{ n }}; ++u) {
-{{ lstm_cell('out[u]', 'P[u][0]', 'P[u][1]', 'P[u][2]', 'P[u][3]', '&c[u]', K) }}    }
-    dump("H{{ K }}");
-    for (u = 0; u < {{ n }}; ++u) out[u] = c[u];
-    dump("C{{ K }}");
-}
-{% endfor %}
-int main(void)
-{
-    int u;
-{% for K in range(16) %}
-    lstm_k{{ K }}();
-{% endfor %}
-    for (u = 0; u < {{ n }}; ++u) {
+CELL_SOURCE = kh.cell_program("ports/cortex_m3/_cell_v7m.j2", """    for (u = 0; u < {{ n }}; ++u) {
 {{ gru_cell('out[u]', 'G[u][0]', 'G[u][1]', 'G[u][2] >> 1', 'G[u][3] >> 1', 'G[u][4]') }}    }
     dump("G33");
-    bench_puts("END\\n");
-    return 0;
-}
-"""
+""", guard="MCUNN_V7M")
 
 
 @qemu
 def test_v7m_cells_bit_exact_on_cortex_m3(tmp_path: Path) -> None:
     n = 160
-    pre, c0, gru = _inputs(np.random.default_rng(8))
+    pre, c0, gru = kh.cell_inputs(np.random.default_rng(8))
     # and every edge pre-activation against every edge c (the interpolation's ends, saturation)
-    e = np.array(EDGE16, np.int64)
+    e = np.array(kh.EDGE16, np.int64)
     pre[:len(e), 0], pre[:len(e), 1], pre[:len(e), 2], pre[:len(e), 3] = e, e[::-1], e, e[::-1]
     c0[len(e):2 * len(e)] = e
-    src = environment().from_string(CELL_SOURCE).render(n=n, pre=_c(pre), c0=", ".join(str(int(v)) for v in c0),
-                                                        gru=_c(gru))
-    text = kh.build_and_run(tmp_path, src, "cells", BOARD)
-    got: dict[str, list[int]] = {}
-    for m in re.finditer(r"^([HCG]\d+)((?: [0-9a-f]{4})+)$", text, re.M):
-        got.setdefault(m.group(1), []).extend(int(v, 16) for v in m.group(2).split())
-    as16 = lambda k: np.array(got[k], np.uint16).view(np.int16).astype(np.int64)  # noqa: E731
-    for K in range(16):
-        c_new, h = fx.lstm_cell(pre[:, 0], pre[:, 1], pre[:, 2], pre[:, 3], c0, K)
-        np.testing.assert_array_equal(as16(f"H{K}"), h, err_msg=f"LSTM h, cell_frac {K}")
-        np.testing.assert_array_equal(as16(f"C{K}"), c_new, err_msg=f"LSTM c, cell_frac {K}")
+    src = environment().from_string(CELL_SOURCE).render(n=n, pre=kh.c_rows(pre), c0=", ".join(str(int(v)) for v in c0),
+                                                        gru=kh.c_rows(gru))
+    as16 = kh.cell_results(kh.build_and_run(tmp_path, src, "cells", BOARD))
+    kh.check_lstm_cells(as16, pre, c0)
     np.testing.assert_array_equal(as16("G33"), fx.gru_cell(gru[:, 0], gru[:, 1], gru[:, 2] >> 1, gru[:, 3] >> 1,
                                                            gru[:, 4]), err_msg="GRU cell, shift >= 33 path")
 
